@@ -1,0 +1,330 @@
+"""Typed configuration: nested dataclasses hold every default; YAML files and `--set` hold overrides.
+
+Every stage writes the resolved config (`config.yaml`) beside its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ecmf.schema import LABELS
+
+PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names the key."""
+
+
+def _check(cond: bool, key: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"config {key}: expected {expected}, got {value!r}")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start an embedded local Ray for this command
+    num_cpus: int | None = None  # embedded Ray only; None: max(4, cores) logical CPUs
+    object_store_mb: int = 512  # embedded Ray only
+    # Ray Data hangs silently for 30 minutes by default; this turns a stalled stage into an error.
+    no_progress_timeout_s: int = 600
+
+    def __post_init__(self):
+        _check(self.num_cpus is None or self.num_cpus > 0, "ray.num_cpus", "> 0", self.num_cpus)
+        _check(self.object_store_mb >= 64, "ray.object_store_mb", ">= 64", self.object_store_mb)
+
+
+@dataclass
+class CorpusConfig:
+    root: str = ""  # a directory in MER2025's release layout
+    layout: str = "mer2025"
+    text_column: str = "english"  # subtitle_chieng.csv column: "english" or "chinese"
+
+    def __post_init__(self):
+        _check(self.layout == "mer2025", "corpus.layout", "'mer2025'", self.layout)
+        _check(self.text_column in ("english", "chinese"), "corpus.text_column",
+               "'english' or 'chinese'", self.text_column)
+
+
+@dataclass
+class DemoConfig:
+    """Size and difficulty of the generated demo corpus (`ecmf prepare-demo`)."""
+
+    n_train: int = 480  # labeled clips (noisy labels)
+    n_pool: int = 960  # unlabeled clips that are not candidates
+    n_candidates: int = 420  # clips a submission must cover
+    n_test: int = 360  # candidates with hidden truth (the clean test set)
+    noise_rate: float = 0.2  # training labels flipped toward a confusable class
+    no_face_rate: float = 0.06
+    silent_rate: float = 0.06
+    empty_text_rate: float = 0.08
+    seconds: float = 2.0
+    fps: int = 8
+    size: int = 96  # frame width and height in pixels
+    seed: int = 0
+    workers: int = 0  # processes writing clips; 0: one per core
+
+    def __post_init__(self):
+        for name in ("n_train", "n_pool", "n_candidates"):
+            _check(getattr(self, name) > 0, f"demo.{name}", "> 0", getattr(self, name))
+        _check(0 < self.n_test <= self.n_candidates, "demo.n_test",
+               f"between 1 and n_candidates ({self.n_candidates})", self.n_test)
+        for name in ("noise_rate", "no_face_rate", "silent_rate", "empty_text_rate"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"demo.{name}", "a rate in [0, 1)", v)
+        _check(self.size >= 48 and self.size % 16 == 0, "demo.size", "a multiple of 16, >= 48",
+               self.size)
+
+
+@dataclass
+class EncoderConfig:
+    """One feature encoder: a registered name, a model (hub id, local path or packaged name)."""
+
+    name: str = "text"
+    model: str = PACKAGED_MINILM
+    batch_size: int = 16
+    pool_size: int = 1  # actors in this encoder's pool
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    input: str = ""  # input column; empty: the encoder's own ("frames", "audio" or "text")
+
+    def __post_init__(self):
+        _check(self.batch_size > 0, "encoder.batch_size", "> 0", self.batch_size)
+        _check(self.pool_size > 0, "encoder.pool_size", "> 0", self.pool_size)
+        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "encoder resources", ">= 0",
+               (self.num_cpus, self.num_gpus))
+
+
+def _default_encoders() -> dict[str, EncoderConfig]:
+    return {
+        "frames": EncoderConfig("clip", "openai/clip-vit-large-patch14", 16, 1, 1.0, 1.0),
+        "audio": EncoderConfig("hubert", "TencentGameMate/chinese-hubert-large", 8, 1, 1.0, 1.0),
+        "text": EncoderConfig("text", PACKAGED_MINILM, 64, 1, 0.0, 1.0),
+    }
+
+
+@dataclass
+class ExtractConfig:
+    """Feature extraction: decoding parameters and one encoder per feature name."""
+
+    num_frames: int = 8  # frames sampled uniformly per clip
+    sample_rate: int = 16000
+    max_audio_s: float = 60.0  # longer audio is cut (and logged); encoders chunk within it
+    decode_batch_size: int = 8
+    encoders: dict[str, EncoderConfig] = field(default_factory=_default_encoders)
+
+    def __post_init__(self):
+        _check(self.num_frames > 0, "extract.num_frames", "> 0", self.num_frames)
+        _check(self.sample_rate == 16000, "extract.sample_rate", "16000 (what the encoders expect)",
+               self.sample_rate)
+        _check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)
+
+
+@dataclass
+class EnrichConfig:
+    """LLM text enrichment: which backend and model, and how to generate."""
+
+    backend: str = "transformers"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    language: str = "en"  # prompt template language: "en" or "zh"
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    pool_size: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+
+    def __post_init__(self):
+        _check(self.language in ("en", "zh"), "enrich.language", "'en' or 'zh'", self.language)
+        _check(self.max_new_tokens > 0, "enrich.max_new_tokens", "> 0", self.max_new_tokens)
+
+
+@dataclass
+class TrainConfig:
+    """Fusion model and its k-fold training through Ray Train."""
+
+    model: str = "ecmf"
+    features: list[str] = field(default_factory=list)  # empty: every feature in the store
+    hidden: int = 128
+    heads: int = 4
+    layers: int = 1
+    dropout: float = 0.3
+    modality_dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    epochs: int = 40
+    batch_size: int = 32
+    folds: int = 5
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = ""  # Ray Train storage; empty: <workdir>/ray_results
+
+    def __post_init__(self):
+        _check(self.folds >= 2, "train.folds", ">= 2", self.folds)
+        _check(self.hidden % self.heads == 0, "train.hidden", f"a multiple of heads ({self.heads})",
+               self.hidden)
+        _check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)", self.dropout)
+        _check(0.0 <= self.modality_dropout < 1.0, "train.modality_dropout", "in [0, 1)",
+               self.modality_dropout)
+        _check(self.epochs > 0 and self.batch_size > 0, "train.epochs/batch_size", "> 0",
+               (self.epochs, self.batch_size))
+        _check(self.num_workers > 0, "train.num_workers", "> 0", self.num_workers)
+
+
+@dataclass
+class PseudoConfig:
+    """Pseudo-labeling rounds over the unlabeled pool."""
+
+    rounds: int = 2
+    threshold: float = 0.8  # minimum fold-ensemble confidence
+    max_per_round: int = 0  # cap on selected samples per round; 0: no cap
+    class_balance: bool = True  # per-class quota in the labeled set's class proportions
+    weight: float = 0.7  # sample weight of a pseudo-label in training (labeled: 1.0)
+    patience: int = 1  # stop when validation WAF has not improved for this many rounds
+
+    def __post_init__(self):
+        _check(self.rounds >= 0, "pseudo.rounds", ">= 0", self.rounds)
+        _check(0.0 < self.threshold <= 1.0, "pseudo.threshold", "in (0, 1]", self.threshold)
+        _check(0.0 < self.weight <= 1.0, "pseudo.weight", "in (0, 1]", self.weight)
+
+
+@dataclass
+class Config:
+    workdir: str = "runs/ecmf"  # every stage reads and writes under this directory
+    labels: list[str] = field(default_factory=lambda: list(LABELS))
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+
+    def __post_init__(self):
+        _check(tuple(self.labels) == LABELS, "labels", f"the MER2025 label set {list(LABELS)}",
+               self.labels)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.workdir)
+
+
+# ---------------------------------------------------------------------------- building from dicts
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        _check(isinstance(value, dict), key, "a mapping", value)
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if origin is dict:
+        _check(isinstance(value, dict), key, "a mapping", value)
+        _, vt = typing.get_args(tp)
+        # A null entry removes a default one (`extract.encoders.audio: null`).
+        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items() if v is not None}
+    if origin is list:
+        if isinstance(value, str):  # `--set train.features=a,b`
+            value = [v for v in value.split(",") if v]
+        _check(isinstance(value, (list, tuple)), key, "a list", value)
+        (it,) = typing.get_args(tp)
+        return [_convert(it, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        _check(isinstance(value, bool), key, "true or false", value)
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number",
+               value)
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), key,
+               "a string", value)
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (partial) mapping; unknown keys fail with the known ones."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix or "config"
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_set(item: str) -> dict:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=20")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> Config:
+    """Defaults, then `base` (a command's own defaults), then the YAML file, then `--set` items."""
+    data = to_dict(Config())
+    if base:
+        data = _merge(data, base)
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top, got {loaded!r}")
+        data = _merge(data, loaded)
+    for item in sets:
+        data = _merge(data, _parse_set(item))
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, directory: str | Path) -> Path:
+    """Write the resolved config as `config.yaml` in `directory`."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "config.yaml"
+    out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return out

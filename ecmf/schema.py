@@ -1,0 +1,56 @@
+"""The column contract: label set, column names and Parquet layout shared by every stage."""
+
+from __future__ import annotations
+
+LABELS: tuple[str, ...] = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+LABEL_TO_INDEX = {name: i for i, name in enumerate(LABELS)}
+
+SAMPLE_ID = "sample_id"
+
+# Manifest (one row per clip of the corpus).
+VIDEO = "video_path"
+AUDIO = "audio_path"
+TEXT = "text"
+LABEL = "label"  # class name as given (noisy for training data); null where unlabeled
+SPLIT = "split"  # "train" (labeled), "candidate" (must be predicted) or "pool" (unlabeled, other)
+SPLITS = ("train", "candidate", "pool")
+
+# Feature store: one float32 fixed-size-list column per feature, named "feat_<name>",
+# with a boolean "mask_<name>" that is False where the modality is missing (no face, silent
+# audio, empty subtitle) and the vector is zeros.
+FEATURE_PREFIX = "feat_"
+MASK_PREFIX = "mask_"
+
+# Errors table: one row per sample and stage that failed.
+ERROR_COLUMNS = ("sample_id", "stage", "reason")
+
+# Enrichment output.
+ENRICHED_TEXT = "enriched_text"
+ENRICH_STATUS = "enrich_status"  # "ok" or why the raw subtitle was kept
+
+# Predictions: "prob_<label>" per class, "pred" (class name), "confidence".
+PRED = "pred"
+CONFIDENCE = "confidence"
+PROB_COLUMNS = tuple(f"prob_{name}" for name in LABELS)
+
+
+def feature_column(name: str) -> str:
+    return FEATURE_PREFIX + name
+
+
+def mask_column(name: str) -> str:
+    return MASK_PREFIX + name
+
+
+def feature_names(columns) -> list[str]:
+    """Feature names present among `columns` (without the `feat_` prefix), in order."""
+    return [c[len(FEATURE_PREFIX):] for c in columns if c.startswith(FEATURE_PREFIX)]
+
+
+def label_index(label: str, where: str = "") -> int:
+    """Index of a class name; unknown names fail with the label set and where they came from."""
+    try:
+        return LABEL_TO_INDEX[label]
+    except KeyError:
+        place = f" in {where}" if where else ""
+        raise ValueError(f"unknown label {label!r}{place}; expected one of {list(LABELS)}") from None
