@@ -1,0 +1,171 @@
+"""Pseudo-label selection: threshold, agreement, class quotas, cap, ties and empty cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecmf.semi.select import class_prior, quotas, select_pseudo_labels
+
+
+def confident(labels, conf, c=3) -> np.ndarray:
+    """Rows whose argmax is `labels[i]` with probability `conf[i]`, the rest spread evenly."""
+    labels, conf = np.asarray(labels), np.asarray(conf, dtype=float)
+    probs = np.tile(((1 - conf) / (c - 1))[:, None], (1, c))
+    probs[np.arange(len(labels)), labels] = conf
+    return probs
+
+
+def per_class(sel, probs):
+    return np.bincount(probs[sel].argmax(1), minlength=probs.shape[1])
+
+
+def test_threshold_is_inclusive_and_result_sorted():
+    probs = confident([0, 1, 2, 0, 1], [0.95, 0.5, 0.8, 0.79, 0.99])
+    sel = select_pseudo_labels(probs, 0.8)
+    assert sel.tolist() == [0, 2, 4]
+    assert sel.dtype == np.int64
+
+
+def test_agree_mask_removes_candidates():
+    probs = confident([0, 1, 2, 0], [0.9, 0.9, 0.9, 0.9])
+    agree = np.array([True, False, True, False])
+    assert select_pseudo_labels(probs, 0.5, agree=agree).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="agree"):
+        select_pseudo_labels(probs, 0.5, agree=np.array([1, 0, 1, 0]))
+
+
+def test_nothing_confident_and_empty_pool():
+    probs = confident([0, 1, 2], [0.4, 0.5, 0.6])
+    assert select_pseudo_labels(probs, 0.7, class_prior=np.ones(3) / 3).size == 0
+    empty = select_pseudo_labels(np.zeros((0, 6)), 0.5)
+    assert empty.size == 0 and empty.dtype == np.int64
+
+
+def test_quota_caps_overrepresented_classes_with_the_most_confident():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    conf = rng.uniform(0.85, 1.0, size=100)
+    probs = confident(labels, conf)
+    sel = select_pseudo_labels(probs, 0.8, class_prior=np.array([0.5, 0.25, 0.25]))
+    # Budget 100 -> quotas [50, 25, 25]; class 2 has only 20 and keeps them all.
+    assert per_class(sel, probs).tolist() == [50, 25, 20]
+    ones = np.flatnonzero(labels == 1)
+    best = ones[np.argsort(-conf[ones])[:25]]
+    assert set(sel[labels[sel] == 1]) == set(best)
+
+
+def test_cap_keeps_the_prior_proportions():
+    probs = confident(np.repeat([0, 1, 2], 100), np.linspace(0.9, 0.99, 300))
+    sel = select_pseudo_labels(probs, 0.8, class_prior=np.array([0.5, 0.3, 0.2]), max_total=20)
+    assert per_class(sel, probs).tolist() == [10, 6, 4]
+
+
+def test_cap_without_prior_keeps_the_candidates_proportions():
+    probs = confident(np.repeat([0, 1, 2], [60, 30, 10]), np.full(100, 0.9))
+    sel = select_pseudo_labels(probs, 0.8, max_total=10)
+    assert per_class(sel, probs).tolist() == [6, 3, 1]
+    assert select_pseudo_labels(probs, 0.8).size == 100  # no prior, no cap: every candidate
+
+
+def test_class_without_candidates_does_not_starve_the_others():
+    probs = confident(np.repeat([0, 1], [40, 10]), np.full(50, 0.9))
+    sel = select_pseudo_labels(probs, 0.8, class_prior=np.ones(3) / 3)
+    # Budget 50 -> quotas 17, 17, 16; class 1 takes its 10, class 2 has none.
+    assert per_class(sel, probs).tolist() == [17, 10, 0]
+
+
+def test_zero_prior_class_gets_nothing():
+    probs = confident(np.repeat([0, 1, 2], 10), np.full(30, 0.9))
+    sel = select_pseudo_labels(probs, 0.8, class_prior=np.array([0.5, 0.0, 0.5]))
+    assert per_class(sel, probs).tolist() == [10, 0, 10]
+    only_zero = confident([1, 1], [0.9, 0.9])
+    assert select_pseudo_labels(only_zero, 0.8, class_prior=np.array([0.5, 0.0, 0.5])).size == 0
+
+
+def test_ties_go_to_the_lower_index():
+    probs = confident([1] * 8, [0.9] * 8)
+    assert select_pseudo_labels(probs, 0.5, max_total=3).tolist() == [0, 1, 2]
+    probs[6, 1] = 0.95  # a more confident row wins over the index order
+    assert select_pseudo_labels(probs, 0.5, max_total=3).tolist() == [0, 1, 6]
+
+
+def test_invalid_arguments():
+    probs = confident([0, 1], [0.9, 0.9])
+    with pytest.raises(ValueError, match="class_prior"):
+        select_pseudo_labels(probs, 0.5, class_prior=np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="threshold"):
+        select_pseudo_labels(probs, 1.5)
+    with pytest.raises(ValueError, match="max_total"):
+        select_pseudo_labels(probs, 0.5, max_total=-1)
+    with pytest.raises(ValueError, match="rows"):
+        select_pseudo_labels(np.array([[np.nan, 0.5, 0.5]]), 0.5)
+
+
+def test_quotas_sum_to_the_budget():
+    assert quotas(np.array([0.3, 0.3, 0.4]), 10).tolist() == [3, 3, 4]
+    assert quotas(np.array([1, 1, 1]), 10).tolist() == [4, 3, 3]
+    assert quotas(np.array([0.0, 1.0]), 7).tolist() == [0, 7]
+
+
+def test_class_prior():
+    np.testing.assert_allclose(class_prior(np.array([0, 0, 2, 3]), 5), [0.5, 0, 0.25, 0.25, 0])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        class_prior(np.array([0, 3]), 3)
+    with pytest.raises(ValueError, match="non-empty"):
+        class_prior(np.array([], dtype=int), 3)
+
+
+@st.composite
+def pools(draw):
+    c = draw(st.integers(2, 6))
+    n = draw(st.integers(0, 120))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    # Coarse logits make exact ties in confidence common.
+    logits = rng.integers(-3, 4, size=(n, c)) * draw(st.sampled_from([0.5, 1.0, 3.0]))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    prior = rng.dirichlet(np.ones(c)) * (rng.random(c) > 0.2)
+    prior = prior if prior.sum() > 0 else np.ones(c)
+    use_prior = draw(st.booleans())
+    agree = rng.random(n) > 0.3 if draw(st.booleans()) else None
+    return (probs, draw(st.sampled_from([0.0, 0.3, 0.5, 0.8])), prior if use_prior else None,
+            draw(st.integers(0, 60)), agree)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pools())
+def test_selection_invariants(pool):
+    probs, threshold, prior, cap, agree = pool
+    sel = select_pseudo_labels(probs, threshold, prior, cap, agree)
+    assert np.array_equal(sel, select_pseudo_labels(probs, threshold, prior, cap, agree))
+    assert np.all(np.diff(sel) > 0)
+    n, c = probs.shape
+    conf, pred = probs.max(1), probs.argmax(1)
+    cand = conf >= threshold if agree is None else (conf >= threshold) & agree
+    assert cand[sel].all()
+    if cap:
+        assert sel.size <= cap
+    if not cand.any():
+        assert sel.size == 0
+        return
+    budget = cand.sum() if cap == 0 else min(cap, cand.sum())
+    target = np.bincount(pred[cand], minlength=c) if prior is None else prior
+    quota = quotas(target, budget)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[sel] = True
+    for k in range(c):
+        in_k = cand & (pred == k)
+        taken = chosen & (pred == k)
+        assert taken.sum() == min(quota[k], in_k.sum())  # full quota, or every candidate
+        assert quota[k] <= target[k] / np.sum(target) * budget + 1
+        left = np.flatnonzero(in_k & ~chosen)
+        if taken.any() and left.size:
+            worst = np.flatnonzero(taken)
+            # Nothing left behind beats what was taken (lower index wins a tie).
+            assert conf[left].max() <= conf[worst].min()
+            tie = conf[worst].min()
+            if conf[left].max() == tie:
+                assert worst[conf[worst] == tie].max() < left[conf[left] == tie].min()
