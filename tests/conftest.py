@@ -1,0 +1,28 @@
+"""Shared fixtures: one local Ray per test session, offline hub, and a tiny demo workdir."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before anything imports transformers or starts Ray: an accidental hub download fails fast,
+# a stalled Ray Data stage fails in a minute, and the throwaway test cluster needs no token.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole run (a cold start costs seconds and ~1 GB)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 1024**2,
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()
