@@ -143,6 +143,10 @@ class EnrichConfig:
     def __post_init__(self):
         _check(self.language in ("en", "zh"), "enrich.language", "'en' or 'zh'", self.language)
         _check(self.max_new_tokens > 0, "enrich.max_new_tokens", "> 0", self.max_new_tokens)
+        _check(self.batch_size > 0 and self.pool_size > 0, "enrich.batch_size/pool_size", "> 0",
+               (self.batch_size, self.pool_size))
+        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "enrich resources", ">= 0",
+               (self.num_cpus, self.num_gpus))
 
 
 @dataclass

@@ -1,0 +1,29 @@
+# The two set-up commands: `make demo` (the whole pipeline on a generated corpus, local Ray)
+# and `make test` (the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= demo-out
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+# torch is installed first and pinned: left to the resolver it would pull a CUDA build with
+# several GB of nvidia packages (on machines without a local CPU wheel, add
+# --index-url https://download.pytorch.org/whl/cpu to that line).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/ecmf demo --out $(OUT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
