@@ -24,7 +24,8 @@ TINY_NOTE = ("no packaged weights exist for CLIP, HuBERT or a causal LM, so the 
 
 def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
     """The demo's defaults on top of the production ones: local paths, small batches, CPU."""
-    enc = {"num_gpus": 0.0, "num_cpus": 1.0, "pool_size": 1}
+    # Half a CPU per encoder: four pools on a 4-CPU embedded Ray leave two for decode/write.
+    enc = {"num_gpus": 0.0, "num_cpus": 0.5, "pool_size": 1}
     return {
         "workdir": str(out),
         "corpus": {"root": str(out / "corpus")},

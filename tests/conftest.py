@@ -26,3 +26,15 @@ def ray_local():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small demo corpus in MER2025's layout (real mp4 with audio, wav, CSVs)."""
+    from ecmf.config import DemoConfig
+    from ecmf.data.demo import write_demo_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    write_demo_corpus(DemoConfig(n_train=12, n_pool=6, n_candidates=6, n_test=4, seconds=1.0,
+                                 workers=2), root)
+    return root

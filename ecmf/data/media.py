@@ -27,11 +27,6 @@ def sample_frames(path: str, num_frames: int, short_side: int = 256) -> np.ndarr
         n = len(vr)
         if n == 0:
             raise MediaError(f"{path}: video has no frames")
-        h, w = vr[0].shape[:2]
-        scale = min(1.0, short_side / min(h, w))
-        if scale < 1.0:
-            vr = decord.VideoReader(path, num_threads=1, width=int(round(w * scale)) // 2 * 2,
-                                    height=int(round(h * scale)) // 2 * 2)
         # Centre of each of num_frames equal segments, as MERTools samples.
         idx = ((np.arange(num_frames) + 0.5) * n / num_frames).astype(int).clip(0, n - 1)
         frames = vr.get_batch(idx.tolist()).asnumpy()
@@ -39,6 +34,15 @@ def sample_frames(path: str, num_frames: int, short_side: int = 256) -> np.ndarr
         raise
     except Exception as e:  # decord raises plain RuntimeError/DECORDError on corrupt streams
         raise MediaError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from None
+    h, w = frames.shape[1:3]
+    scale = short_side / min(h, w)
+    if scale < 1.0:
+        # Resized here, not by decord: its own resize fails on some sizes.
+        from PIL import Image
+
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR))
+                           for f in frames])
     return np.ascontiguousarray(frames, dtype=np.uint8)
 
 

@@ -33,12 +33,16 @@ class Encoder:
 
     default_input = ""
 
-    def __init__(self, feature: str, cfg: EncoderConfig, input_column: str = ""):
+    def __init__(self, feature: str, cfg: EncoderConfig, input_column: str = "",
+                 drop_input: bool = False):
         import torch
 
         self.feature = feature
         self.cfg = cfg
         self.input = input_column or self.default_input
+        # The last encoder of an input drops it: decoded frames and audio are the bulk of a
+        # block, and carrying them to later stages would fill the object store.
+        self.drop_input = drop_input
         # One encoder actor per CPU it was given: more threads would fight the other actors.
         torch.set_num_threads(max(1, int(cfg.num_cpus)))
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -54,6 +58,13 @@ class Encoder:
         return int(self.model.config.hidden_size)
 
     def encode(self, inputs: list) -> np.ndarray:
+        """Features [len(inputs), dim] of present, decoded inputs."""
+        import torch
+
+        with torch.inference_mode():
+            return self._encode(inputs)
+
+    def _encode(self, inputs: list) -> np.ndarray:
         raise NotImplementedError
 
     def present(self, value) -> bool:
@@ -61,8 +72,6 @@ class Encoder:
         return value is not None and len(value) > 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         n = len(batch[schema.SAMPLE_ID])
         errors = batch["error"]
         values = batch[self.input]
@@ -70,8 +79,7 @@ class Encoder:
         feats = np.zeros((n, self.dim), dtype=np.float32)
         mask = np.zeros(n, dtype=bool)
         if keep:
-            with torch.inference_mode():
-                feats[keep] = self.encode([values[i] for i in keep])
+            feats[keep] = self.encode([values[i] for i in keep])
             mask[keep] = True
         bad = ~np.isfinite(feats).all(axis=1)
         if bad.any():
@@ -83,6 +91,8 @@ class Encoder:
             batch["error"] = errors
         batch[schema.feature_column(self.feature)] = feats
         batch[schema.mask_column(self.feature)] = mask
+        if self.drop_input:
+            batch.pop(self.input)
         return batch
 
 
@@ -99,7 +109,7 @@ class ClipFramesEncoder(Encoder):
         self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
         self.model = CLIPVisionModel.from_pretrained(path)
 
-    def encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list) -> np.ndarray:
         import torch
 
         counts = [len(f) for f in inputs]
@@ -143,7 +153,7 @@ class SpeechEncoder(Encoder):
         layers = hs.hidden_states[-4:] if len(hs.hidden_states) >= 4 else hs.hidden_states
         return sum(layers)[0].float().mean(dim=0).cpu().numpy()
 
-    def encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list) -> np.ndarray:
         chunk = int(self.chunk_s * self.rate)
         minimum = self.rate // 10  # the conv front end needs a few hundred samples
         out = []
@@ -175,7 +185,7 @@ class TextEncoder(Encoder):
     def present(self, value) -> bool:
         return isinstance(value, str) and bool(value.strip())
 
-    def encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list) -> np.ndarray:
         out = []
         step = self.cfg.batch_size
         for s in range(0, len(inputs), step):

@@ -107,7 +107,10 @@ def extract_features(cfg: Config) -> dict:
     start = time.time()
     if len(todo):
         classes = {name: ENCODERS.get(e.name) for name, e in ex.encoders.items()}
-        inputs_used = {e.input or classes[n].default_input for n, e in ex.encoders.items()}
+        used = {n: e.input or classes[n].default_input for n, e in ex.encoders.items()}
+        last_user = {col: n for n, col in used.items()}  # dict order: the last one wins
+        inputs_used = set(used.values())
+        _check_cpu_budget(cfg)
         blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
         ds = ray.data.from_pandas(blocks)
         ds = ds.map_batches(
@@ -120,12 +123,33 @@ def extract_features(cfg: Config) -> dict:
                 classes[name], batch_size=enc.batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=enc.pool_size),
                 num_cpus=enc.num_cpus, num_gpus=enc.num_gpus,
-                fn_constructor_kwargs=dict(feature=name, cfg=enc, input_column=enc.input))
+                fn_constructor_kwargs=dict(feature=name, cfg=enc, input_column=enc.input,
+                                           drop_input=last_user[used[name]] == name))
         ds = ds.map_batches(to_store_rows, batch_format="numpy", batch_size=ROWS_PER_BLOCK,
                             fn_kwargs=dict(features=list(ex.encoders)))
         ds.write_parquet(str(wd.store))
     seconds = time.time() - start
     return _summarise(wd, inputs, done, len(todo), seconds)
+
+
+def _check_cpu_budget(cfg: Config) -> None:
+    """Fail fast when the encoder pools would hold every CPU.
+
+    Decode and write tasks then wait forever for a CPU while the actors wait for their input:
+    Ray Data stalls without an error.
+    """
+    import ray
+
+    from ecmf.config import ConfigError
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    held = sum(e.num_cpus * e.pool_size for e in cfg.extract.encoders.values())
+    if total - held < 1.0:
+        raise ConfigError(
+            f"extract.encoders hold {held:g} of the cluster's {total:g} CPUs (num_cpus x "
+            f"pool_size per encoder), leaving less than 1 for decoding and writing: lower "
+            f"extract.encoders.<name>.num_cpus or pool_size, or give Ray more CPUs "
+            f"(ray.num_cpus for the embedded one)")
 
 
 def _summarise(wd: Workdir, inputs: pd.DataFrame, skipped: set, attempted: int,

@@ -26,12 +26,6 @@ def model_kwargs(cfg: TrainConfig, dims: dict[str, int]) -> dict:
                 layers=cfg.layers, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout)
 
 
-def build_model(name: str, kwargs: dict):
-    from ecmf.models.fusion import MODELS
-
-    return MODELS.get(name)(**kwargs)
-
-
 def arrays_from_batches(batches, features: list[str]) -> dict[str, np.ndarray]:
     """Concatenate numpy batches of a shard, sorted by sample_id so that order is reproducible."""
     keys = [schema.SAMPLE_ID, "y", "weight", "fold"]
@@ -111,11 +105,12 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     import torch
     import torch.nn.functional as F
 
+    from ecmf.models.fusion import MODELS
     from ecmf.train.metrics import weighted_f1_from_confusion
 
     dist = _Dist()
     torch.manual_seed(cfg.seed * 1000 + fold)  # identical initial weights on every rank
-    model = prepare(build_model(cfg.model, model_kwargs(cfg, dims)))
+    model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_idx = np.flatnonzero(data["fold"] != fold)
     val_idx = np.flatnonzero(data["fold"] == fold)
@@ -144,7 +139,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         cm = dist.sum(evaluate_confusion(model, data, features, val_idx, device))
         waf = weighted_f1_from_confusion(cm)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.train.loop import build_model, load_fold
+from ecmf.train.loop import load_fold
 
 
 class FoldEnsemble:
@@ -17,13 +17,15 @@ class FoldEnsemble:
     def __init__(self, run_dir: str | Path):
         import torch
 
+        from ecmf.models.fusion import MODELS
+
         paths = sorted(Path(run_dir, "models").glob("fold_*.pt"))
         if not paths:
             raise FileNotFoundError(f"{run_dir}/models holds no fold_*.pt; run `ecmf train` first")
         self.models, self.folds = [], []
         for p in paths:
             saved = load_fold(p)
-            model = build_model(saved["model"], saved["kwargs"])
+            model = MODELS.get(saved["model"])(**saved["kwargs"])
             model.load_state_dict(saved["state_dict"])
             self.models.append(model.eval())
             self.folds.append(int(saved["fold"]))

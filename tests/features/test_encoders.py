@@ -1,0 +1,70 @@
+"""Encoders called directly on NumPy batches with tiny models loaded through from_pretrained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.features.encoders import ENCODERS
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ecmf.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def _batch(n, **cols):
+    return {"sample_id": np.array([f"s{i}" for i in range(n)], dtype=object),
+            "error": np.array([""] * n, dtype=object), **cols}
+
+
+def test_clip_encoder_means_over_frames(tiny):
+    enc = ENCODERS.get("clip")("frames", EncoderConfig("clip", tiny["clip"], batch_size=2))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(3, 4, 40, 40, 3), dtype=np.uint8)
+    frames[2] = frames[0][[3, 2, 1, 0]]  # same frames, other order: same mean feature
+    out = enc(_batch(3, frames=frames))
+    x = out["feat_frames"]
+    assert x.shape == (3, enc.dim) and x.dtype == np.float32 and out["mask_frames"].all()
+    assert np.allclose(x[0], x[2], atol=1e-5) and not np.allclose(x[0], x[1])
+
+
+def test_hubert_encoder_masks_silence_and_decode_errors(tiny):
+    enc = ENCODERS.get("hubert")("audio", EncoderConfig("hubert", tiny["hubert"]))
+    t = np.arange(16000) / 16000
+    voiced = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    audio = np.empty(3, dtype=object)
+    audio[:] = [voiced, np.zeros(8000, np.float32), voiced[:4000]]
+    batch = _batch(3, audio=audio)
+    batch["error"][2] = "decode: broken"
+    out = enc(batch)
+    assert out["mask_audio"].tolist() == [True, False, False]
+    assert np.abs(out["feat_audio"][1:]).sum() == 0 and np.abs(out["feat_audio"][0]).sum() > 0
+
+
+def test_hubert_chunks_long_audio_to_the_same_kind_of_feature(tiny):
+    enc = ENCODERS.get("hubert")("audio", EncoderConfig("hubert", tiny["hubert"]))
+    rng = np.random.default_rng(1)
+    wav = (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)
+    whole = enc.encode([wav])
+    enc.chunk_s = 1.0
+    chunked = enc.encode([wav])
+    assert chunked.shape == whole.shape and np.isfinite(chunked).all()
+    assert not np.allclose(chunked, whole)  # really ran per chunk
+
+
+def test_text_encoder_uses_packaged_minilm_and_masks_empty_text():
+    enc = ENCODERS.get("text")("text", EncoderConfig("text", PACKAGED_MINILM, batch_size=2))
+    text = np.array(["I am so happy today!", "", "I am so happy today!", "   "], dtype=object)
+    out = enc(_batch(4, text=text))
+    assert enc.dim == 384
+    assert out["mask_text"].tolist() == [True, False, True, False]
+    assert np.allclose(out["feat_text"][0], out["feat_text"][2], atol=1e-5)
+
+
+def test_unknown_encoder_lists_available():
+    with pytest.raises(KeyError, match="available.*clip"):
+        ENCODERS.get("whisper")
