@@ -127,26 +127,46 @@ class ExtractConfig:
         _check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)
 
 
+def _default_engine_kwargs() -> dict[str, Any]:
+    # Every prompt opens with the same instructions: prefix caching computes them once per engine.
+    return {"max_model_len": 4096, "enable_prefix_caching": True}
+
+
 @dataclass
 class EnrichConfig:
-    """LLM text enrichment: which backend and model, and how to generate."""
+    """LLM text enrichment and label votes: which backend and model, and how to generate."""
 
-    backend: str = "transformers"
+    backend: str = "transformers"  # "transformers" (any machine) or "vllm" (GPU, `gpu` extra)
     model: str = "Qwen/Qwen2.5-7B-Instruct"
+    # Passes to run: "enrich" -> enrich/enriched.parquet, "vote" -> enrich/votes.parquet.
+    tasks: list[str] = field(default_factory=lambda: ["enrich"])
     language: str = "en"  # prompt template language: "en" or "zh"
-    max_new_tokens: int = 64
-    batch_size: int = 8
-    pool_size: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+    max_new_tokens: int = 64  # enrichment
+    vote_max_new_tokens: int = 96  # a JSON object of six scores takes about 50 tokens
+    batch_size: int = 8  # rows per map_batches call (transformers) or per engine batch (vllm)
+    pool_size: int = 1  # transformers: actors; vllm: engine replicas (the processor's concurrency)
+    num_gpus: float = 0.0  # transformers only; vLLM takes tensor_parallel_size GPUs per replica
+    num_cpus: float = 1.0  # transformers only
+    # vLLM engine arguments (vllm.EngineArgs), e.g. gpu_memory_utilization, max_num_seqs, dtype.
+    engine_kwargs: dict[str, Any] = field(default_factory=_default_engine_kwargs)
+    # Reuse earlier outputs of the same sample, model, prompt version and prompt; false: redo all.
+    cache: bool = True
 
     def __post_init__(self):
         _check(self.language in ("en", "zh"), "enrich.language", "'en' or 'zh'", self.language)
+        _check(bool(self.tasks) and set(self.tasks) <= {"enrich", "vote"}
+               and len(set(self.tasks)) == len(self.tasks), "enrich.tasks",
+               "a non-empty list of distinct tasks among ['enrich', 'vote']", self.tasks)
         _check(self.max_new_tokens > 0, "enrich.max_new_tokens", "> 0", self.max_new_tokens)
+        _check(self.vote_max_new_tokens > 0, "enrich.vote_max_new_tokens", "> 0",
+               self.vote_max_new_tokens)
         _check(self.batch_size > 0 and self.pool_size > 0, "enrich.batch_size/pool_size", "> 0",
                (self.batch_size, self.pool_size))
         _check(self.num_gpus >= 0 and self.num_cpus >= 0, "enrich resources", ">= 0",
                (self.num_cpus, self.num_gpus))
+        _check(isinstance(self.engine_kwargs, dict) and "model" not in self.engine_kwargs,
+               "enrich.engine_kwargs", "a mapping without 'model' (set enrich.model)",
+               self.engine_kwargs)
 
 
 @dataclass

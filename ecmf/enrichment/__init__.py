@@ -1,4 +1,5 @@
-"""LLM text enrichment: prompts (pure), output parsing (pure), backends and the Ray Data stage.
+"""LLM text enrichment and label votes: prompts and parsing (pure), the cache, backends
+(transformers, vLLM through Ray Data LLM) and the `ecmf enrich` stage.
 
-Import the submodules directly; `backends` and `pipeline` load torch, transformers and Ray.
+Import the submodules directly; `backends` loads torch, and the backends load transformers or vLLM.
 """

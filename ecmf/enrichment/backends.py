@@ -1,52 +1,54 @@
-"""LLM backends for subtitle enrichment: callable classes that Ray Data's `map_batches` runs in an
-actor pool, one model per actor. Registered by name in BACKENDS.
+"""LLM backends behind one interface: `backend(ds, cfg, model_path, task) -> ds` adds the columns of
+`parse.result_columns(task)` to a dataset with `sample_id` and `text`. Registered in BACKENDS.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
 from ecmf.config import EnrichConfig
-from ecmf.enrichment.parse import clean_enrichment
-from ecmf.enrichment.prompts import enrichment_prompt
+from ecmf.enrichment.parse import (
+    EMPTY_SUBTITLE,
+    error_status,
+    result_columns,
+    status_column,
+    task_result,
+)
+from ecmf.enrichment.prompts import CONTEXT_COLUMNS, as_text, row_context, task_prompt
 from ecmf.registry import Registry
-from ecmf.schema import ENRICH_STATUS, ENRICHED_TEXT, SAMPLE_ID, TEXT
+from ecmf.schema import LABELS, SAMPLE_ID, TEXT
+
+if TYPE_CHECKING:
+    import ray.data
 
 log = logging.getLogger(__name__)
 
-BACKENDS: Registry[type] = Registry("LLM backend")
-
-EMPTY_SUBTITLE = "empty-subtitle"
-# Optional description columns passed to the prompt as context when a batch carries them.
-CONTEXT_COLUMNS = {"visual": "visual_description", "audio": "audio_description"}
+BACKENDS: Registry = Registry("LLM backend")
 
 
-def _as_text(value) -> str:
-    """A subtitle cell as str: None and NaN (missing in pandas / Arrow) read as empty."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
+class Generation(NamedTuple):
+    """One continuation: its text, how many tokens it took, and whether it hit the token limit."""
+
+    text: str
+    tokens: int
+    hit_limit: bool
 
 
-def _error_status(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())[:200]
-    return f"error: {type(exc).__name__}: {msg}"
-
-
-@BACKENDS.register("transformers")
 class TransformersBackend:
-    """Greedy batched generation with a transformers causal LM (any device, no vLLM)."""
+    """Greedy batched generation with a transformers causal LM (any device, no vLLM): the callable
+    class that Ray Data's `map_batches` runs in an actor pool, one model per actor."""
 
-    def __init__(self, cfg: EnrichConfig, model_path: str):
+    def __init__(self, cfg: EnrichConfig, model_path: str, task: str = "enrich"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        result_columns(task)  # fail here, not per batch, on an unknown task
         torch.manual_seed(0)
-        self.cfg = cfg
+        self.cfg, self.task = cfg, task
+        self.max_new_tokens = cfg.vote_max_new_tokens if task == "vote" else cfg.max_new_tokens
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         # Left padding: generation continues every row from the end of its own prompt.
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
@@ -56,7 +58,10 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model.to(self.device).eval()
         self.chat = self.tokenizer.chat_template is not None
-        log.info("enrichment backend: %s on %s (chat template: %s)", model_path, self.device,
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, (list, tuple)) else [eos]
+        self.eos = {int(t) for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
+        log.info("LLM backend (%s): %s on %s (chat template: %s)", task, model_path, self.device,
                  self.chat)
 
     def _format(self, prompt: str) -> str:
@@ -65,7 +70,7 @@ class TransformersBackend:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                   tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: list[str]) -> list[str]:
+    def generate(self, prompts: list[str]) -> list[Generation]:
         """Greedy continuations of `prompts` (new tokens only, special tokens dropped)."""
         texts = [self._format(p) for p in prompts]
         # A chat template already writes the special tokens the model expects.
@@ -73,19 +78,25 @@ class TransformersBackend:
                              add_special_tokens=not self.chat, return_token_type_ids=False)
         enc = enc.to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**enc, do_sample=False,
-                                      max_new_tokens=self.cfg.max_new_tokens,
+            out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
                                       pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        results = []
+        for ids, text in zip(new, decoded, strict=True):
+            # Rows that end early are padded to the longest one: count up to the first EOS.
+            end = next((k for k, t in enumerate(ids) if t in self.eos), None)
+            tokens = len(ids) if end is None else end + 1
+            results.append(Generation(text, tokens, end is None and tokens >= self.max_new_tokens))
+        return results
 
-    def _generate_or_fallback(self, prompts: list[str]) -> list[str | Exception]:
+    def _generate_or_fallback(self, prompts: list[str]) -> list[Generation | Exception]:
         try:
             return self.generate(prompts)
         except Exception as exc:  # a failed batch must not end the job
-            log.warning("enrichment batch of %d failed (%s); retrying one by one",
-                        len(prompts), _error_status(exc))
-        results: list[str | Exception] = []
+            log.warning("LLM batch of %d failed (%s); retrying one by one", len(prompts),
+                        error_status(exc))
+        results: list[Generation | Exception] = []
         for p in prompts:
             try:
                 results.extend(self.generate([p]))
@@ -96,29 +107,55 @@ class TransformersBackend:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [c for c in (SAMPLE_ID, TEXT) if c not in batch]
         if missing:
-            raise KeyError(f"enrichment needs columns {missing}; the batch has {sorted(batch)}")
+            raise KeyError(f"LLM {self.task} needs columns {missing}; "
+                           f"the batch has {sorted(batch)}")
         ids = batch[SAMPLE_ID]
-        subtitles = [_as_text(v) for v in batch[TEXT]]
-        n = len(subtitles)
-        enriched, status = [""] * n, [EMPTY_SUBTITLE] * n
+        subtitles = [as_text(v) for v in batch[TEXT]]
+        rows = [task_result(self.task, None, s, status=EMPTY_SUBTITLE) for s in subtitles]
         todo = [i for i, s in enumerate(subtitles) if s.strip()]
-        prompts = [enrichment_prompt(subtitles[i], self.cfg.language, self._context(batch, i))
+        context = [c for c in CONTEXT_COLUMNS.values() if c in batch]
+        prompts = [task_prompt(self.task, subtitles[i], self.cfg.language,
+                               row_context({c: batch[c][i] for c in context}), LABELS)
                    for i in todo]
         outputs = self._generate_or_fallback(prompts) if todo else []
         for i, gen in zip(todo, outputs, strict=True):
             if isinstance(gen, Exception):
-                # The same fallback text as any other unusable output: the cleaned subtitle.
-                enriched[i] = clean_enrichment("", subtitles[i])[0]
-                status[i] = _error_status(gen)
-                log.warning("enrichment of sample %s failed: %s", ids[i], status[i])
+                rows[i] = task_result(self.task, None, subtitles[i], status=error_status(gen))
+                log.warning("LLM %s of sample %s failed: %s", self.task, ids[i],
+                            rows[i][status_column(self.task)])
             else:
-                enriched[i], status[i] = clean_enrichment(gen, subtitles[i])
+                rows[i] = task_result(self.task, gen.text, subtitles[i], tokens=gen.tokens,
+                                      hit_limit=gen.hit_limit)
         out = dict(batch)
-        out[ENRICHED_TEXT] = np.array(enriched, dtype=object)
-        out[ENRICH_STATUS] = np.array(status, dtype=object)
+        # Types from a template row, so that an empty batch gets the same column types.
+        template = task_result(self.task, None, "", status=EMPTY_SUBTITLE)
+        for col, example in template.items():
+            dtype = object if isinstance(example, str) else type(example)
+            out[col] = np.array([r[col] for r in rows], dtype=dtype)
         return out
 
-    @staticmethod
-    def _context(batch: dict[str, np.ndarray], i: int) -> dict[str, str] | None:
-        ctx = {k: _as_text(batch[col][i]) for k, col in CONTEXT_COLUMNS.items() if col in batch}
-        return ctx or None
+
+@BACKENDS.register("transformers")
+def transformers_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
+                         task: str = "enrich") -> ray.data.Dataset:
+    """TransformersBackend in an actor pool of `cfg.pool_size` (CPU, or GPU with num_gpus > 0)."""
+    import ray.data
+
+    return ds.map_batches(
+        TransformersBackend,
+        fn_constructor_kwargs={"cfg": cfg, "model_path": str(model_path), "task": task},
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
+        num_gpus=cfg.num_gpus,
+        num_cpus=cfg.num_cpus,
+        batch_format="numpy",
+    )
+
+
+@BACKENDS.register("vllm")
+def vllm_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
+                 task: str = "enrich") -> ray.data.Dataset:
+    """vLLM through Ray Data's LLM processor (GPU images with the `gpu` extra only)."""
+    from ecmf.enrichment.vllm_engine import vllm_dataset
+
+    return vllm_dataset(ds, cfg, model_path, task)

@@ -1,6 +1,5 @@
-"""Cleaning of LLM outputs: enriched text (with the raw subtitle as fallback) and JSON label votes.
-
-Pure and total: any string in, a value and a status out, never an exception.
+"""Cleaning of LLM outputs: enriched text (with the raw subtitle as fallback) and JSON label votes,
+and the output columns both backends write. Pure and total: any string in, a value and a status out.
 """
 
 from __future__ import annotations
@@ -13,16 +12,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ecmf.enrichment.prompts import ZH_LABEL_NAMES
-from ecmf.schema import LABELS
+from ecmf.enrichment.prompts import TASKS, ZH_LABEL_NAMES
+from ecmf.schema import ENRICH_STATUS, ENRICHED_TEXT, LABELS
 
-# Statuses of clean_enrichment: "ok" and "overlong-truncated" keep the generated text; the others
-# keep the raw subtitle.
+# Statuses of clean_enrichment: "ok", "overlong-truncated" and "truncated" keep the generated text;
+# the others keep the raw subtitle.
 OK = "ok"
 EMPTY = "empty"
 NON_TEXT = "non-text"
 LABEL_NAMED = "label-named"
 TRUNCATED = "overlong-truncated"
+CUT_AT_LIMIT = "truncated"  # generation stopped at the token limit (also a vote reason)
+# Set by the backends rather than the parsers: the model was not asked, or the request failed.
+EMPTY_SUBTITLE = "empty-subtitle"
+ERROR_PREFIX = "error"
+
+# Output columns besides enriched_text / enrich_status (schema.py) and sample_id.
+GENERATED_TOKENS = "generated_tokens"  # tokens the model generated for the row (0: not asked)
+VOTE_PREFIX = "vote_"  # vote_<label>: probability of the class, NaN where the vote is missing
+VOTE_STATUS = "vote_status"  # "ok" or why the vote is missing
 
 # Below this share of letters (and digits) among visible characters the output is treated as noise.
 _MIN_WORD_SHARE = 0.5
@@ -66,21 +74,23 @@ def _names_label_only(text: str, labels: Sequence[str]) -> bool:
     return word in names
 
 
-def _truncate(text: str, max_chars: int) -> str:
+def _truncate(text: str, max_chars: int, marks: tuple[str, ...] = (".!?。！？", " ")) -> str:
     cut = text[:max_chars]
     # End on a sentence (or at least a word) when that keeps most of the text.
-    for marks in (".!?。！？", " "):
-        end = max(cut.rfind(m) for m in marks)
+    for group in marks:
+        end = max(cut.rfind(m) for m in group)
         if end >= max_chars // 2:
             return cut[: end + 1].strip()
     return cut.strip()
 
 
 def clean_enrichment(generated: str, subtitle: str, max_chars: int = 600, *,
-                     labels: Sequence[str] = LABELS) -> tuple[str, str]:
+                     labels: Sequence[str] = LABELS, hit_limit: bool = False) -> tuple[str, str]:
     """(text, status) from an LLM's enrichment of `subtitle`.
 
     status "ok": the cleaned generation. "overlong-truncated": the generation cut to `max_chars`.
+    "truncated" (`hit_limit`: generation stopped at its token limit): the generation, cut back to
+    its last complete sentence where that keeps at least half of it.
     "empty", "non-text" (mostly symbols or undecodable bytes) and "label-named" (the reply is only
     a class name, a label guess rather than a description): the raw subtitle, whitespace collapsed.
     Label words inside a longer description are kept: describing someone as worried is a cue.
@@ -102,6 +112,9 @@ def clean_enrichment(generated: str, subtitle: str, max_chars: int = 600, *,
         return fallback, LABEL_NAMED
     if len(text) > max_chars:
         return _truncate(text, max_chars), TRUNCATED
+    if hit_limit:
+        # A half sentence at the end reads as noise to the text encoder.
+        return _truncate(text, len(text), marks=(".!?。！？",)), CUT_AT_LIMIT
     return text, OK
 
 
@@ -146,18 +159,26 @@ def _score(value) -> float | None:
     return score if math.isfinite(score) and score >= 0 else None
 
 
-def parse_label_vote(generated: str, labels: Sequence[str]) -> tuple[np.ndarray | None, str]:
+def _unclosed(text: str) -> bool:
+    """True when a JSON object opens and is never closed: output cut off mid-object."""
+    start = text.find("{")
+    return start >= 0 and text.count("{", start) > text.count("}", start)
+
+
+def parse_label_vote(generated: str, labels: Sequence[str], *,
+                     hit_limit: bool = False) -> tuple[np.ndarray | None, str]:
     """(probabilities over `labels`, "ok") from an LLM's JSON vote, or (None, reason).
 
     Keys match labels case-insensitively; missing labels score 0; scores are renormalised to sum
-    to 1. Reasons: "empty", "non-json", "off-label" (a key that is not a label), "duplicate-label",
-    "invalid-score" (not a finite number >= 0), "all-zero".
+    to 1. Reasons: "empty", "non-json", "truncated" (no complete object, and an object left open or
+    `hit_limit`: generation stopped at its token limit), "off-label" (a key that is not a label),
+    "duplicate-label", "invalid-score" (not a finite number >= 0), "all-zero".
     """
     if not isinstance(generated, str) or not generated.strip():
         return None, "empty"
     obj = _json_object(generated)
     if obj is None:
-        return None, "non-json"
+        return None, CUT_AT_LIMIT if hit_limit or _unclosed(generated) else "non-json"
     if not obj:
         return None, "empty"
     index = {x.lower(): i for i, x in enumerate(labels)}
@@ -179,3 +200,49 @@ def parse_label_vote(generated: str, labels: Sequence[str]) -> tuple[np.ndarray 
         return None, "all-zero"
     scores /= top  # scale first so that huge scores cannot overflow the sum
     return scores / scores.sum(), "ok"
+
+
+def vote_column(label: str) -> str:
+    return VOTE_PREFIX + label
+
+
+def result_columns(task: str, labels: Sequence[str] = LABELS) -> list[str]:
+    """The columns a backend adds for `task`, in order (both backends add exactly these)."""
+    if task == "enrich":
+        return [ENRICHED_TEXT, ENRICH_STATUS, GENERATED_TOKENS]
+    if task == "vote":
+        return [*(vote_column(x) for x in labels), VOTE_STATUS, GENERATED_TOKENS]
+    raise ValueError(f"LLM task {task!r}: expected one of {list(TASKS)}")
+
+
+def status_column(task: str) -> str:
+    """The column that says why a result of `task` is what it is ("ok" or a reason)."""
+    return result_columns(task)[-2]
+
+
+def error_status(error: BaseException | str) -> str:
+    """"error: <type>: <message>" on one line, short enough for a Parquet status column."""
+    if isinstance(error, BaseException):
+        error = f"{type(error).__name__}: {error}"
+    return f"{ERROR_PREFIX}: " + " ".join(str(error).split())[:200]
+
+
+def task_result(task: str, generated: str | None, subtitle: str, *, labels: Sequence[str] = LABELS,
+                tokens: int = 0, hit_limit: bool = False, status: str | None = None) -> dict:
+    """The result columns of one sample (see `result_columns`) from the model's output.
+
+    `status` set (EMPTY_SUBTITLE, an error_status) means there is no output to parse: the enriched
+    text falls back to the subtitle and the vote is missing, with that status as the reason.
+    """
+    if task == "enrich":
+        if status is None:
+            text, status = clean_enrichment(generated, subtitle, hit_limit=hit_limit, labels=labels)
+        else:
+            text = clean_enrichment("", subtitle)[0]
+        return {ENRICHED_TEXT: text, ENRICH_STATUS: status, GENERATED_TOKENS: int(tokens)}
+    columns = result_columns(task, labels)  # validates the task
+    probs = None
+    if status is None:
+        probs, status = parse_label_vote(generated, labels, hit_limit=hit_limit)
+    values = [float("nan")] * len(labels) if probs is None else [float(p) for p in probs]
+    return dict(zip(columns, [*values, status, int(tokens)], strict=True))

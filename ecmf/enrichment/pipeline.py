@@ -1,6 +1,7 @@
-"""The enrichment stage on Ray Data: subtitles in, `enriched_text` and `enrich_status` out.
+"""The LLM passes on Ray Data: subtitles in, enrichment or label-vote columns out.
 
-Each actor of the pool loads one copy of the LLM through the configured backend.
+Each actor (or vLLM engine replica) of the pool loads one copy of the LLM through the configured
+backend.
 """
 
 from __future__ import annotations
@@ -13,24 +14,17 @@ if TYPE_CHECKING:
     import ray.data
 
 
-def enrich_dataset(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str) -> ray.data.Dataset:
-    """Add `enriched_text` and `enrich_status` to a dataset with `sample_id` and `text` columns.
+def enrich_dataset(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
+                   task: str = "enrich") -> ray.data.Dataset:
+    """Add the columns of `parse.result_columns(task)` to a dataset with `sample_id` and `text`.
 
-    `model_path` is what the backend loads (a local directory or a hub id); `cfg.model` names the
-    model in configs, and the caller resolves it (e.g. to a staged copy on the cluster).
-    Lazy, like every Ray Data transform: nothing runs until the dataset is consumed.
+    task "enrich": enriched_text, enrich_status; "vote": vote_<label> per class, vote_status; both
+    also generated_tokens. Every input column is kept. `model_path` is what the backend loads (a
+    local directory or a hub id); `cfg.model` names the model in configs, and the caller resolves
+    it (e.g. to a staged copy on the cluster). Lazy: nothing runs until the dataset is consumed.
     """
-    import ray.data
-
     from ecmf.enrichment.backends import BACKENDS
+    from ecmf.enrichment.parse import result_columns
 
-    backend = BACKENDS.get(cfg.backend)
-    return ds.map_batches(
-        backend,
-        fn_constructor_kwargs={"cfg": cfg, "model_path": str(model_path)},
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
-        num_gpus=cfg.num_gpus,
-        num_cpus=cfg.num_cpus,
-        batch_format="numpy",
-    )
+    result_columns(task)  # an unknown task fails before any actor starts
+    return BACKENDS.get(cfg.backend)(ds, cfg, str(model_path), task)

@@ -1,7 +1,7 @@
 """Prompt templates for LLM subtitle enrichment and LLM label votes, in English and Chinese.
 
-Pure functions: strings in, strings out. Bump PROMPT_VERSION whenever a template's wording changes,
-because enriched text (and the features embedded from it) depend on it.
+Pure functions: strings in, strings out. Bump PROMPT_VERSION whenever a template's wording changes:
+the cache re-runs every sample whose stored prompt version differs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from collections.abc import Sequence
 
 PROMPT_VERSION = "enrich-v1"
 LANGUAGES = ("en", "zh")
+# What an LLM pass produces: "enrich" (enriched_text) or "vote" (vote_<label> probabilities).
+TASKS = ("enrich", "vote")
+# Optional description columns a dataset may carry, passed to the prompts as context.
+CONTEXT_COLUMNS = {"visual": "visual_description", "audio": "audio_description"}
 
 # Chinese names of the MER2025 classes: the Chinese vote prompt shows them beside the English keys,
 # and the output parser recognises a reply that is nothing but one of them.
@@ -125,3 +129,39 @@ def label_vote_prompt(subtitle: str, labels: Sequence[str], language: str = "en"
     example = "{" + ", ".join(f"{json.dumps(x, ensure_ascii=False)}: <score>" for x in labels) + "}"
     return _VOTE[language].format(extra=_extra(language, context), names=names, example=example,
                                   body=_body(subtitle, language, context))
+
+
+def vote_json_schema(labels: Sequence[str]) -> dict:
+    """JSON schema of a label vote: one number per class, every class required, nothing else.
+
+    vLLM's structured outputs decode under it; scores are not bounded here (backends differ in
+    which numeric keywords they support) because `parse.parse_label_vote` renormalises anyway.
+    """
+    labels = _check_labels(labels)
+    return {"type": "object", "properties": {x: {"type": "number"} for x in labels},
+            "required": labels, "additionalProperties": False}
+
+
+def as_text(value) -> str:
+    """A text cell as str: None and NaN (missing in pandas / Arrow) read as empty."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def row_context(row) -> dict[str, str] | None:
+    """The context descriptions of one row (a mapping of column -> cell), None when it has none."""
+    ctx = {k: as_text(row[col]) for k, col in CONTEXT_COLUMNS.items() if col in row}
+    return ctx or None
+
+
+def task_prompt(task: str, subtitle: str, language: str = "en",
+                context: dict[str, str] | None = None, labels: Sequence[str] = ()) -> str:
+    """The prompt of `task` ("enrich" or "vote"; a vote needs `labels`) for one subtitle."""
+    if task == "enrich":
+        return enrichment_prompt(subtitle, language, context)
+    if task == "vote":
+        return label_vote_prompt(subtitle, labels, language, context)
+    raise ValueError(f"LLM task {task!r}: expected one of {list(TASKS)}")

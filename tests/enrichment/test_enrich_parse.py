@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 
 import numpy as np
@@ -10,12 +11,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecmf.enrichment.parse import clean_enrichment, parse_label_vote
+from ecmf.enrichment.parse import (
+    clean_enrichment,
+    error_status,
+    parse_label_vote,
+    result_columns,
+    status_column,
+    task_result,
+)
 from ecmf.schema import LABELS
 
 SUB = "  Where were you\nlast night? "
 SUB_CLEAN = "Where were you last night?"
-STATUSES = {"ok", "empty", "non-text", "label-named", "overlong-truncated"}
+STATUSES = {"ok", "empty", "non-text", "label-named", "overlong-truncated", "truncated"}
+VOTE_REASONS = {"ok", "empty", "non-json", "truncated", "off-label", "duplicate-label",
+                "invalid-score", "all-zero"}
+VOTE_COLUMNS = [f"vote_{x}" for x in LABELS]
 
 
 @pytest.mark.parametrize("generated,expected", [
@@ -54,12 +65,25 @@ def test_max_chars_must_be_positive():
         clean_enrichment("text", SUB, max_chars=0)
 
 
+def test_hitting_the_token_limit_cuts_back_to_a_sentence():
+    half = "The voice is low and slow, as if tired. It trails"
+    assert clean_enrichment(half, SUB, hit_limit=True) == (
+        "The voice is low and slow, as if tired.", "truncated")
+    # Cutting would drop more than half: the text stays whole.
+    short = "Tired. The voice is low and slow, as if the day"
+    assert clean_enrichment(short, SUB, hit_limit=True) == (short, "truncated")
+    # Unusable output stays unusable; an overlong one is cut to max_chars first.
+    assert clean_enrichment("", SUB, hit_limit=True) == (SUB_CLEAN, "empty")
+    assert clean_enrichment("Calm. " * 50, SUB, 40, hit_limit=True)[1] == "overlong-truncated"
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(), st.text(), st.integers(1, 700))
-def test_clean_enrichment_is_total(generated, subtitle, max_chars):
-    text, status = clean_enrichment(generated, subtitle, max_chars)
+@given(st.text(), st.text(), st.integers(1, 700), st.booleans())
+def test_clean_enrichment_is_total(generated, subtitle, max_chars, hit_limit):
+    text, status = clean_enrichment(generated, subtitle, max_chars, hit_limit=hit_limit)
     assert status in STATUSES
-    if status in ("ok", "overlong-truncated"):
+    assert (status == "truncated") <= hit_limit
+    if status in ("ok", "overlong-truncated", "truncated"):
         assert text and len(text) <= max_chars
     else:
         assert text == clean_enrichment("", subtitle)[0]
@@ -95,15 +119,26 @@ def test_label_vote_cases():
     ('{"sad": "high"}', "invalid-score"), ('{"sad": -1}', "invalid-score"),
     ('{"sad": true}', "invalid-score"), ('{"sad": NaN}', "invalid-score"),
     ('{"sad": 0, "happy": 0}', "all-zero"), ("[" * 5000, "non-json"),
+    ('{"sad": 0.5, "hap', "truncated"), ('Sure! ```json\n{"angry": {"x": 1', "truncated"),
+    ("{" * 5000, "truncated"),
 ])
 def test_label_vote_failures(generated, reason):
     assert parse_label_vote(generated, LABELS) == (None, reason)
 
 
+def test_label_vote_at_the_token_limit():
+    assert parse_label_vote("The scores are", LABELS, hit_limit=True) == (None, "truncated")
+    assert parse_label_vote("The scores are", LABELS) == (None, "non-json")
+    # A complete object is a vote, whatever came after it.
+    probs, status = parse_label_vote('{"sad": 1} and then some more wo', LABELS, hit_limit=True)
+    assert status == "ok" and probs[LABELS.index("sad")] == 1
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text())
-def test_label_vote_is_total(generated):
-    probs, status = parse_label_vote(generated, LABELS)
+@given(st.text(), st.booleans())
+def test_label_vote_is_total(generated, hit_limit):
+    probs, status = parse_label_vote(generated, LABELS, hit_limit=hit_limit)
+    assert status in VOTE_REASONS
     assert (probs is None) == (status != "ok")
     if probs is not None:
         assert probs.shape == (len(LABELS),) and np.all(probs >= 0)
@@ -120,3 +155,45 @@ def test_label_vote_keeps_proportions(scores):
     assert status == "ok" and probs.sum() == pytest.approx(1.0)
     values = np.array([float(scores.get(x, 0)) for x in LABELS])
     np.testing.assert_allclose(probs, values / values.max() / (values / values.max()).sum())
+
+
+def test_result_columns_and_status():
+    assert result_columns("enrich") == ["enriched_text", "enrich_status", "generated_tokens"]
+    assert result_columns("vote") == [*VOTE_COLUMNS, "vote_status", "generated_tokens"]
+    assert status_column("vote") == "vote_status" and status_column("enrich") == "enrich_status"
+    with pytest.raises(ValueError, match="'enrich', 'vote'"):
+        result_columns("score")
+
+
+def test_error_status_is_one_short_line():
+    assert error_status(RuntimeError("device lost\nmid-batch")) == (
+        "error: RuntimeError: device lost mid-batch")
+    assert error_status("EngineDeadError: x") == "error: EngineDeadError: x"
+    assert len(error_status("y" * 5000)) <= 210
+
+
+def test_task_result_with_a_status_skips_parsing():
+    assert task_result("enrich", "ignored", SUB, status="empty-subtitle") == {
+        "enriched_text": SUB_CLEAN, "enrich_status": "empty-subtitle", "generated_tokens": 0}
+    vote = task_result("vote", '{"sad": 1}', SUB, status="error: boom", tokens=3)
+    assert vote["vote_status"] == "error: boom" and vote["generated_tokens"] == 3
+    assert all(math.isnan(vote[c]) for c in VOTE_COLUMNS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["enrich", "vote"]), st.text(), st.text(), st.integers(0, 500),
+       st.booleans())
+def test_task_result_is_total_and_has_the_columns(task, generated, subtitle, tokens, hit_limit):
+    row = task_result(task, generated, subtitle, tokens=tokens, hit_limit=hit_limit)
+    assert list(row) == result_columns(task)
+    assert row["generated_tokens"] == tokens
+    if task == "vote":
+        probs = np.array([row[c] for c in VOTE_COLUMNS])
+        assert probs.dtype == np.float64
+        if row["vote_status"] == "ok":
+            assert probs.sum() == pytest.approx(1.0) and (probs >= 0).all()
+        else:
+            assert row["vote_status"] in VOTE_REASONS and np.isnan(probs).all()
+    else:
+        assert row["enrich_status"] in STATUSES
+        row["enriched_text"].encode("utf-8")

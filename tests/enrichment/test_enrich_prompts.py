@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -11,8 +12,12 @@ from hypothesis import strategies as st
 from ecmf.enrichment.prompts import (
     PROMPT_VERSION,
     ZH_LABEL_NAMES,
+    as_text,
     enrichment_prompt,
     label_vote_prompt,
+    row_context,
+    task_prompt,
+    vote_json_schema,
 )
 from ecmf.schema import LABELS
 
@@ -94,3 +99,36 @@ def test_label_vote_prompt_rejects_bad_label_lists():
 def test_any_subtitle_makes_a_prompt_that_contains_it(subtitle, language):
     prompt = enrichment_prompt(subtitle, language)
     assert " ".join(subtitle.split()) in prompt
+
+
+@given(st.text(), st.sampled_from(["en", "zh"]))
+def test_any_subtitle_makes_a_vote_prompt_with_every_label(subtitle, language):
+    prompt = label_vote_prompt(subtitle, LABELS, language)
+    assert " ".join(subtitle.split()) in prompt
+    assert all(f'"{x}"' in prompt for x in LABELS)
+
+
+def test_task_prompt_dispatches():
+    assert task_prompt("enrich", SUBTITLE, "zh") == enrichment_prompt(SUBTITLE, "zh")
+    ctx = {"audio": "a shaky voice"}
+    assert task_prompt("vote", SUBTITLE, "en", ctx, LABELS) == label_vote_prompt(
+        SUBTITLE, LABELS, "en", ctx)
+    with pytest.raises(ValueError, match="'enrich', 'vote'"):
+        task_prompt("summary", SUBTITLE)
+
+
+def test_vote_schema_requires_exactly_the_labels():
+    schema = vote_json_schema(LABELS)
+    assert schema["required"] == list(LABELS)
+    assert set(schema["properties"]) == set(LABELS)
+    assert schema["additionalProperties"] is False
+    json.dumps(schema)  # travels as a JSON string to vLLM
+    with pytest.raises(ValueError):
+        vote_json_schema(["sad", "sad"])
+
+
+def test_cells_and_context_rows():
+    assert [as_text(v) for v in (None, float("nan"), b"caf\xc3\xa9", 3, "x")] == [
+        "", "", "café", "3", "x"]
+    assert row_context({"sample_id": "a", "text": "hi"}) is None
+    assert row_context({"text": "hi", "audio_description": None}) == {"audio": ""}

@@ -1,0 +1,133 @@
+"""The vLLM backend: Ray Data's LLM processor (`ray.data.llm`) runs vLLM engines on GPU workers.
+
+Rows out carry the same columns as the transformers backend. vLLM is CUDA-only (the `gpu` extra);
+on a machine without a GPU the processor builds but waits forever, so never run it there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import TYPE_CHECKING, Any
+
+from ecmf.config import EnrichConfig
+from ecmf.enrichment.parse import EMPTY_SUBTITLE, error_status, result_columns, task_result
+from ecmf.enrichment.prompts import as_text, row_context, task_prompt, vote_json_schema
+from ecmf.schema import LABELS, TEXT
+
+if TYPE_CHECKING:
+    import ray.data
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+# Input columns of each row, kept through the processor's stages so the output carries them again.
+_COLUMNS = "_ecmf_columns"
+# Set by Ray Data LLM on rows whose request failed (with should_continue_on_error); those rows skip
+# the postprocess function and keep every processor column.
+_ERROR = "__inference_error__"
+
+
+def require_vllm() -> None:
+    """Fail early, in the driver, where vLLM is missing (it would fail late in GPU actors)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError(
+            "enrich.backend 'vllm' needs vLLM, which the base install leaves out (it is "
+            "CUDA-only): on a GPU image install the gpu extra, pip install 'ecmf[gpu]' "
+            "(ray[llm] with vLLM), or set enrich.backend=transformers")
+
+
+def sampling_params(cfg: EnrichConfig, task: str) -> dict[str, Any]:
+    """Greedy decoding; a vote is constrained to the JSON schema over the label set."""
+    if task == "vote":
+        # A JSON string rather than a nested dict: it crosses Arrow blocks unchanged.
+        schema = json.dumps(vote_json_schema(LABELS))
+        return {"temperature": 0.0, "max_tokens": cfg.vote_max_new_tokens,
+                "structured_outputs": {"json": schema}}
+    result_columns(task)  # validates the task
+    return {"temperature": 0.0, "max_tokens": cfg.max_new_tokens}
+
+
+def processor_config(cfg: EnrichConfig, model_path: str) -> vLLMEngineProcessorConfig:
+    """The validated processor config: batch size, engine replicas and engine kwargs from `cfg`.
+
+    Needs Ray's LLM package (pydantic models), not vLLM itself.
+    """
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    return vLLMEngineProcessorConfig(
+        model_source=str(model_path),
+        batch_size=cfg.batch_size,
+        concurrency=cfg.pool_size,
+        engine_kwargs=dict(cfg.engine_kwargs),
+        # One bad row is recorded with its reason; it does not fail the whole job.
+        should_continue_on_error=True,
+        # Ray 2.60 takes stage configs, not the old apply_chat_template / tokenize booleans.
+        chat_template_stage=True,
+        tokenize_stage=True,
+        detokenize_stage=True,
+    )
+
+
+def request_row(row: dict, cfg: EnrichConfig, task: str) -> dict:
+    """The processor's preprocess: one chat message and its sampling parameters per row."""
+    prompt = task_prompt(task, as_text(row[TEXT]), cfg.language, row_context(row), LABELS)
+    return {"messages": [{"role": "user", "content": prompt}],
+            "sampling_params": sampling_params(cfg, task),
+            _COLUMNS: [c for c in row if c != _COLUMNS]}
+
+
+def _inputs(row: dict) -> dict:
+    return {c: row[c] for c in list(row[_COLUMNS])}
+
+
+def keep_row(row: dict) -> dict:
+    """The processor's postprocess: the input columns and the generation, nothing else."""
+    return {**_inputs(row), _COLUMNS: row[_COLUMNS], "generated_text": row["generated_text"],
+            "num_generated_tokens": row["num_generated_tokens"]}
+
+
+def finish_row(row: dict, cfg: EnrichConfig, task: str) -> dict:
+    """A processor output row (generated or failed) as input columns plus the result columns."""
+    subtitle = as_text(row[TEXT])
+    error = row.get(_ERROR)
+    if error:
+        result = task_result(task, None, subtitle, status=error_status(str(error)))
+    else:
+        limit = cfg.vote_max_new_tokens if task == "vote" else cfg.max_new_tokens
+        tokens = int(row.get("num_generated_tokens") or 0)
+        result = task_result(task, as_text(row.get("generated_text")), subtitle, tokens=tokens,
+                             hit_limit=tokens >= limit)
+    return {**_inputs(row), **result}
+
+
+def skipped_row(row: dict, task: str) -> dict:
+    """A row with an empty subtitle: the model is not asked (as in the transformers backend)."""
+    return {**row, **task_result(task, None, as_text(row[TEXT]), status=EMPTY_SUBTITLE)}
+
+
+def _has_text(row: dict) -> bool:
+    if TEXT not in row:
+        raise KeyError(f"LLM backend vllm needs a {TEXT!r} column; the row has {sorted(row)}")
+    return bool(as_text(row[TEXT]).strip())
+
+
+def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str):
+    """The Ray Data LLM processor (chat template, tokenize, vLLM engine, detokenize) for `task`."""
+    require_vllm()
+    from functools import partial
+
+    from ray.data.llm import build_processor
+
+    return build_processor(processor_config(cfg, model_path),
+                           preprocess=partial(request_row, cfg=cfg, task=task),
+                           postprocess=keep_row)
+
+
+def vllm_dataset(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
+                 task: str = "enrich") -> ray.data.Dataset:
+    """Add the result columns of `task` to `ds` with vLLM engines (lazy, like any transform)."""
+    from functools import partial
+
+    processor = build_vllm_processor(cfg, model_path, task)
+    asked = processor(ds.filter(_has_text)).map(partial(finish_row, cfg=cfg, task=task))
+    skipped = ds.filter(lambda row: not _has_text(row)).map(partial(skipped_row, task=task))
+    return asked.union(skipped)
