@@ -71,7 +71,44 @@ def cmd_demo(args):
 
     results = run_demo(args.out, args.config, args.set)
     print(format_table(results))
+    print(f"\nNote: {results['note']}.")
     print(f"\nresults: {Path(args.out) / 'results.json'} ({results['seconds']:.0f} s in all)")
+    return None
+
+
+def cmd_submit(args):
+    from ecmf import jobs
+
+    spec = jobs.load_job_spec(args.job, args.set, args.env)
+    address = jobs.resolve_address(args.address)
+    sid = args.submission_id or spec.submission_id or jobs.new_submission_id(spec.name)
+    print(f"equivalent: {jobs.ray_job_submit_command(spec, address, sid)}")
+    if args.dry_run:
+        return None
+    client = jobs.connect(address)
+    sid = jobs.submit(client, spec, sid)
+    print(f"submitted {sid} to {address}\nlogs: ecmf jobs logs {sid} --follow --address {address}")
+    if args.follow:
+        print(f"job {sid} {jobs.follow(client, sid, timeout_s=args.timeout)}")
+    return None
+
+
+def cmd_jobs(args):
+    from ecmf import jobs
+
+    if args.action != "list" and not args.id:
+        raise ValueError(f"ecmf jobs {args.action}: give the job's submission id")
+    client = jobs.connect(args.address)
+    if args.action == "list":
+        return jobs.list_jobs(client)
+    if args.action == "status":
+        return jobs.job_status(client, args.id)
+    if args.action == "stop":
+        return jobs.stop(client, args.id)
+    if args.follow:
+        print(f"job {args.id} {jobs.follow(client, args.id, timeout_s=args.timeout)}")
+    else:
+        print(jobs.log_tail(client, args.id, args.tail))
     return None
 
 
@@ -84,7 +121,31 @@ COMMANDS = {
     "predict": (cmd_predict, "fold-ensemble predictions and predict/submission.csv"),
     "evaluate": (cmd_evaluate, "cross-validation and test metrics into evaluate/"),
     "demo": (cmd_demo, "run every stage on a generated corpus and print the results table"),
+    "submit": (cmd_submit, "submit a job spec (jobs/*.yaml) to a Ray cluster's Jobs API"),
+    "jobs": (cmd_jobs, "status, logs, stop or list of jobs on a Ray cluster"),
 }
+JOB_COMMANDS = ("submit", "jobs")
+
+
+def _add_job_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--address", help="Jobs API, e.g. http://127.0.0.1:8265 (default: "
+                   "RAY_API_SERVER_ADDRESS, RAY_ADDRESS, then http://127.0.0.1:8265)")
+    p.add_argument("--follow", action="store_true",
+                   help="stream the logs until the job ends; non-zero exit unless it succeeded")
+    p.add_argument("--timeout", type=float, help="give up following after this many seconds")
+    if name == "submit":
+        p.add_argument("job", help="job spec, e.g. jobs/train.yaml (format: jobs/README.md)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override added to every step (repeatable)")
+        p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                       help="env var of the job's runtime environment (repeatable)")
+        p.add_argument("--submission-id", help="default: the spec's, else <name>-<time>-<hex>")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the equivalent `ray job submit` line and stop")
+    else:
+        p.add_argument("action", choices=["status", "logs", "stop", "list"])
+        p.add_argument("id", nargs="?", help="submission id")
+        p.add_argument("--tail", type=int, default=0, metavar="N", help="logs: last N lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        if name in JOB_COMMANDS:
+            p.set_defaults(fn=fn)
+            _add_job_arguments(p, name)
+            continue
         p.add_argument("config", nargs="?", help="YAML file of overrides of the defaults")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one key, e.g. --set train.epochs=20 (repeatable)")
@@ -116,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.fn(args)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ImportError, KeyError, ValueError) as e:
         print(f"ecmf {args.command}: error: {e}", file=sys.stderr)
         return 2
     if result is not None:

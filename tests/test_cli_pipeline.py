@@ -67,7 +67,7 @@ def test_extract_stores_every_good_clip_with_its_dimensions(run):
     from ecmf.features.store import read_features, store_dims
 
     store = run["out"] / "features" / "store"
-    assert store_dims(store) == {"frames": 64, "audio": 64, "text": 384, "enriched": 384}
+    assert store_dims(store) == {"frames": 128, "audio": 64, "text": 384, "enriched": 384}
     ft = read_features(store)
     ids = set(_manifest(run)[schema.SAMPLE_ID])
     assert set(ft.ids) == ids - {run["broken"]}

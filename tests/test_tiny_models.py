@@ -46,8 +46,8 @@ def test_clip_loads_with_auto_classes(tiny):
     assert pixels.shape == (3, 3, 64, 64)
     with torch.no_grad():
         out = model(pixel_values=pixels)
-    assert out.pooler_output.shape == (3, 64)
-    assert out.last_hidden_state.shape == (3, (64 // 8) ** 2 + 1, 64)
+    assert out.pooler_output.shape == (3, 128)
+    assert out.last_hidden_state.shape == (3, 2 * 2 + 1, 128)
 
 
 def test_hubert_loads_with_auto_classes(tiny):
@@ -123,6 +123,6 @@ def test_build_tiny_models_reuses_and_rebuilds(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "hubert", "llm"]
 
 
-def test_clip_image_size_must_fit_the_patch(tmp_path):
-    with pytest.raises(ValueError, match="multiple of 8"):
-        build_tiny_clip_vision(tmp_path, image_size=60)
+def test_clip_image_size_must_split_into_two_by_two_patches(tmp_path):
+    with pytest.raises(ValueError, match="even number"):
+        build_tiny_clip_vision(tmp_path, image_size=61)

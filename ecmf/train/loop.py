@@ -117,8 +117,9 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     rng = np.random.default_rng([cfg.seed, fold, dist.rank])
     # Every rank must take the same number of steps or DDP's all-reduce would wait forever.
     steps = dist.max(int(np.ceil(len(train_idx) / cfg.batch_size)))
-    y_all = torch.as_tensor(data["y"], dtype=torch.long)
-    w_all = torch.as_tensor(data["weight"], dtype=torch.float32)
+    # Copies: arrays from Ray Data batches are read-only, which torch warns about.
+    y_all = torch.tensor(np.array(data["y"], dtype=np.int64))
+    w_all = torch.tensor(np.array(data["weight"], dtype=np.float32))
     best = {"val_waf": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in range(cfg.epochs):
