@@ -178,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from ecmf.config import ConfigError
+    from ecmf.jobs import JobFailed
 
     try:
         result = args.fn(args)
+    except JobFailed as e:  # the job ran and failed: not a usage error
+        print(f"ecmf {args.command}: {e}", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, ImportError, KeyError, ValueError) as e:
         print(f"ecmf {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,317 @@
+"""Job specs (`jobs/*.yaml`) submitted to a Ray cluster through the Jobs API, and their follow-up.
+
+The format is documented in jobs/README.md; `ecmf submit` and `ecmf jobs` are thin wrappers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+TAIL_LINES = 40
+# Never uploaded with working_dir: environments, run outputs and caches (Ray also honours
+# .gitignore files inside working_dir).
+DEFAULT_EXCLUDES = [".git", ".venv", "demo-out", "runs", "*.egg-info", "__pycache__",
+                    ".pytest_cache", ".hypothesis", ".ruff_cache"]
+SPEC_KEYS = {"name", "description", "config", "steps", "set", "entrypoint", "runtime_env",
+             "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
+             "submission_id", "metadata"}
+NOT_A_STEP = {"submit", "jobs"}  # commands that talk to a cluster cannot run inside a job
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+class JobError(ValueError):
+    """A job spec, cluster address or job that a user can fix or look at; the message says which."""
+
+
+class JobFailed(JobError):
+    """A job that ended FAILED or STOPPED: the command exits 1, not the usage-error 2."""
+
+
+@dataclass
+class JobSpec:
+    """A job spec resolved for submission: the entrypoint, its runtime env and driver resources."""
+
+    path: Path
+    name: str
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    entrypoint_num_cpus: float = 1.0
+    entrypoint_num_gpus: float = 0.0
+    entrypoint_memory: int = 0
+    submission_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def parse_memory(value: Any, where: str) -> int:
+    """Bytes from an int or a string such as "8GiB", "512Mi" or "4G"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", str(value).lower())
+    if isinstance(value, bool) or not m:
+        raise JobError(f"{where}: expected bytes or a size like 8GiB, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
+def _pairs(items, where: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise JobError(f"{where} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def build_entrypoint(steps: list[str], config: str | None, sets: list[str]) -> str:
+    """`ecmf <step> <config> [step args] [--set ...]` for every step, joined by `&&`.
+
+    A step's own arguments are kept verbatim so they may use shell variables from env_vars.
+    """
+    from ecmf.cli import COMMANDS
+
+    parts = []
+    for i, step in enumerate(steps):
+        command, _, rest = str(step).strip().partition(" ")
+        if command not in COMMANDS or command in NOT_A_STEP:
+            known = sorted(set(COMMANDS) - NOT_A_STEP)
+            raise JobError(f"steps[{i}]: unknown ecmf command {command!r}; known: {known}")
+        words = ["ecmf", command]
+        if config:
+            words.append(shlex.quote(config))
+        if rest.strip():
+            words.append(rest.strip())
+        words += [f"--set {shlex.quote(s)}" for s in sets]
+        parts.append(" ".join(words))
+    return " && ".join(parts)
+
+
+def load_job_spec(path: str | Path, sets: list[str] = (), env: list[str] = ()) -> JobSpec:
+    """Read and check a job spec; `sets` add `--set` overrides to every step, `env` env vars."""
+    from ecmf.config import ConfigError, load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"job spec {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise JobError(f"{path}: expected a mapping at the top, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise JobError(f"{path}: unknown key(s) {unknown}; known: {sorted(SPEC_KEYS)}")
+    if bool(raw.get("steps")) == bool(raw.get("entrypoint")):
+        raise JobError(f"{path}: give exactly one of `steps` (ecmf commands) or `entrypoint`")
+    for key in ("steps", "set"):
+        if not isinstance(raw.get(key) or [], list):
+            raise JobError(f"{path}: {key}: expected a list, got {raw[key]!r}")
+
+    renv = dict(raw.get("runtime_env") or {})
+    wd = str(renv.get("working_dir", ".."))
+    local = "://" not in wd  # a remote working_dir (s3://, https://...zip) is not checked here
+    if local:
+        wd_path = (path.parent / wd).resolve()
+        if not wd_path.is_dir():
+            raise JobError(f"{path}: runtime_env.working_dir {wd} is not a directory ({wd_path})")
+        wd = str(wd_path)
+    renv["working_dir"] = wd
+    renv["excludes"] = list(dict.fromkeys([*DEFAULT_EXCLUDES, *(renv.get("excludes") or [])]))
+    env_vars = {str(k): v for k, v in (renv.get("env_vars") or {}).items()}
+    bad = [k for k, v in env_vars.items() if v is None or isinstance(v, (dict, list))]
+    if bad:
+        raise JobError(f"{path}: runtime_env.env_vars {bad}: expected plain string values")
+    renv["env_vars"] = {k: str(v) for k, v in {**env_vars, **_pairs(env, "--env")}.items()}
+
+    all_sets = [*(raw.get("set") or []), *sets]
+    config = raw.get("config")
+    if config and local:
+        cfg_path = Path(wd) / config
+        if not cfg_path.is_file():
+            raise JobError(f"{path}: config {config} not found under working_dir {wd}")
+        try:  # fail here, not minutes later on the cluster
+            load_config(cfg_path, all_sets)
+        except ConfigError as e:
+            raise JobError(f"{path}: config {config}: {e}") from None
+    if raw.get("steps"):
+        try:
+            entrypoint = build_entrypoint(list(raw["steps"]), config, all_sets)
+        except JobError as e:
+            raise JobError(f"{path}: {e}") from None
+    else:
+        entrypoint = str(raw["entrypoint"]).strip()
+
+    def number(key: str, default: float) -> float:
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise JobError(f"{path}: {key}: expected a number >= 0, got {v!r}")
+        return float(v)
+
+    name = str(raw.get("name") or path.stem)
+    meta = {str(k): str(v) for k, v in (raw.get("metadata") or {}).items()}
+    return JobSpec(
+        path=path, name=name, entrypoint=entrypoint, runtime_env=renv,
+        entrypoint_num_cpus=number("entrypoint_num_cpus", 1.0),
+        entrypoint_num_gpus=number("entrypoint_num_gpus", 0.0),
+        entrypoint_memory=parse_memory(raw.get("entrypoint_memory", 0),
+                                       f"{path}: entrypoint_memory"),
+        submission_id=raw.get("submission_id"),
+        metadata={"ecmf_job": name, "ecmf_spec": str(path), **meta},
+    )
+
+
+def new_submission_id(name: str) -> str:
+    """`<name>-<UTC time>-<random>`: readable, sortable and unique on a cluster."""
+    slug = re.sub(r"[^a-zA-Z0-9_-]+", "-", name).strip("-") or "ecmf"
+    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def resolve_address(address: str | None) -> str:
+    """--address, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else the local dashboard."""
+    return (address or os.environ.get("RAY_API_SERVER_ADDRESS")
+            or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS)
+
+
+def ray_job_submit_command(spec: JobSpec, address: str, submission_id: str) -> str:
+    """The plain `ray job submit` line that submits the same job."""
+    words = ["ray", "job", "submit", "--address", address, "--submission-id", submission_id,
+             "--runtime-env-json", json.dumps(spec.runtime_env, sort_keys=True),
+             "--metadata-json", json.dumps(spec.metadata, sort_keys=True),
+             "--entrypoint-num-cpus", f"{spec.entrypoint_num_cpus:g}"]
+    if spec.entrypoint_num_gpus:
+        words += ["--entrypoint-num-gpus", f"{spec.entrypoint_num_gpus:g}"]
+    if spec.entrypoint_memory:
+        words += ["--entrypoint-memory", str(spec.entrypoint_memory)]
+    return " ".join([*map(shlex.quote, words), "--", shlex.quote(spec.entrypoint)])
+
+
+def connect(address: str | None):
+    """A JobSubmissionClient for `address`; the token comes from RAY_AUTH_TOKEN or ~/.ray."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = resolve_address(address)
+    # The client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override its argument; hide them so
+    # an explicit --address wins, as the CLI says.
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+             if k in os.environ}
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError as e:
+        raise JobError(f"cannot reach the Ray Jobs API at {address}: {str(e).rstrip('.')}. "
+                       "Is the dashboard port forwarded (see cluster/README.md)?") from None
+    except Exception as e:  # AuthenticationError and friends: keep Ray's advice
+        raise JobError(f"{address}: {type(e).__name__}: {e}") from None
+    finally:
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _about(job_id: str):
+    """Turn the client's RuntimeErrors (unknown id, server errors) into JobErrors naming the job."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise JobError(f"job {job_id}: {e}") from None
+
+
+def submit(client, spec: JobSpec, submission_id: str | None = None) -> str:
+    """Submit the spec; returns the submission id."""
+    sid = submission_id or spec.submission_id or new_submission_id(spec.name)
+    with _about(sid):
+        return client.submit_job(
+            entrypoint=spec.entrypoint, submission_id=sid, runtime_env=spec.runtime_env,
+            metadata=spec.metadata, entrypoint_num_cpus=spec.entrypoint_num_cpus,
+            entrypoint_num_gpus=spec.entrypoint_num_gpus,
+            entrypoint_memory=spec.entrypoint_memory)
+
+
+def _iso(ms: int | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else None
+
+
+def job_status(client, job_id: str) -> dict:
+    """Status, message and times of a job as a plain dict."""
+    with _about(job_id):
+        info = client.get_job_info(job_id)
+    return {"submission_id": info.submission_id or job_id, "status": str(info.status),
+            "message": (info.message or "").split("\n", 1)[0], "entrypoint": info.entrypoint,
+            "start_time": _iso(info.start_time), "end_time": _iso(info.end_time),
+            "metadata": info.metadata or {}}
+
+
+def list_jobs(client) -> list[dict]:
+    """Every job the cluster knows, newest first."""
+    jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0, reverse=True)
+    return [{"submission_id": j.submission_id or j.job_id, "status": str(j.status),
+             "entrypoint": j.entrypoint[:100]} for j in jobs]
+
+
+def log_tail(client, job_id: str, lines: int = TAIL_LINES) -> str:
+    with _about(job_id):
+        text = client.get_job_logs(job_id)
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:]) if lines else text
+
+
+def wait_terminal(client, job_id: str, timeout_s: float | None = None) -> str:
+    """Poll until the job reaches SUCCEEDED, FAILED or STOPPED; returns that status."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        status = job_status(client, job_id)["status"]
+        if status in TERMINAL:
+            return status
+        if deadline and time.monotonic() > deadline:
+            raise JobError(f"job {job_id} is still {status} after {timeout_s:.0f} s; it keeps "
+                           f"running (stop it with `ecmf jobs stop {job_id}`)")
+        time.sleep(1.0)
+
+
+async def _stream(client, job_id: str, out) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        out.write(chunk)
+        out.flush()
+
+
+def follow(client, job_id: str, out=None, timeout_s: float | None = None) -> str:
+    """Stream the job's logs to `out` until it ends; its terminal status, else JobError."""
+    out = out or sys.stdout
+    start = time.monotonic()
+    try:
+        asyncio.run(asyncio.wait_for(_stream(client, job_id, out), timeout_s))
+    except TimeoutError:
+        raise JobError(f"job {job_id} is still running after {timeout_s:.0f} s; it keeps "
+                       f"running (stop it with `ecmf jobs stop {job_id}`)") from None
+    except Exception as e:  # a proxy that drops websockets: fall back to polling the status
+        print(f"\n[ecmf] log stream of {job_id} broke ({e}); polling its status", file=out)
+    left = None if not timeout_s else max(1.0, timeout_s - (time.monotonic() - start))
+    return check_finished(client, job_id, wait_terminal(client, job_id, left))
+
+
+def check_finished(client, job_id: str, status: str) -> str:
+    """Return SUCCEEDED; raise a JobError with the job's message and log tail otherwise."""
+    if status == "SUCCEEDED":
+        return status
+    info = job_status(client, job_id)
+    raise JobFailed(f"job {job_id} {status}: {info['message']}\n--- last {TAIL_LINES} log lines "
+                   f"---\n{log_tail(client, job_id)}")
+
+
+def stop(client, job_id: str, wait_s: float = 30.0) -> dict:
+    """Ask the cluster to stop the job and wait (up to `wait_s`) until it has stopped."""
+    with _about(job_id):
+        client.stop_job(job_id)
+    with contextlib.suppress(JobError):
+        wait_terminal(client, job_id, wait_s)
+    return job_status(client, job_id)

@@ -1,0 +1,128 @@
+"""A real Ray head for the cluster tests: `ray start --head --block` on free loopback ports.
+
+`ray stop` would kill every Ray on the machine (the in-process Ray of this very pytest run and
+other users' too), so the head runs in its own --temp-dir and is stopped by its process tree:
+the `ray start --block` process, its descendants, and anything whose command line names that
+temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120
+
+
+@dataclass
+class RayHead:
+    address: str  # the Jobs API, http://127.0.0.1:<dashboard port>
+    temp_dir: str
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(root_pid: int, temp_dir: str) -> list[psutil.Process]:
+    found: dict[int, psutil.Process] = {}
+
+    def add(p: psutil.Process) -> None:
+        found[p.pid] = p
+        try:
+            for c in p.children(recursive=True):
+                found[c.pid] = c
+        except psutil.Error:
+            pass
+
+    try:
+        add(psutil.Process(root_pid))
+    except psutil.Error:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        if temp_dir in " ".join(p.info["cmdline"] or []):
+            add(p)
+    found.pop(os.getpid(), None)  # never this pytest process
+    return list(found.values())
+
+
+def stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
+    """SIGTERM the head's processes, SIGKILL what is left after 15 s, remove its temp dir."""
+    procs = _tree(proc.pid, temp_dir)  # before anything dies and gets re-parented
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive + _tree(proc.pid, temp_dir):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    proc.wait(timeout=5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_ready(address: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"the Ray head's Jobs API at {address} did not answer within "
+                       f"{START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A local Ray head (4 logical CPUs, dashboard on 127.0.0.1) started from this environment."""
+    bindir = Path(sys.executable).parent
+    # Short: Ray's unix sockets live under it and their paths are limited to ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ecmfray-", dir="/tmp")
+    log = Path(temp_dir) / "ray-start.log"
+    dashboard = free_port()
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+           # A throwaway head on loopback; cluster configs keep token auth on.
+           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(bindir / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}",
+           "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--dashboard-agent-grpc-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+           "--num-cpus=4", "--num-gpus=0", f"--object-store-memory={384 * 1024**2}",
+           "--disable-usage-stats"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=temp_dir, start_new_session=True)
+    head = RayHead(f"http://127.0.0.1:{dashboard}", temp_dir, log)
+    try:
+        _wait_ready(head.address, proc, log)
+        yield head
+    finally:
+        stop_head(proc, temp_dir)
