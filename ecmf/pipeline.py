@@ -19,7 +19,8 @@ from ecmf.workdir import Workdir, write_json
 log = logging.getLogger(__name__)
 TINY_NOTE = ("no packaged weights exist for CLIP, HuBERT or a causal LM, so the demo builds tiny "
              "randomly initialised ones from transformers configs (text: packaged "
-             "all-MiniLM-L6-v2); figures show the pipeline works, not what real encoders reach")
+             "all-MiniLM-L6-v2); the enriched text, written by a random LM, is scored alone but "
+             "not fused; figures show the pipeline works, not what real encoders reach")
 
 
 def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
@@ -38,6 +39,12 @@ def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
         }},
         "enrich": {"backend": "transformers", "model": tiny["llm"], "max_new_tokens": 24,
                    "batch_size": 16, "num_gpus": 0.0},
+        # 480 noisy labels: a narrower, more regularised model and fewer, larger steps fit
+        # better than the MER2025 defaults, and in a third of the time.
+        # The enriched text comes from a random tiny LM here: it is extracted and scored on its
+        # own, but fusing a noise feature over 480 labels would only cost accuracy.
+        "train": {"features": ["frames", "audio", "text"], "epochs": 25, "batch_size": 64,
+                  "hidden": 64, "modality_dropout": 0.3, "weight_decay": 0.01},
     }
 
 

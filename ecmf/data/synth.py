@@ -20,32 +20,41 @@ _FACE = {
     "happy": (1.3, 0.45, 1.35, 0.1, 0.25, 0.75),
     "sad": (-1.2, 0.0, 0.9, 1.1, 0.0, 0.55),
     "worried": (-0.8, 0.15, 0.8, 1.2, 0.45, 1.05),
-    "surprise": (0.0, 1.2, 0.75, 0.2, 1.2, 1.7),
+    "surprise": (0.0, 1.7, 0.95, 0.2, 1.3, 2.1),
 }
 # Placement at full intensity: offset x, offset y (fractions of the frame), scale factor.
 _PLACE = {
     "neutral": (0.0, 0.0, 1.0),
-    "angry": (0.0, -0.02, 1.12),
-    "happy": (0.0, -0.04, 1.0),
-    "sad": (0.0, 0.08, 0.86),
-    "worried": (0.05, 0.03, 0.92),
-    "surprise": (0.0, -0.03, 1.18),
+    "angry": (0.0, -0.02, 1.15),
+    "happy": (0.0, -0.04, 1.05),
+    "sad": (0.0, 0.06, 0.8),
+    "worried": (0.05, 0.03, 0.9),
+    "surprise": (0.0, -0.03, 1.3),
+}
+# Skin tint at full intensity (RGB), the cartoon convention: red with anger, blue with sorrow,
+# pale with worry (close to sad), warm with joy.
+_TINT = {
+    "neutral": (0, 0, 0), "angry": (60, -35, -35), "happy": (25, 40, -45),
+    "sad": (-35, -10, 45), "worried": (-25, 10, 35), "surprise": (15, 15, 15),
 }
 _MOTION = {"neutral": "still", "angry": "shake", "happy": "nod", "sad": "droop",
            "worried": "tremble", "surprise": "widen"}
 
 # Voice at full intensity: pitch shift (semitones), contour over the utterance (semitones),
 # per-syllable pitch spread (semitones), syllables per second, spectral tilt (dB per octave),
-# loudness, breathiness. Angry, happy and surprise share high energy, so the voice confuses them.
+# loudness, breathiness, tremor (semitones at 5-7 Hz), gasp (a breathy onset burst).
+# Angry, happy and surprise share high energy, so the voice confuses them.
 _VOICE = {
-    "neutral": (0.0, -1.0, 0.8, 4.0, -12.0, 0.45, 0.05),
-    "angry": (3.0, -1.5, 2.0, 6.0, -5.0, 1.0, 0.03),
-    "happy": (4.5, 0.5, 3.5, 5.5, -6.5, 0.85, 0.05),
-    "sad": (-4.0, -5.0, 0.4, 2.5, -16.0, 0.3, 0.35),
-    "worried": (2.0, 0.0, 1.2, 5.0, -11.0, 0.45, 0.2),
-    "surprise": (5.5, 7.0, 2.5, 4.5, -6.5, 0.85, 0.05),
+    "neutral": (0.0, -1.0, 0.8, 4.0, -11.0, 0.45, 0.05, 0.0, 0.0),
+    "angry": (3.0, -1.5, 2.0, 6.0, -3.0, 1.0, 0.03, 0.0, 0.0),
+    "happy": (4.5, 0.5, 3.5, 5.5, -5.0, 0.85, 0.05, 0.0, 0.0),
+    "sad": (-4.0, -5.0, 0.4, 2.5, -16.0, 0.3, 0.5, 0.0, 0.0),
+    "worried": (2.5, 0.0, 1.2, 5.5, -9.0, 0.45, 0.35, 1.5, 0.3),
+    "surprise": (5.5, 7.0, 2.5, 4.5, -5.0, 0.85, 0.05, 0.0, 1.0),
 }
 _VOWELS = np.array([(730, 1090), (270, 2290), (300, 870), (530, 1840), (570, 840), (660, 1720)])
+_HAIR = np.array([(30, 25, 20), (60, 40, 25), (100, 70, 40), (200, 170, 110), (150, 150, 150),
+                  (15, 15, 15)], dtype=np.float32)
 _SKIN = np.array([(255, 224, 189), (241, 194, 125), (224, 172, 105), (198, 134, 66),
                   (141, 85, 36), (255, 205, 148)], dtype=np.float32)
 
@@ -63,13 +72,14 @@ def sample_clip_params(label: str, rng: np.random.Generator) -> dict:
     face_i, voice_i = (0.5 * intensity + 0.5 * rng.uniform(0.2, 1.0) for _ in range(2))
     face = _blend(_FACE["neutral"], _FACE[label], face_i, rng, 0.18)
     place = _blend(_PLACE["neutral"], _PLACE[label], face_i, rng, 0.0)
-    place += rng.normal(0.0, [0.05, 0.04, 0.06])
+    place += rng.normal(0.0, [0.07, 0.06, 0.06])
+    tint = face_i * np.asarray(_TINT[label], float) + rng.normal(0.0, 8.0, 3)
     voice = _blend(_VOICE["neutral"], _VOICE[label], voice_i, rng, 0.0)
-    voice += rng.normal(0.0, [1.5, 1.5, 0.5, 0.6, 2.0, 0.12, 0.04])
+    voice += rng.normal(0.0, [2.0, 2.5, 0.5, 1.2, 2.0, 0.12, 0.05, 0.2, 0.15])
     # A quarter of the clips borrow the motion of a random class: gestures are a weak cue.
     motion = _MOTION[label] if rng.random() > 0.25 else rng.choice(list(_MOTION.values()))
     return {
-        "intensity": intensity, "face": face, "place": place, "motion": str(motion),
+        "intensity": intensity, "face": face, "place": place, "tint": tint, "motion": str(motion),
         "motion_amp": face_i * rng.uniform(0.6, 1.4), "voice": voice,
         "speaker_f0": float(np.exp(rng.uniform(np.log(100.0), np.log(250.0)))),
         "formant_scale": rng.uniform(0.88, 1.15),
@@ -81,7 +91,10 @@ def sample_clip_params(label: str, rng: np.random.Generator) -> dict:
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
-    base, other = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    # Muted colours around a random grey: random vision encoders are swamped by saturated,
+    # high-contrast backgrounds, and real sets are mostly muted too.
+    base = rng.uniform(50, 200) + rng.normal(0, 12, 3)
+    other = base + rng.normal(0, 25, 3)
     kind = rng.integers(4)
     if kind == 0:  # flat
         w = np.zeros_like(xx)
@@ -98,11 +111,11 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
             w += np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / (2 * r * r))
         w = w / w.max()
     img = base + w[..., None] * (other - base)
-    for _ in range(rng.integers(0, 4)):  # clutter: rectangles that a face may partly cover
+    for _ in range(rng.integers(0, 3)):  # clutter: objects that a face may partly cover
         x0, y0 = rng.integers(0, size, 2)
-        w_, h_ = rng.integers(size // 10, size // 3, 2)
-        img[y0:y0 + h_, x0:x0 + w_] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, rng.uniform(1, 8), img.shape)
+        w_, h_ = rng.integers(size // 10, size // 4, 2)
+        img[y0:y0 + h_, x0:x0 + w_] = base + rng.normal(0, 40, 3)
+    img += rng.normal(0, rng.uniform(1, 4), img.shape)
     return img.astype(np.float32)
 
 
@@ -153,10 +166,10 @@ def render_frames(params: dict | None, size: int, n_frames: int, fps: int,
     if params is None:
         return np.clip(frames, 0, 255).astype(np.uint8)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3)
-    hair = rng.uniform(10, 120, 3) if rng.random() < 0.8 else rng.uniform(120, 230, 3)
+    skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3) + params["tint"]
+    hair = _HAIR[rng.integers(len(_HAIR))] * rng.uniform(0.8, 1.2)
     dx, dy, scale = params["place"]
-    cx0, cy0, a0 = (0.5 + dx) * size, (0.52 + dy) * size, 0.24 * size * max(scale, 0.6)
+    cx0, cy0, a0 = (0.5 + dx) * size, (0.52 + dy) * size, 0.32 * size * max(scale, 0.6)
     expr = np.array(params["face"])
     motion, amp = params["motion"], params["motion_amp"]
     t = np.arange(n_frames) / fps
@@ -199,7 +212,7 @@ def render_voice(params: dict | None, seconds: float, sr: int,
     n = int(round(seconds * sr))
     if params is None:
         return np.round(rng.normal(0, 2.0, n)).astype(np.int16)
-    shift, contour, spread, rate, tilt, loud, breath = params["voice"]
+    shift, contour, spread, rate, tilt, loud, breath, tremor, gasp = params["voice"]
     rate = float(np.clip(rate, 1.5, 8.0))
     t = np.arange(n) / sr
     start, end = rng.uniform(0.0, 0.25) * seconds, rng.uniform(0.8, 1.0) * seconds
@@ -223,8 +236,8 @@ def render_voice(params: dict | None, seconds: float, sr: int,
         f1[i0:i1], f2[i0:i1] = v1, v2
     rel = np.clip((t - start) / max(end - start, 1e-3), 0, 1)
     st = st + shift + contour * (rel - 0.5)
-    if breath > 0.15:  # tremor in an anxious or sad voice
-        st += 0.6 * np.sin(2 * np.pi * rng.uniform(5, 7) * t)
+    wobble = np.sin(2 * np.pi * rng.uniform(5, 7) * t)  # tremor: an anxious, shaky voice
+    st += max(tremor, 0.0) * wobble
     f0 = params["speaker_f0"] * 2.0 ** (st / 12.0)
     # Harmonic series by complex recurrence (z^h) instead of one sin() per harmonic, with the
     # formant gains evaluated every `hop` samples: both are several times faster and inaudible.
@@ -236,14 +249,22 @@ def render_voice(params: dict | None, seconds: float, sr: int,
     f0c, f1c, f2c = (np.pad(v, (0, pad), mode="edge")[::hop, None] for v in (f0, f1, f2))
     voice = np.zeros((m, hop), np.float32)
     zh = z.copy()
-    for h in range(1, int(4000 / f0.min()) + 1):
+    # Harmonics up to 7.5 kHz, but none below -60 dB: bright voices reach high, dull ones stop early.
+    top = min(7500.0 / f0.min(), 1e-3 ** (6.02 / min(tilt, -1.0)))
+    for h in range(1, int(top) + 1):
         fh = h * f0c
-        amp = (h ** (tilt / 6.02) * _formant_gain(fh, f1c, f2c) * (fh < 7000)).astype(np.float32)
+        amp = (h ** (tilt / 6.02) * _formant_gain(fh, f1c, f2c) * (fh < 7800)).astype(np.float32)
         voice += amp * zh.imag
         zh *= z
     voice = voice.reshape(-1)[:n].astype(np.float64)
     voice /= np.abs(voice).max() + 1e-9
     voice = (voice + np.clip(breath, 0, 0.6) * rng.normal(0, 0.3, n)) * env
+    voice *= 1.0 + 0.15 * np.clip(tremor, 0.0, 2.0) * wobble
+    if gasp > 0.3:  # a sharp breathy intake before speaking ("oh!")
+        i0 = int(max(start - 0.12, 0.0) * sr)
+        burst = np.diff(rng.normal(0, 1, int(0.12 * sr) + 1))  # differenced: bright hiss
+        burst *= np.hanning(len(burst)) * min(gasp, 1.5) * 0.8
+        voice[i0:i0 + len(burst)] += burst[: n - i0]
     level = np.clip(loud, 0.1, 1.2) * 0.4
     out = level * voice / (np.abs(voice).max() + 1e-9) + rng.normal(0, 0.004, n)
     return np.round(np.clip(out, -1, 1) * 32767).astype(np.int16)
