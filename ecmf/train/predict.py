@@ -36,8 +36,9 @@ class FoldEnsemble:
     def fold_probs(self, feats: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> np.ndarray:
         """Class probabilities of every fold model, [K, N, C]."""
         torch = self._torch
-        f = {k: torch.as_tensor(np.asarray(feats[k], dtype=np.float32)) for k in self.features}
-        m = {k: torch.as_tensor(np.asarray(masks[k], dtype=bool)) for k in self.features}
+        # Copies: arrays from Ray Data batches are read-only, which torch warns about.
+        f = {k: torch.tensor(np.array(feats[k], dtype=np.float32)) for k in self.features}
+        m = {k: torch.tensor(np.array(masks[k], dtype=bool)) for k in self.features}
         with torch.inference_mode():
             return np.stack([torch.softmax(mod(f, m), -1).numpy() for mod in self.models])
 
