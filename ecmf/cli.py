@@ -54,6 +54,15 @@ def cmd_pseudo_label(args):
     return _with_ray(args, run_rounds)
 
 
+def cmd_tune(args):
+    from ecmf.tune.driver import SearchError, tune_stage
+
+    try:
+        return _with_ray(args, lambda cfg: tune_stage(cfg, resume=args.resume))
+    except SearchError as e:
+        raise SystemExit(f"ecmf tune: {e}") from None
+
+
 def cmd_predict(args):
     from ecmf.train.evaluate import predict_candidates
 
@@ -118,6 +127,7 @@ COMMANDS = {
     "extract": (cmd_extract, "encode every clip into the Parquet feature store (resumable)"),
     "train": (cmd_train, "k-fold fusion training with Ray Train into train/"),
     "pseudo-label": (cmd_pseudo_label, "pseudo-label rounds over the unlabeled pool into rounds/<k>/"),
+    "tune": (cmd_tune, "hyperparameter search (Ray Tune, ASHA) into tune/: trials.csv, best.yaml"),
     "predict": (cmd_predict, "fold-ensemble predictions and predict/submission.csv"),
     "evaluate": (cmd_evaluate, "cross-validation and test metrics into evaluate/"),
     "demo": (cmd_demo, "run every stage on a generated corpus and print the results table"),
@@ -167,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=default, help=f"output directory (default {default})")
         if name == "predict":
             p.add_argument("--run", help="training run directory (default: best round)")
+        if name == "tune":
+            p.add_argument("--resume", action="store_true",
+                           help="go on with the interrupted search in <workdir>/tune")
         if name == "evaluate":
             p.add_argument("--truth", help="CSV with name,discrete to score the submission on")
     return parser

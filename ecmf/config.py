@@ -222,6 +222,52 @@ class PseudoConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Hyperparameter search with Ray Tune (`ecmf tune`): a space over train keys, ASHA, resources.
+
+    `space` maps a train key to `{choice: [...]}`, `{grid: [...]}`, `{uniform: [lo, hi]}`,
+    `{loguniform: [lo, hi]}`, `{randint: [lo, hi]}` (both ends included) or a fixed value.
+    """
+
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 16  # random draws; a space with grid keys runs each draw per grid point
+    search: str = "random"  # "random": points drawn with `seed`; others ("optuna"...) if installed
+    seed: int = 0
+    scheduler: str = "asha"  # "asha": stop bad trials early; "fifo": run every trial to the end
+    grace_period: int = 4  # epochs every trial runs before ASHA may stop it
+    reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
+    cv_folds: int = 3  # folds per trial, trained epoch by epoch in lockstep (not train.folds)
+    runner: str = "auto"  # "process": train in the trial's process; "ray_train": a TorchTrainer
+    # of train.num_workers workers inside the trial; "auto": ray_train when num_workers > 1
+    max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs allow
+    cpus_per_trial: float = 1.0  # the trial's process (with ray_train, workers come on top)
+    gpus_per_trial: float = 0.0  # process runner only; ray_train takes train.use_gpu
+    max_failures: int = 1  # retries of a failed trial
+    # A trial that reports nothing for this long fails the search (instead of a silent hang).
+    no_progress_timeout_s: float = 900.0
+
+    def __post_init__(self):
+        from ecmf.tune.space import parse_space
+
+        _check(self.num_samples > 0, "tune.num_samples", "> 0", self.num_samples)
+        _check(self.scheduler in ("asha", "fifo"), "tune.scheduler", "'asha' or 'fifo'",
+               self.scheduler)
+        _check(self.grace_period > 0, "tune.grace_period", "> 0", self.grace_period)
+        _check(self.reduction_factor > 1, "tune.reduction_factor", "> 1", self.reduction_factor)
+        _check(self.cv_folds >= 2, "tune.cv_folds", ">= 2", self.cv_folds)
+        _check(self.runner in ("auto", "process", "ray_train"), "tune.runner",
+               "'auto', 'process' or 'ray_train'", self.runner)
+        _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", ">= 0",
+               self.max_concurrent_trials)
+        _check(self.cpus_per_trial > 0, "tune.cpus_per_trial", "> 0", self.cpus_per_trial)
+        _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial", ">= 0", self.gpus_per_trial)
+        _check(self.max_failures >= 0, "tune.max_failures", ">= 0", self.max_failures)
+        _check(self.no_progress_timeout_s > 0, "tune.no_progress_timeout_s", "> 0",
+               self.no_progress_timeout_s)
+        parse_space(self.space)  # each key on its own; Config checks the points against train
+
+
+@dataclass
 class Config:
     workdir: str = "runs/ecmf"  # every stage reads and writes under this directory
     labels: list[str] = field(default_factory=lambda: list(LABELS))
@@ -232,10 +278,15 @@ class Config:
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self):
         _check(tuple(self.labels) == LABELS, "labels", f"the MER2025 label set {list(LABELS)}",
                self.labels)
+        if self.tune.space:  # every sampled point must make a valid train config
+            from ecmf.tune.space import search_points
+
+            search_points(self.tune, self.train)
 
     @property
     def root(self) -> Path:

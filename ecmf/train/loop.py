@@ -100,8 +100,12 @@ def evaluate_confusion(model, data, features, idx, device, batch_size=512) -> np
 
 
 def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
-                   fold: int, prepare: Callable = lambda m: m, device="cpu") -> dict:
-    """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`."""
+                   fold: int, prepare: Callable = lambda m: m, device="cpu",
+                   on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
+
+    `on_epoch`, if given, is called with each epoch's history entry (a search reports it).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -152,6 +156,8 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
             inner = getattr(model, "module", model)
             best = {"val_waf": waf, "val_acc": acc, "epoch": epoch,
                     "state": copy.deepcopy(inner.state_dict())}
+        if on_epoch is not None:
+            on_epoch(history[-1])
     return {"fold": fold, "best_epoch": best["epoch"], "val_waf": best["val_waf"],
             "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history}
 

@@ -1,0 +1,186 @@
+"""One Tune trial: `ecmf train`'s `train_one_fold` over k folds in lockstep, reporting per epoch.
+
+ASHA compares trials epoch by epoch, so each report is the mean validation WAF over all folds at
+that epoch: folds take turns (one runs at a time, in a fixed order, so results are reproducible)
+and a trial stopped early has still been judged on every fold.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ecmf import schema
+from ecmf.config import TrainConfig
+from ecmf.train.loop import train_one_fold
+from ecmf.tune.space import trial_config
+
+METRIC, MODE = "val_waf", "max"
+
+
+class _Abort(Exception):
+    """Raised inside a paused fold to end it when the trial stops."""
+
+
+class _PausedFold:
+    """`train_one_fold` in a thread that pauses after each epoch until `step()` lets it go on."""
+
+    def __init__(self, run: Callable[[Callable[[dict], None]], dict]):
+        self._go: queue.SimpleQueue = queue.SimpleQueue()
+        self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, args=(run,), daemon=True)
+        self._thread.start()
+
+    def _main(self, run) -> None:
+        try:
+            if self._go.get():
+                self._out.put(("done", run(self._pause)))
+        except _Abort:
+            pass
+        except BaseException as e:  # handed to the trial's thread, which raises it
+            self._out.put(("error", e))
+
+    def _pause(self, entry: dict) -> None:
+        self._out.put(("epoch", entry))
+        if not self._go.get():
+            raise _Abort
+
+    def step(self) -> dict:
+        """Run one more epoch; its history entry."""
+        self._go.put(True)
+        kind, value = self._out.get()
+        if kind == "error":
+            raise value
+        if kind != "epoch":
+            raise RuntimeError(f"fold ended before the epoch asked for: {kind}")
+        return value
+
+    def close(self) -> None:
+        self._go.put(False)
+        self._thread.join(timeout=10)
+
+
+def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
+                   folds: int, prepare: Callable = lambda m: m, device="cpu") -> Iterator[dict]:
+    """Per epoch: val_waf, val_acc and train_loss averaged over `folds` folds."""
+    runs = [_PausedFold(lambda on_epoch, k=k: train_one_fold(
+        cfg, data, features, dims, k, prepare=prepare, device=device, on_epoch=on_epoch))
+        for k in range(folds)]
+    try:
+        for epoch in range(cfg.epochs):
+            entries = [r.step() for r in runs]  # one fold at a time, always in this order
+            yield {"epoch": epoch, "fold_val_waf": [e["val_waf"] for e in entries],
+                   **{k: float(np.mean([e[k] for e in entries]))
+                      for k in ("val_waf", "val_acc", "train_loss")}}
+    finally:
+        for r in runs:
+            r.close()
+
+
+def trial_data(store: str | Path, table: pd.DataFrame, features: list[str]) -> dict:
+    """The arrays `train_one_fold` takes: the table's rows with their features, in table order."""
+    from ecmf.features.store import read_features
+
+    ft = read_features(store, features, ids=table[schema.SAMPLE_ID].astype(str).tolist())
+    data = {schema.SAMPLE_ID: ft.ids, "y": table["y"].to_numpy(np.int64),
+            "weight": table["weight"].to_numpy(np.float32),
+            "fold": table["fold"].to_numpy(np.int64)}
+    for f in features:
+        data[schema.feature_column(f)] = ft.feats[f]
+        data[schema.mask_column(f)] = ft.masks[f]
+    return data
+
+
+def _features(cfg: TrainConfig, dims: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    features = list(cfg.features) or list(dims)
+    return features, {f: dims[f] for f in features}
+
+
+def _report_epochs(records, report: Callable[[dict], None]) -> None:
+    best = -1.0
+    try:
+        for rec in records:
+            best = max(best, rec["val_waf"])
+            report({**rec, "best_val_waf": best})
+    finally:
+        # Tune stops a trial by raising in `report`; end the paused fold threads now rather
+        # than whenever the exception's traceback lets go of the generator.
+        records.close()
+
+
+def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: int = 1,
+                  device: str = "cpu") -> None:
+    """Tune trainable: train in the trial's own process on arrays shipped with the trial."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    cfg = trial_config(TrainConfig(**base), config)
+    dims = {f: int(data[schema.feature_column(f)].shape[1])
+            for f in schema.feature_names(data)}
+    features, dims = _features(cfg, dims)
+    _report_epochs(lockstep_folds(cfg, data, features, dims, folds, device=device), tune.report)
+
+
+def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict, folds: int,
+                    storage: str, no_progress_timeout_s: float) -> None:
+    """Tune trainable: a TorchTrainer of `train.num_workers` workers over the feature store.
+
+    Workers report each epoch to Ray Train, which `TuneReportCallback` hands on to Tune.
+    """
+    import ray.data
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ecmf.features.store import store_dataset, store_dims
+    from ecmf.train.fit import attach_labels
+
+    # Set on the context the dataset captures, so a stalled read fails on any cluster.
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s
+    cfg = trial_config(TrainConfig(**base), config)
+    features, dims = _features(cfg, store_dims(store))
+    lookup = {s: (int(y), float(w), int(k)) for s, y, w, k in
+              zip(table[schema.SAMPLE_ID], table["y"], table["weight"], table["fold"])}
+    ds = store_dataset(store, features, ids=list(lookup)).map_batches(
+        attach_labels, fn_kwargs={"lookup": lookup}, batch_format="numpy")
+    trainer = TorchTrainer(
+        train_loop_per_worker=tune_loop_per_worker,
+        train_loop_config={"train": asdict(cfg), "features": features, "dims": dims,
+                           "folds": folds},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        # Tune retries the trial (tune.max_failures); a retry inside would start it over anyway.
+        run_config=RunConfig(name=f"trial-{tune.get_context().get_trial_id()}",
+                             storage_path=storage, callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=0)),
+        datasets={"train": ds},
+    )
+    trainer.fit()
+
+
+def tune_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point of a trial: lockstep folds over this worker's shard."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ecmf.train.loop import arrays_from_batches
+
+    cfg = TrainConfig(**config["train"])
+    features, dims = config["features"], config["dims"]
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    shard = ray.train.get_dataset_shard("train")
+    data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"), features)
+    records = lockstep_folds(cfg, data, features, dims, config["folds"],
+                             prepare=ray.train.torch.prepare_model,
+                             device=ray.train.torch.get_device())
+    # Every worker reports (a barrier in Ray Train); the metrics are all-reduced, so equal.
+    _report_epochs(records, ray.train.report)
