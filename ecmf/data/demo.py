@@ -1,11 +1,12 @@
-"""The demo corpus: a synthetic MER2025-like corpus (noisy labels, unlabeled pool, hidden test truth)
-written in MER2025's release layout, so the reader that serves real data serves it too.
+"""The demo corpus: a synthetic MER2025-like corpus (noisy labels, an unlabeled pool, hidden test
+truth) written in MER2025's release layout, so the reader that serves real data serves it too.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,10 +15,13 @@ import numpy as np
 import pandas as pd
 
 from ecmf.config import DemoConfig
+from ecmf.data.mer2025 import CANDIDATES, SUBTITLES, TRAIN_LABELS
 from ecmf.schema import LABELS
 
 SAMPLE_RATE = 16000
 HIDDEN_TRUTH = "hidden_truth.csv"
+TRUTH_COLUMNS = ["name", "discrete", "split", "test", "noisy_label", "is_noisy", "no_face",
+                 "silent", "empty_text", "contradicts"]
 CLASS_FREQ = (0.24, 0.20, 0.18, 0.15, 0.15, 0.08)  # MER-like: neutral, angry most; surprise rarest
 # Annotation noise flips a label toward a class that humans confuse it with.
 CONFUSABLE = {
@@ -168,7 +172,9 @@ def plan_corpus(cfg: DemoConfig) -> pd.DataFrame:
     no_face = _exact_flags(n, cfg.no_face_rate, r_flag)
     silent = _exact_flags(n, cfg.silent_rate, r_flag)
     empty = _exact_flags(n, cfg.empty_text_rate, r_flag)
-    contradicts = ~empty & (r_flag.random(n) < CONTRADICT_RATE)
+    contradicts = np.zeros(n, dtype=bool)
+    has_text = np.flatnonzero(~empty)
+    contradicts[r_flag.permutation(has_text)[: int(round(CONTRADICT_RATE * n))]] = True
     texts = [("", "") if e else _subtitle(c, k, r_text)
              for c, e, k in zip(labels, empty, contradicts)]
     return pd.DataFrame({
@@ -184,11 +190,8 @@ def _write_clip(job: tuple) -> str:
     from ecmf.data import synth
 
     out, index, name, label, no_face, silent, seed, size, fps, seconds = job
-    rng = np.random.default_rng([seed, 1, index])
-    params = synth.sample_clip_params(label, rng)
-    frames = synth.render_frames(None if no_face else params, size,
-                                 max(1, int(round(seconds * fps))), fps, rng)
-    audio = synth.render_voice(None if silent else params, seconds, SAMPLE_RATE, rng)
+    frames, audio = synth.render_clip(label, no_face, silent, seed, index, size, fps, seconds,
+                                      SAMPLE_RATE)
     synth.write_wav(Path(out) / "audio" / f"{name}.wav", audio, SAMPLE_RATE)
     synth.write_mp4(Path(out) / "video" / f"{name}.mp4", frames, audio, fps, SAMPLE_RATE)
     return name
@@ -207,13 +210,32 @@ def _render_all(jobs: list[tuple], workers: int) -> None:
             pass
 
 
-def write_demo_corpus(cfg: DemoConfig, out: str | Path) -> dict:
-    """Write the demo corpus in MER2025's release layout under `out`; return a summary dict
-    (counts per split, per class, noise, hard cases, seconds taken)."""
-    start = time.perf_counter()
-    out = Path(out)
+def _prepare_out(out: Path) -> None:
+    """Make `out` empty: a leftover clip would join the corpus, since readers list the files."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / HIDDEN_TRUTH).is_file():
+            raise FileExistsError(f"{out}: not empty and not a demo corpus (no {HIDDEN_TRUTH}); "
+                                  "give an empty or new directory")
+        (out / HIDDEN_TRUTH).unlink()  # first: an interrupted rewrite never looks complete
+        for sub in ("video", "audio"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for csv in (SUBTITLES, TRAIN_LABELS, CANDIDATES):
+            (out / csv).unlink(missing_ok=True)
     (out / "video").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)
+
+
+def write_demo_corpus(cfg: DemoConfig, out: str | Path) -> dict:
+    """Write the demo corpus in MER2025's release layout under `out`; return a summary dict
+    (counts per split, per class, noise, hard cases, seconds taken).
+
+    `out` must be empty, new, or an earlier demo corpus (which is replaced). hidden_truth.csv is
+    written last, so its presence marks a complete corpus. Clips are written by `cfg.workers`
+    spawned processes: a script calling this needs the `if __name__ == "__main__":` guard.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    _prepare_out(out)
     plan = plan_corpus(cfg)
     jobs = [(str(out), i, r.name, r.discrete, bool(r.no_face), bool(r.silent), cfg.seed, cfg.size,
              cfg.fps, cfg.seconds) for i, r in enumerate(plan.itertuples(index=False))]
@@ -221,14 +243,13 @@ def write_demo_corpus(cfg: DemoConfig, out: str | Path) -> dict:
     _render_all(jobs, workers)
 
     by_name = plan.sort_values("name")  # rows in name order reveal neither split nor class
-    by_name[["name", "chinese", "english"]].to_csv(out / "subtitle_chieng.csv", index=False)
+    by_name[["name", "chinese", "english"]].to_csv(out / SUBTITLES, index=False)
     train = by_name[by_name.split == "train"]
     train[["name", "noisy_label", "valence"]].rename(columns={"noisy_label": "discrete"}).to_csv(
-        out / "track1_train_disdim.csv", index=False)
+        out / TRAIN_LABELS, index=False)
     by_name.loc[by_name.split == "candidate", ["name"]].to_csv(
-        out / "track_all_candidates.csv", index=False)
-    by_name[["name", "discrete", "split", "test", "noisy_label", "is_noisy", "no_face", "silent",
-             "empty_text", "contradicts"]].to_csv(out / HIDDEN_TRUTH, index=False)
+        out / CANDIDATES, index=False)
+    by_name[TRUTH_COLUMNS].to_csv(out / HIDDEN_TRUTH, index=False)
     return {
         "out": str(out),
         "clips": len(plan),

@@ -1,7 +1,7 @@
 """Rendering of one demo clip: a drawn cartoon face, a synthetic voice, and their mp4 / wav files.
 
-Class cues are large (random encoders only keep coarse signal) but scaled by a per-clip intensity and
-blurred by per-clip noise, so classes overlap and each modality confuses different classes.
+Class cues are large (random encoders keep only coarse signal) but scaled by a per-clip intensity
+and blurred by per-clip noise, so classes overlap and each modality confuses different classes.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ _MOTION = {"neutral": "still", "angry": "shake", "happy": "nod", "sad": "droop",
 # Angry, happy and surprise share high energy, so the voice confuses them.
 _VOICE = {
     "neutral": (0.0, -1.0, 0.8, 4.0, -11.0, 0.45, 0.05, 0.0, 0.0),
-    "angry": (3.0, -1.5, 2.0, 6.0, -3.0, 1.0, 0.03, 0.0, 0.0),
-    "happy": (4.5, 0.5, 3.5, 5.5, -5.0, 0.85, 0.05, 0.0, 0.0),
-    "sad": (-4.0, -5.0, 0.4, 2.5, -16.0, 0.3, 0.5, 0.0, 0.0),
-    "worried": (2.5, 0.0, 1.2, 5.5, -9.0, 0.45, 0.35, 1.5, 0.3),
-    "surprise": (5.5, 7.0, 2.5, 4.5, -5.0, 0.85, 0.05, 0.0, 1.0),
+    "angry": (4.0, -1.5, 2.0, 6.0, -3.0, 1.0, 0.03, 0.0, 0.0),
+    "happy": (6.0, 0.5, 3.5, 5.5, -5.0, 0.85, 0.05, 0.0, 0.0),
+    "sad": (-5.0, -5.0, 0.4, 2.5, -16.0, 0.3, 0.5, 0.0, 0.0),
+    "worried": (3.0, 0.0, 1.2, 5.5, -9.0, 0.45, 0.35, 1.5, 0.3),
+    "surprise": (8.0, 6.0, 2.5, 4.5, -5.0, 0.85, 0.05, 0.0, 1.0),
 }
 _VOWELS = np.array([(730, 1090), (270, 2290), (300, 870), (530, 1840), (570, 840), (660, 1720)])
 _HAIR = np.array([(30, 25, 20), (60, 40, 25), (100, 70, 40), (200, 170, 110), (150, 150, 150),
@@ -59,7 +59,8 @@ _SKIN = np.array([(255, 224, 189), (241, 194, 125), (224, 172, 105), (198, 134, 
                   (141, 85, 36), (255, 205, 148)], dtype=np.float32)
 
 
-def _blend(neutral, target, intensity: float, rng: np.random.Generator, noise: float):
+def _blend(neutral, target, intensity: float, rng: np.random.Generator, noise) -> np.ndarray:
+    """Neutral moved toward the class prototype by `intensity`, plus per-clip noise."""
     neutral, target = np.asarray(neutral, float), np.asarray(target, float)
     return neutral + intensity * (target - neutral) + rng.normal(0.0, noise, neutral.shape)
 
@@ -71,17 +72,16 @@ def sample_clip_params(label: str, rng: np.random.Generator) -> dict:
     # more than in the other, which is what makes fusing them pay.
     face_i, voice_i = (0.5 * intensity + 0.5 * rng.uniform(0.2, 1.0) for _ in range(2))
     face = _blend(_FACE["neutral"], _FACE[label], face_i, rng, 0.18)
-    place = _blend(_PLACE["neutral"], _PLACE[label], face_i, rng, 0.0)
-    place += rng.normal(0.0, [0.07, 0.06, 0.06])
-    tint = face_i * np.asarray(_TINT[label], float) + rng.normal(0.0, 8.0, 3)
-    voice = _blend(_VOICE["neutral"], _VOICE[label], voice_i, rng, 0.0)
-    voice += rng.normal(0.0, [2.0, 2.5, 0.5, 1.2, 2.0, 0.12, 0.05, 0.2, 0.15])
+    place = _blend(_PLACE["neutral"], _PLACE[label], face_i, rng, [0.07, 0.06, 0.06])
+    tint = _blend(_TINT["neutral"], _TINT[label], face_i, rng, 8.0)
+    voice = _blend(_VOICE["neutral"], _VOICE[label], voice_i, rng,
+                   [2.0, 4.0, 0.5, 2.0, 2.0, 0.12, 0.05, 0.2, 0.15])
     # A quarter of the clips borrow the motion of a random class: gestures are a weak cue.
     motion = _MOTION[label] if rng.random() > 0.25 else rng.choice(list(_MOTION.values()))
     return {
         "intensity": intensity, "face": face, "place": place, "tint": tint, "motion": str(motion),
         "motion_amp": face_i * rng.uniform(0.6, 1.4), "voice": voice,
-        "speaker_f0": float(np.exp(rng.uniform(np.log(100.0), np.log(250.0)))),
+        "speaker_f0": float(np.exp(rng.uniform(np.log(110.0), np.log(220.0)))),
         "formant_scale": rng.uniform(0.88, 1.15),
     }
 
@@ -125,37 +125,48 @@ def _segment_dist(xx, yy, p, q):
     return np.hypot(xx - p[0] - t * d[0], yy - p[1] - t * d[1])
 
 
+def _crop(img, xx, yy, x0, x1, y0, y1):
+    """Views of the frame and its coordinate grids over a box, clipped to the frame."""
+    h, w = img.shape[:2]
+    ys = slice(min(max(int(y0), 0), h), min(max(int(y1) + 2, 0), h))
+    xs = slice(min(max(int(x0), 0), w), min(max(int(x1) + 2, 0), w))
+    return img[ys, xs], xx[ys, xs], yy[ys, xs]
+
+
 def _draw_face(img, xx, yy, cx, cy, a, expr, skin, hair, gaze):
+    # Each part is drawn inside its own bounding box: masks over the frame cost 5 times more.
     curve, opening, width, brow_angle, brow_h, eye_open = expr
     b = 1.25 * a
-    # Draw inside the face's bounding box only: masks over the whole frame cost twice as much.
-    size = img.shape[0]
-    ys = slice(max(int(cy - 1.1 * b), 0), max(min(int(cy + 1.1 * b) + 2, size), 0))
-    xs = slice(max(int(cx - 1.1 * a), 0), max(min(int(cx + 1.1 * a) + 2, size), 0))
-    img, xx, yy = img[ys, xs], xx[ys, xs], yy[ys, xs]
-    img[((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1] = skin
-    cap = (((xx - cx) / (1.05 * a)) ** 2 + ((yy - cy + 0.1 * b) / (1.02 * b)) ** 2 <= 1)
-    img[cap & (yy < cy - 0.62 * b)] = hair
+    im, x, y = _crop(img, xx, yy, cx - 1.1 * a, cx + 1.1 * a, cy - 1.1 * b, cy + 1.1 * b)
+    im[((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1] = skin
+    cap = (((x - cx) / (1.05 * a)) ** 2 + ((y - cy + 0.1 * b) / (1.02 * b)) ** 2 <= 1)
+    im[cap & (y < cy - 0.62 * b)] = hair
     eye_y = cy - 0.12 * b
     ry = 0.11 * a * max(eye_open, 0.15)
     for side in (-1, 1):
         ex = cx + side * 0.4 * a
-        m = ((xx - ex) / (0.2 * a)) ** 2 + ((yy - eye_y) / ry) ** 2 <= 1
-        img[m] = (245, 245, 245)
+        im, x, y = _crop(img, xx, yy, ex - 0.2 * a, ex + 0.2 * a, eye_y - ry, eye_y + ry)
+        m = ((x - ex) / (0.2 * a)) ** 2 + ((y - eye_y) / ry) ** 2 <= 1
+        im[m] = (245, 245, 245)
         pr = min(0.09 * a, ry)
-        img[m & ((xx - ex - gaze * 0.08 * a) ** 2 + (yy - eye_y) ** 2 <= pr * pr)] = (25, 20, 20)
+        im[m & ((x - ex - gaze * 0.08 * a) ** 2 + (y - eye_y) ** 2 <= pr * pr)] = (25, 20, 20)
         # Brows: the inner end moves up (sad, worried) or down (angry) with brow_angle.
         by = eye_y - 0.22 * b - brow_h * 0.14 * b
         inner = np.array([cx + side * 0.12 * a, by - brow_angle * 0.12 * b])
         outer = np.array([cx + side * 0.62 * a, by + brow_angle * 0.05 * b])
-        img[_segment_dist(xx, yy, inner, outer) <= 0.07 * a] = hair * 0.6
+        lo, hi = np.minimum(inner, outer) - 0.07 * a, np.maximum(inner, outer) + 0.07 * a
+        im, x, y = _crop(img, xx, yy, lo[0], hi[0], lo[1], hi[1])
+        im[_segment_dist(x, y, inner, outer) <= 0.07 * a] = hair * 0.6
     mx, my, w = cx, cy + 0.5 * b, 0.38 * a * max(width, 0.3)
-    u = (xx - mx) / w
+    bend, gap_max = abs(curve) * 0.09 * b, max(opening, 0.0) * 0.22 * b
+    im, x, y = _crop(img, xx, yy, mx - w, mx + w, my - bend - 0.3 * gap_max - 0.06 * a,
+                     my + bend + gap_max + 0.06 * a)
+    u = (x - mx) / w
     inside = np.abs(u) <= 1
     line = my + curve * 0.18 * b * (0.5 - u ** 2)
     gap = max(opening, 0.0) * 0.22 * b * np.sqrt(np.clip(1 - u ** 2, 0, 1))
-    img[inside & (np.abs(yy - line) <= 0.06 * a)] = (160, 50, 60)  # lips
-    img[inside & (yy >= line - 0.3 * gap) & (yy <= line + gap)] = (70, 15, 25)  # open mouth
+    im[inside & (np.abs(y - line) <= 0.06 * a)] = (160, 50, 60)  # lips
+    im[inside & (y >= line - 0.3 * gap) & (y <= line + gap)] = (70, 15, 25)  # open mouth
 
 
 def render_frames(params: dict | None, size: int, n_frames: int, fps: int,
@@ -249,7 +260,7 @@ def render_voice(params: dict | None, seconds: float, sr: int,
     f0c, f1c, f2c = (np.pad(v, (0, pad), mode="edge")[::hop, None] for v in (f0, f1, f2))
     voice = np.zeros((m, hop), np.float32)
     zh = z.copy()
-    # Harmonics up to 7.5 kHz, but none below -60 dB: bright voices reach high, dull ones stop early.
+    # Harmonics up to 7.5 kHz but none below -60 dB: bright voices reach high, dull ones stop early.
     top = min(7500.0 / f0.min(), 1e-3 ** (6.02 / min(tilt, -1.0)))
     for h in range(1, int(top) + 1):
         fh = h * f0c
@@ -268,6 +279,21 @@ def render_voice(params: dict | None, seconds: float, sr: int,
     level = np.clip(loud, 0.1, 1.2) * 0.4
     out = level * voice / (np.abs(voice).max() + 1e-9) + rng.normal(0, 0.004, n)
     return np.round(np.clip(out, -1, 1) * 32767).astype(np.int16)
+
+
+def render_clip(label: str, no_face: bool, silent: bool, seed: int, index: int, size: int,
+                fps: int, seconds: float, sr: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+    """Frames `[T, size, size, 3]` and int16 audio of clip `index`, from the seed `(seed, index)`.
+
+    The face and voice parameters are drawn even when `no_face` or `silent` drop them, so the
+    background of a clip does not depend on whether it has a face.
+    """
+    rng = np.random.default_rng([seed, 1, index])
+    params = sample_clip_params(label, rng)
+    n_frames = max(1, int(round(seconds * fps)))
+    frames = render_frames(None if no_face else params, size, n_frames, fps, rng)
+    audio = render_voice(None if silent else params, seconds, sr, rng)
+    return frames, audio
 
 
 # --------------------------------------------------------------------------------------- files
@@ -289,13 +315,17 @@ def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int,
     with av.open(str(path), "w") as box:
         v = box.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        # One thread: x264's output then does not depend on the machine's core count.
-        v.options = {"preset": "veryfast", "crf": "18", "threads": "1"}
+        # Byte-identical output for a seed: one thread, and ultrafast, whose output matched x264's
+        # plain C code; with veryfast (lookahead, mbtree) the bitstream depended on what the
+        # process had encoded before.
+        v.options = {"preset": "ultrafast", "crf": "18", "threads": "1"}
         a = box.add_stream("aac", rate=sr)
         a.layout = "mono"
         a.options = {"aac_coder": "fast"}  # the default two-loop search costs twice the time
-        for f in frames:
-            box.mux(v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        for k, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = k
+            box.mux(v.encode(vf))
         box.mux(v.encode())
         af = av.AudioFrame.from_ndarray(audio[None, :].astype(np.int16), format="s16",
                                         layout="mono")
