@@ -22,7 +22,6 @@ class Workdir:
     manifest = property(lambda self: self.root / "manifest.parquet")
     enrich = property(lambda self: self.root / "enrich")
     enriched = property(lambda self: self.root / "enrich" / "enriched.parquet")
-    votes = property(lambda self: self.root / "enrich" / "votes.parquet")
     features = property(lambda self: self.root / "features")
     store = property(lambda self: self.root / "features" / "store")
     errors = property(lambda self: self.root / "features" / "errors.parquet")
