@@ -20,6 +20,10 @@ SPLITS = ("train", "candidate", "pool")
 # audio, empty subtitle) and the vector is zeros.
 FEATURE_PREFIX = "feat_"
 MASK_PREFIX = "mask_"
+# Frame-level sequences (MERTools' "-FRA" features), where asked for: "seq_<name>", a float32
+# fixed-size list of steps * dim values (row-major [steps, dim]); the field metadata holds
+# b"steps" and b"dim". Clips of any length are pooled to `steps` equal time segments.
+SEQUENCE_PREFIX = "seq_"
 
 # Errors table: one row per sample and stage that failed.
 ERROR_COLUMNS = ("sample_id", "stage", "reason")
@@ -40,6 +44,10 @@ def feature_column(name: str) -> str:
 
 def mask_column(name: str) -> str:
     return MASK_PREFIX + name
+
+
+def sequence_column(name: str) -> str:
+    return SEQUENCE_PREFIX + name
 
 
 def feature_names(columns) -> list[str]:
