@@ -77,6 +77,19 @@ def test_media_decodes_with_decord(corpus):
         assert w.getnframes() == 16000
 
 
+def test_video_frames_and_audio_formats(corpus):
+    decord = pytest.importorskip("decord")
+    root, _ = corpus
+    name = _csv(root, HIDDEN_TRUTH)["name"].iloc[0]
+    vr = decord.VideoReader(str(root / "video" / f"{name}.mp4"))
+    assert vr[0].shape == (96, 96, 3)
+    assert abs(len(vr) - 8) <= 1  # 1 s at 8 fps
+    ar = decord.AudioReader(str(root / "video" / f"{name}.mp4"), sample_rate=16000, mono=True)
+    assert abs(ar.shape[1] - 16000) < 2048
+    with wave.open(str(root / "audio" / f"{name}.wav")) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+
+
 def test_silent_clips_are_silent_in_wav_and_mp4(corpus):
     decord = pytest.importorskip("decord")
     root, _ = corpus
