@@ -17,6 +17,9 @@ import yaml
 from ecmf.schema import LABELS
 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
+# Where the GPU image stages RetinaFace's release (STAGE_RETINAFACE, TORCH_HOME=/opt/ecmf/torch;
+# docker/README.md), so no node downloads weights at run time.
+RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
 
 
 class ConfigError(ValueError):
@@ -94,17 +97,44 @@ class EncoderConfig:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     input: str = ""  # input column; empty: the encoder's own ("frames", "audio" or "text")
+    # > 0: also store "seq_<feature>", the per-frame / per-step vectors pooled to this many steps.
+    sequence_steps: int = 0
+    # Face encoder only: detector name ("haar" CPU, "retinaface" GPU extra, "provided" crops),
+    # its weights file (retinaface: .zip/.pth, empty for the GPU image's staged RETINAFACE_WEIGHTS;
+    # haar: another cascade XML, empty for OpenCV's own),
+    # margin added on each side of a face box (fraction of its side) and the smallest face
+    # side in pixels of the decoded frame.
+    detector: str = "haar"
+    detector_weights: str = ""
+    face_margin: float = 0.2
+    min_face: int = 40
+    # "provided" only: the folder of <name>/<name>.npy; empty: openface_face/ beside video/.
+    faces_dir: str = ""
 
     def __post_init__(self):
         _check(self.batch_size > 0, "encoder.batch_size", "> 0", self.batch_size)
         _check(self.pool_size > 0, "encoder.pool_size", "> 0", self.pool_size)
         _check(self.num_gpus >= 0 and self.num_cpus >= 0, "encoder resources", ">= 0",
                (self.num_cpus, self.num_gpus))
+        _check(isinstance(self.sequence_steps, int) and self.sequence_steps >= 0,
+               "encoder.sequence_steps", "an integer >= 0 (0: no sequence column)",
+               self.sequence_steps)
+        from ecmf.features.faces import FACE_DETECTORS  # light: the detectors import lazily
+
+        _check(self.detector in FACE_DETECTORS, "encoder.detector",
+               f"one of {FACE_DETECTORS.names()}", self.detector)
+        _check(0.0 <= self.face_margin <= 1.0, "encoder.face_margin", "in [0, 1]",
+               self.face_margin)
+        _check(isinstance(self.min_face, int) and self.min_face >= 8, "encoder.min_face",
+               "an integer >= 8 (pixels)", self.min_face)
 
 
 def _default_encoders() -> dict[str, EncoderConfig]:
     return {
         "frames": EncoderConfig("clip", "openai/clip-vit-large-patch14", 16, 1, 1.0, 1.0),
+        # Right after frames: the last encoder reading "frames" drops them from the stream.
+        "faces": EncoderConfig("faces", "openai/clip-vit-large-patch14", 16, 1, 1.0, 1.0,
+                               detector="retinaface"),
         "audio": EncoderConfig("hubert", "TencentGameMate/chinese-hubert-large", 8, 1, 1.0, 1.0),
         "text": EncoderConfig("text", PACKAGED_MINILM, 64, 1, 0.0, 1.0),
     }

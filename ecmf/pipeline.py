@@ -32,6 +32,10 @@ def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
         "corpus": {"root": str(out / "corpus")},
         "extract": {"encoders": {
             "frames": {**enc, "name": "clip", "model": tiny["clip"], "batch_size": 8},
+            # The dual-branch visual encoder: OpenCV's packaged Haar cascade finds the faces on
+            # CPU (production: RetinaFace on the GPU actor), the tiny CLIP embeds the crops.
+            "faces": {**enc, "name": "faces", "model": tiny["clip"], "batch_size": 8,
+                      "detector": "haar"},
             "audio": {**enc, "name": "hubert", "model": tiny["hubert"], "batch_size": 8},
             "text": {**enc, "name": "text", "model": PACKAGED_MINILM, "batch_size": 32},
             "enriched": {**enc, "name": "text", "model": PACKAGED_MINILM, "batch_size": 32,
@@ -43,8 +47,8 @@ def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
         # better than the MER2025 defaults, and in a third of the time.
         # The enriched text comes from a random tiny LM here: it is extracted and scored on its
         # own, but fusing a noise feature over 480 labels would only cost accuracy.
-        "train": {"features": ["frames", "audio", "text"], "epochs": 25, "batch_size": 64,
-                  "hidden": 64, "modality_dropout": 0.3, "weight_decay": 0.01},
+        "train": {"features": ["frames", "faces", "audio", "text"], "epochs": 25,
+                  "batch_size": 64, "hidden": 64, "modality_dropout": 0.3, "weight_decay": 0.01},
     }
 
 

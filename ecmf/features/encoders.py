@@ -46,9 +46,11 @@ class Encoder:
         # One encoder actor per CPU it was given: more threads would fight the other actors.
         torch.set_num_threads(max(1, int(cfg.num_cpus)))
         self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.steps = cfg.sequence_steps
         self.model_path = resolve_model(cfg.model)
         self.load(self.model_path)
-        self.model.to(self.device).eval()
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(self.device).eval()
         self.dim = self.output_dim()
 
     def load(self, path: str) -> None:
@@ -57,40 +59,69 @@ class Encoder:
     def output_dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def encode(self, inputs: list) -> np.ndarray:
-        """Features [len(inputs), dim] of present, decoded inputs."""
+    def encode(self, inputs: list, units: list | None = None) -> np.ndarray:
+        """Features [len(inputs), dim] of present, decoded inputs.
+
+        With a `units` list, also appends each input's per-frame / per-step vectors [t, dim]
+        (what `sequence_steps` pools), from the same forward passes.
+        """
         import torch
 
         with torch.inference_mode():
-            return self._encode(inputs)
+            return self._encode(inputs, units)
 
-    def _encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list, units: list | None) -> np.ndarray:
         raise NotImplementedError
 
     def present(self, value) -> bool:
         """Whether a decoded input carries the modality (not silent, not empty)."""
         return value is not None and len(value) > 0
 
+    def prepare(self, value, batch: dict[str, np.ndarray], i: int):
+        """The model input of sample `i` (None: the modality is missing); a ValueError,
+        RuntimeError or OSError becomes that sample's error and the rest of the batch goes on."""
+        return value
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ecmf.features.sequence import pool_steps
+
         n = len(batch[schema.SAMPLE_ID])
-        errors = batch["error"]
+        errors = np.array(batch["error"], dtype=object)
         values = batch[self.input]
-        keep = [i for i in range(n) if not errors[i] and self.present(values[i])]
+        keep, inputs = [], []
+        for i in range(n):
+            if errors[i] or not self.present(values[i]):
+                continue
+            try:
+                x = self.prepare(values[i], batch, i)
+            except (ValueError, RuntimeError, OSError) as e:
+                errors[i] = f"{self.feature}: sample {batch[schema.SAMPLE_ID][i]}: {e}"
+                continue
+            if x is not None:
+                keep.append(i)
+                inputs.append(x)
         feats = np.zeros((n, self.dim), dtype=np.float32)
         mask = np.zeros(n, dtype=bool)
+        seq = np.zeros((n, self.steps, self.dim), dtype=np.float32) if self.steps else None
         if keep:
-            feats[keep] = self.encode([values[i] for i in keep])
+            units = [] if self.steps else None
+            feats[keep] = self.encode(inputs, units)
             mask[keep] = True
+            if units is not None:
+                seq[keep] = np.stack([pool_steps(u, self.steps) for u in units])
         bad = ~np.isfinite(feats).all(axis=1)
-        if bad.any():
-            errors = errors.copy()
-            for i in np.flatnonzero(bad):
-                errors[i] = f"{self.feature}: encoder produced non-finite values"
-            feats[bad] = 0.0
-            mask[bad] = False
-            batch["error"] = errors
+        if seq is not None:
+            bad |= ~np.isfinite(seq).all(axis=(1, 2))
+        for i in np.flatnonzero(bad):
+            errors[i] = f"{self.feature}: encoder produced non-finite values"
+        feats[bad] = 0.0
+        mask[bad] = False
+        batch["error"] = errors
         batch[schema.feature_column(self.feature)] = feats
         batch[schema.mask_column(self.feature)] = mask
+        if seq is not None:
+            seq[bad] = 0.0
+            batch[schema.sequence_column(self.feature)] = seq
         if self.drop_input:
             batch.pop(self.input)
         return batch
@@ -109,7 +140,7 @@ class ClipFramesEncoder(Encoder):
         self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
         self.model = CLIPVisionModel.from_pretrained(path)
 
-    def _encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list, units: list | None) -> np.ndarray:
         import torch
 
         counts = [len(f) for f in inputs]
@@ -121,7 +152,33 @@ class ClipFramesEncoder(Encoder):
             out.append(self.model(pixel_values=px.to(self.device)).pooler_output.float().cpu())
         per_frame = torch.cat(out).numpy()
         bounds = np.cumsum([0] + counts)
-        return np.stack([per_frame[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+        clips = [per_frame[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        if units is not None:
+            units.extend(clips)
+        return np.stack([c.mean(axis=0) for c in clips])
+
+
+@ENCODERS.register("faces")
+class FaceEncoder(ClipFramesEncoder):
+    """Face branch: faces detected in the sampled frames (`detector`: haar, retinaface or the
+    corpus' own crops), cropped, encoded by a CLIP vision tower, mean over frames with a face.
+
+    Detection runs here rather than in the decode tasks: RetinaFace needs the actor's GPU and
+    loaded weights, and the cascade too loads once per actor instead of once per task.
+    A clip without a face gets zeros and mask False; an unreadable crops file is its error.
+    """
+
+    def load(self, path: str) -> None:
+        from ecmf.features.faces import build_detector
+
+        # The detector first: a missing extra or weights file is the error a user should see.
+        self.detector = build_detector(self.cfg, self.device)
+        super().load(path)
+
+    def prepare(self, value, batch, i):
+        video = str(batch[schema.VIDEO][i]) if schema.VIDEO in batch else ""
+        crops = self.detector.faces(value, str(batch[schema.SAMPLE_ID][i]), video)
+        return crops or None  # no face: zeros and mask False
 
 
 @ENCODERS.register("hubert")
@@ -148,12 +205,13 @@ class SpeechEncoder(Encoder):
         return value is not None and not is_silent(np.asarray(value))
 
     def _embed(self, wav: np.ndarray) -> np.ndarray:
+        """Per-time-step vectors [t, dim]: the sum of the last four hidden layers."""
         inputs = self.processor(wav, sampling_rate=self.rate, return_tensors="pt")
         hs = self.model(inputs["input_values"].to(self.device), output_hidden_states=True)
         layers = hs.hidden_states[-4:] if len(hs.hidden_states) >= 4 else hs.hidden_states
-        return sum(layers)[0].float().mean(dim=0).cpu().numpy()
+        return sum(layers)[0].float().cpu().numpy()
 
-    def _encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list, units: list | None) -> np.ndarray:
         chunk = int(self.chunk_s * self.rate)
         minimum = self.rate // 10  # the conv front end needs a few hundred samples
         out = []
@@ -163,7 +221,10 @@ class SpeechEncoder(Encoder):
                 wav = np.pad(wav, (0, minimum - len(wav)))
             pieces = [wav[s:s + chunk] for s in range(0, len(wav), chunk)]
             pieces = [p for p in pieces if len(p) >= minimum] or pieces[:1]
-            embs = np.stack([self._embed(p) for p in pieces])
+            steps = [self._embed(p) for p in pieces]
+            if units is not None:
+                units.append(np.concatenate(steps))
+            embs = np.stack([x.mean(axis=0) for x in steps])
             weights = np.array([len(p) for p in pieces], dtype=np.float64)
             out.append((embs * weights[:, None]).sum(axis=0) / weights.sum())
         return np.stack(out).astype(np.float32)
@@ -185,7 +246,7 @@ class TextEncoder(Encoder):
     def present(self, value) -> bool:
         return isinstance(value, str) and bool(value.strip())
 
-    def _encode(self, inputs: list) -> np.ndarray:
+    def _encode(self, inputs: list, units: list | None) -> np.ndarray:
         out = []
         step = self.cfg.batch_size
         for s in range(0, len(inputs), step):
@@ -194,4 +255,42 @@ class TextEncoder(Encoder):
             hidden = self.model(**tok).last_hidden_state
             m = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).float().cpu().numpy())
+            if units is not None:
+                keep = tok["attention_mask"].bool().cpu()
+                units.extend(h[k].float().numpy() for h, k in zip(hidden.cpu(), keep))
         return np.concatenate(out)
+
+
+@ENCODERS.register("egemaps")
+class EgemapsEncoder(Encoder):
+    """eGeMAPSv02 functionals (88 per clip) through openSMILE: the `egemaps` extra, whose
+    research-only licence keeps it out of the base install. `model` is not used."""
+
+    default_input = "audio"
+    rate = 16000
+
+    def __init__(self, feature: str, cfg: EncoderConfig, input_column: str = "",
+                 drop_input: bool = False):
+        if cfg.sequence_steps:
+            raise ValueError(f"extract.encoders.{feature}.sequence_steps: egemaps gives one "
+                             "vector of functionals per clip, no sequence; set it to 0")
+        super().__init__(feature, cfg, input_column, drop_input)
+
+    def load(self, path: str) -> None:
+        try:
+            import opensmile
+        except ImportError:
+            raise ImportError("encoder 'egemaps' needs openSMILE (research-only licence): "
+                              "pip install 'ecmf[egemaps]'") from None
+        self.model = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                                     feature_level=opensmile.FeatureLevel.Functionals)
+
+    def output_dim(self) -> int:
+        return len(self.model.feature_names)
+
+    present = SpeechEncoder.present
+
+    def _encode(self, inputs: list, units: list | None) -> np.ndarray:
+        rows = [self.model.process_signal(np.asarray(w, dtype=np.float32), self.rate)
+                for w in inputs]
+        return np.stack([r.to_numpy(dtype=np.float32).reshape(-1) for r in rows])

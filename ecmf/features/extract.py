@@ -64,15 +64,26 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table:
-    """Keep sample_id, features (fixed-size lists, dimension in the schema), masks and error."""
-    cols = {schema.SAMPLE_ID: pa.array(batch[schema.SAMPLE_ID].astype(str))}
+    """Keep sample_id, features (fixed-size lists, dimension in the schema), masks, the
+    sequences encoders emitted (`seq_<name>`, steps and dim in the field metadata) and error."""
+    from ecmf.features.sequence import sequence_array, sequence_field
+
+    fields = [pa.field(schema.SAMPLE_ID, pa.string())]
+    arrays = [pa.array(batch[schema.SAMPLE_ID].astype(str))]
     for name in features:
         x = np.ascontiguousarray(batch[schema.feature_column(name)], dtype=np.float32)
-        cols[schema.feature_column(name)] = pa.FixedSizeListArray.from_arrays(
-            pa.array(x.reshape(-1)), x.shape[1])
-        cols[schema.mask_column(name)] = pa.array(batch[schema.mask_column(name)].astype(bool))
-    cols["error"] = pa.array([str(e) for e in batch["error"]], pa.string())
-    return pa.table(cols)
+        fields += [pa.field(schema.feature_column(name), pa.list_(pa.float32(), x.shape[1])),
+                   pa.field(schema.mask_column(name), pa.bool_())]
+        arrays += [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]),
+                   pa.array(batch[schema.mask_column(name)].astype(bool))]
+        seq_col = schema.sequence_column(name)
+        if seq_col in batch:
+            seq = np.asarray(batch[seq_col], dtype=np.float32)
+            fields.append(sequence_field(name, seq.shape[1], seq.shape[2]))
+            arrays.append(sequence_array(seq))
+    fields.append(pa.field("error", pa.string()))
+    arrays.append(pa.array([str(e) for e in batch["error"]], pa.string()))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def _inputs(cfg: Config, wd: Workdir) -> pd.DataFrame:

@@ -115,3 +115,36 @@ def store_dataset(store: str | Path, features: list[str], ids: list[str] | None 
     if ids is not None:
         ds = ds.filter(expr=col(schema.SAMPLE_ID).is_in(list(ids)))
     return ds.drop_columns(["error"])
+
+
+def read_sequences(store: str | Path, name: str,
+                   ids: list[str] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-level sequence of feature `name` for the error-free samples (all, or `ids` in that
+    order) -> (ids [N], float32 [N, steps, dim]); steps and dim come from the field metadata."""
+    from ecmf.features.sequence import sequence_shape, sequence_to_numpy
+
+    ds = _dataset(store)
+    column = schema.sequence_column(name)
+    if column not in ds.schema.names:
+        have = [c[len(schema.SEQUENCE_PREFIX):] for c in ds.schema.names
+                if c.startswith(schema.SEQUENCE_PREFIX)]
+        raise KeyError(f"no sequence column {column!r} in store {store} (set "
+                       f"extract.encoders.{name}.sequence_steps > 0); available: {sorted(have)}")
+    steps, dim = sequence_shape(ds.schema.field(column))
+    flt = pads.field("error") == ""
+    if ids is not None:
+        flt = flt & pads.field(schema.SAMPLE_ID).isin(list(ids))
+    table = ds.to_table(columns=[schema.SAMPLE_ID, column], filter=flt)
+    got = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
+    # As in read_features: a resumed run may have appended a sample again; keep its last row.
+    _, last = np.unique(got[::-1], return_index=True)
+    order = np.sort(len(got) - 1 - last)
+    if ids is not None:
+        pos = {s: i for i, s in enumerate(got[order])}
+        missing = [s for s in ids if s not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} sample(s) have no error-free {column} in {store}, "
+                           f"e.g. {missing[:5]}")
+        order = order[[pos[s] for s in ids]]
+    seq = sequence_to_numpy(table.column(column).take(pa.array(order)), steps, dim)
+    return np.asarray(got[order]), seq

@@ -1,0 +1,249 @@
+"""Face branch: detectors by name, the provided-crops reader, crops, and the face encoder's masks,
+errors and sequence column (tiny CLIP, real CREMA-D frames for the Haar detector)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ecmf.config import ConfigError, EncoderConfig
+from ecmf.features.faces import FACE_DETECTORS, FaceError, build_detector, crop_face, read_crops
+
+CREMA = Path(__file__).parents[1] / "data" / "crema-d"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ecmf.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def crema_frames():
+    from ecmf.data.media import sample_frames
+
+    return sample_frames(str(CREMA / "1001_DFA_NEU_XX.flv"), 4)
+
+
+def _batch(n, **cols):
+    return {"sample_id": np.array([f"s{i}" for i in range(n)], dtype=object),
+            "error": np.array([""] * n, dtype=object), **cols}
+
+
+def _ragged(items):
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def test_detectors_are_registered_and_unknown_names_list_them():
+    assert {"haar", "retinaface", "provided"} <= set(FACE_DETECTORS.names())
+    cfg = EncoderConfig("faces")
+    cfg.detector = "mtcnn"  # past the config's own check: the registry must still say it
+    with pytest.raises(KeyError, match=r"available: \[.*'haar'.*'provided'.*'retinaface'"):
+        build_detector(cfg)
+    with pytest.raises(ConfigError, match="encoder.detector"):
+        EncoderConfig("faces", detector="mtcnn")
+    with pytest.raises(ConfigError, match="encoder.min_face"):
+        EncoderConfig("faces", min_face=2)
+    with pytest.raises(ConfigError, match="encoder.sequence_steps"):
+        EncoderConfig("faces", sequence_steps=-1)
+
+
+def test_retinaface_without_the_gpu_extra_names_it(tmp_path):
+    pytest.importorskip("cv2")
+    try:
+        import retinaface.predict_single  # noqa: F401
+        pytest.skip("retinaface-pytorch is installed here: the missing-extra error cannot show")
+    except ImportError:
+        pass
+    weights = tmp_path / "r.pth"
+    weights.write_bytes(b"")
+    with pytest.raises(ImportError, match=r"ecmf\[gpu\]"):
+        build_detector(EncoderConfig("faces", detector="retinaface",
+                                     detector_weights=str(weights)))
+
+
+def test_haar_finds_the_real_face_and_no_face_in_noise(crema_frames):
+    det = build_detector(EncoderConfig("faces"))
+    crops = det.faces(crema_frames)
+    assert len(crops) == len(crema_frames)  # one face in every frame of a talking head
+    side = crops[0].shape[0]
+    assert crops[0].shape == (side, side, 3) and 90 <= side <= 160
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, size=(3, 256, 341, 3), dtype=np.uint8)
+    flat = np.full((2, 256, 341, 3), 128, np.uint8)
+    assert det.faces(noise) == [] and det.faces(flat) == []
+    # A bigger minimum than the face: nothing qualifies.
+    assert build_detector(EncoderConfig("faces", min_face=200)).faces(crema_frames) == []
+
+
+def test_crop_face_squares_widens_and_pads_at_the_border():
+    frame = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120, 1).repeat(3, -1)
+    frame = (frame % 251).astype(np.uint8)
+    crop = crop_face(frame, [40, 30, 60, 60], margin=0.5)  # 20x30 box -> side 30 * 2
+    assert crop.shape == (60, 60, 3)
+    assert np.array_equal(crop[0, 0], frame[15, 20])  # top-left of the square around (50, 45)
+    edge = crop_face(frame, [0, 0, 20, 20], margin=0.5)  # leaves the frame: edge-padded
+    assert edge.shape == (40, 40, 3) and np.array_equal(edge[0, 0], frame[0, 0])
+
+
+def test_crop_face_levels_the_eyes_from_landmarks():
+    frame = np.zeros((200, 200, 3), np.uint8)
+    cx, cy, r, tilt = 100.0, 100.0, 30.0, math.radians(25)
+    eyes = [(cx - r * math.cos(tilt), cy - r * math.sin(tilt)),
+            (cx + r * math.cos(tilt), cy + r * math.sin(tilt))]
+    for x, y in eyes:
+        frame[int(y) - 3:int(y) + 4, int(x) - 3:int(x) + 4] = 255
+    crop = crop_face(frame, [60, 60, 140, 140], margin=0.1, landmarks=np.array(eyes))
+    assert crop.shape[:2] == (96, 96)
+    ys, xs = np.nonzero(crop[..., 0] > 128)
+    left, right = ys[xs < 48].mean(), ys[xs >= 48].mean()
+    assert abs(left - right) < 2.0  # level after alignment; 25 px apart before
+    unaligned = crop_face(frame, [60, 60, 140, 140], margin=0.1)
+    ys, xs = np.nonzero(unaligned[..., 0] > 128)
+    assert abs(ys[xs < 48].mean() - ys[xs >= 48].mean()) > 20
+
+
+def test_read_crops_accepts_sensible_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, size=(5, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "rgb.npy", rgb)
+    assert np.array_equal(read_crops(tmp_path / "rgb.npy"), rgb)
+    gray = rng.uniform(0, 1, size=(4, 24, 24)).astype(np.float32)
+    np.save(tmp_path / "gray.npy", gray)
+    got = read_crops(tmp_path / "gray.npy")
+    assert got.shape == (4, 24, 24, 3) and got.dtype == np.uint8
+    assert np.array_equal(got[..., 0], got[..., 2])
+    assert np.array_equal(got[..., 1], np.round(gray * 255).astype(np.uint8))
+    np.save(tmp_path / "one.npy", rgb[0].astype(np.float64))  # one crop, float in [0, 255]
+    assert np.array_equal(read_crops(tmp_path / "one.npy"), rgb[:1])
+
+
+@pytest.mark.parametrize("content, match", [
+    (np.zeros((5, 3, 32, 32), np.uint8),
+     r"shape \(5, 3, 32, 32\).*expected face crops \[T, H, W, 3\]"),
+    (np.zeros((5, 4), np.uint8), r"shape \(5, 4\)"),
+    (np.array(["a", "b"]), "dtype"),
+    (b"not a numpy file", "cannot read as .npy"),
+])
+def test_read_crops_errors_name_the_file_and_the_layout(tmp_path, content, match):
+    path = tmp_path / "bad.npy"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    with pytest.raises(FaceError, match=match) as info:
+        read_crops(path)
+    assert str(path) in str(info.value)
+
+
+def test_face_encoder_masks_no_face_and_decode_errors(tiny, crema_frames):
+    from ecmf.features.encoders import ENCODERS
+
+    enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"], batch_size=2))
+    noise = np.random.default_rng(1).integers(0, 255, size=crema_frames.shape, dtype=np.uint8)
+    frames = np.stack([crema_frames, noise, crema_frames])
+    batch = _batch(3, frames=frames)
+    batch["error"][2] = "decode: broken"
+    out = enc(batch)
+    assert out["mask_faces"].tolist() == [True, False, False]
+    x = out["feat_faces"]
+    assert x.shape == (3, 128) and np.isfinite(x).all() and np.abs(x[0]).sum() > 0
+    assert np.abs(x[1:]).sum() == 0
+    assert out["error"].tolist() == ["", "", "decode: broken"]  # no face is not a failure
+    # Faces differ from whole frames: the same tower on the crops, not the frames.
+    whole = ENCODERS.get("clip")("frames", EncoderConfig("clip", tiny["clip"]))
+    assert not np.allclose(x[0], whole.encode([crema_frames])[0], atol=1e-3)
+
+
+def _provided_corpus(root: Path, rng) -> dict[str, np.ndarray]:
+    """A MER2025-like corpus folder: video/ plus openface_face/<name>/<name>.npy."""
+    (root / "video").mkdir(parents=True)
+    crops = {"good": rng.integers(0, 255, size=(12, 40, 40, 3), dtype=np.uint8),
+             "gray": rng.uniform(0, 1, size=(6, 40, 40)).astype(np.float32)}
+    for name, x in crops.items():
+        (root / "openface_face" / name).mkdir(parents=True)
+        np.save(root / "openface_face" / name / f"{name}.npy", x)
+    (root / "openface_face" / "corrupt").mkdir()
+    (root / "openface_face" / "corrupt" / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    return crops
+
+
+def test_provided_crops_corrupt_file_is_its_own_error_and_the_batch_is_stored(tiny, tmp_path):
+    from ecmf.features.encoders import ENCODERS
+    from ecmf.features.extract import to_store_rows
+    from ecmf.features.store import read_features, read_sequences
+
+    crops = _provided_corpus(tmp_path / "corpus", np.random.default_rng(2))
+    names = ["good", "corrupt", "noface", "gray"]  # the corrupt file sits mid-batch
+    cfg = EncoderConfig("faces", tiny["clip"], detector="provided", sequence_steps=4)
+    enc = ENCODERS.get("faces")("faces", cfg)
+    batch = {"sample_id": np.array(names, dtype=object),
+             "video_path": np.array([str(tmp_path / "corpus" / "video" / f"{n}.mp4")
+                                     for n in names], dtype=object),
+             "error": np.array([""] * 4, dtype=object),
+             "frames": np.zeros((4, 8, 16, 16, 3), np.uint8)}  # 8 sampled frames: 8 crops
+    out = enc(batch)
+    assert out["mask_faces"].tolist() == [True, False, False, True]
+    err = out["error"].tolist()
+    assert err[0] == err[2] == err[3] == ""
+    assert err[1].startswith("faces: sample corrupt:") and "corrupt.npy" in err[1]
+    seq = out["seq_faces"]
+    assert seq.shape == (4, 4, 128) and np.abs(seq[1:3]).sum() == 0
+    # 8 of the 12 crops, 2 per step: the steps' mean is the clip's mean feature.
+    assert np.allclose(seq[0].mean(axis=0), out["feat_faces"][0], atol=1e-5)
+    expect = enc.encode([list(crops["good"][((np.arange(8) + 0.5) * 12 / 8).astype(int)])])
+    assert np.allclose(out["feat_faces"][0], expect[0], atol=1e-5)
+
+    store = tmp_path / "store"
+    store.mkdir()
+    pq.write_table(to_store_rows(out, ["faces"]), store / "part.parquet")
+    field = pq.read_schema(store / "part.parquet").field("seq_faces")
+    assert field.metadata == {b"steps": b"4", b"dim": b"128"}
+    ft = read_features(store)
+    assert ft.ids.tolist() == ["good", "noface", "gray"]
+    ids, got = read_sequences(store, "faces", ids=["gray", "good"])
+    assert got.shape == (2, 4, 128) and np.array_equal(got[1], seq[0])
+
+
+def test_provided_without_an_openface_folder_is_an_error_naming_it(tiny, tmp_path):
+    from ecmf.features.encoders import ENCODERS
+
+    (tmp_path / "video").mkdir()
+    enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"],
+                                                       detector="provided"))
+    out = enc({"sample_id": np.array(["a"], dtype=object),
+               "video_path": np.array([str(tmp_path / "video" / "a.mp4")], dtype=object),
+               "error": np.array([""], dtype=object),
+               "frames": _ragged([np.zeros((2, 8, 8, 3), np.uint8)])})
+    assert not out["mask_faces"][0]
+    assert str(tmp_path / "openface_face") in out["error"][0]
+    with pytest.raises(FileNotFoundError, match="encoder.faces_dir"):
+        ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"], detector="provided",
+                                                     faces_dir=str(tmp_path / "nowhere")))
+
+
+def test_retinaface_weights_load_from_the_release_zip_or_the_pth(tmp_path):
+    import zipfile
+
+    import torch
+
+    from ecmf.features.faces import _load_state_dict
+
+    state = {"body.conv1.weight": torch.arange(6.0).reshape(2, 3)}
+    torch.save(state, tmp_path / "r.pth")
+    with zipfile.ZipFile(tmp_path / "release.zip", "w") as z:  # torch.hub's cached release
+        z.write(tmp_path / "r.pth", "retinaface_resnet50.pth")
+    for path in ("r.pth", "release.zip"):
+        got = _load_state_dict(str(tmp_path / path), torch)
+        assert torch.equal(got["body.conv1.weight"], state["body.conv1.weight"]), path
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
+        z.writestr("README", "no weights here")
+    with pytest.raises(ValueError, match=r"detector_weights: .*empty.zip holds no weight"):
+        _load_state_dict(str(tmp_path / "empty.zip"), torch)
