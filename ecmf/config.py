@@ -47,13 +47,25 @@ class RayConfig:
 @dataclass
 class CorpusConfig:
     root: str = ""  # a directory in MER2025's release layout
-    layout: str = "mer2025"
+    layout: str = "mer2025"  # "mer2025": the release layout under `root`; "csv": `manifest`
     text_column: str = "english"  # subtitle_chieng.csv column: "english" or "chinese"
+    # layout csv: columns path[,text,label,name,split,audio_path]; paths relative to the CSV
+    manifest: str = ""
+    encoding: str = "utf-8"  # of the csv manifest, e.g. "gbk"
 
     def __post_init__(self):
-        _check(self.layout == "mer2025", "corpus.layout", "'mer2025'", self.layout)
+        import codecs
+
+        from ecmf.data.layouts import LAYOUTS
+
+        _check(self.layout in LAYOUTS, "corpus.layout", f"one of {LAYOUTS.names()}", self.layout)
         _check(self.text_column in ("english", "chinese"), "corpus.text_column",
                "'english' or 'chinese'", self.text_column)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            _check(False, "corpus.encoding", "a Python codec name such as utf-8 or gbk",
+                   self.encoding)
 
 
 @dataclass

@@ -27,19 +27,18 @@ class Workdir:
     errors = property(lambda self: self.root / "features" / "errors.parquet")
     models = property(lambda self: self.root / "models")  # tiny models the demo builds
     train = property(lambda self: self.root / "train")
+    refine = property(lambda self: self.root / "refine")
     rounds = property(lambda self: self.root / "rounds")
     predict = property(lambda self: self.root / "predict")
     evaluate = property(lambda self: self.root / "evaluate")
 
 
 def build_manifest(cfg: Config) -> pd.DataFrame:
-    """Read the corpus named by the config and write `manifest.parquet` into the workdir."""
-    from ecmf.data.mer2025 import read_mer2025
+    """Read the corpus named by the config (by its `corpus.layout`) and write `manifest.parquet`
+    into the workdir."""
+    from ecmf.data.layouts import read_corpus
 
-    if not cfg.corpus.root:
-        raise ValueError("config corpus.root is empty: point it at a MER2025-layout directory "
-                         "(e.g. --set corpus.root=demo-out/corpus)")
-    df = read_mer2025(cfg.corpus.root, cfg.corpus.text_column)
+    df = read_corpus(cfg.corpus)
     wd = Workdir.of(cfg)
     wd.root.mkdir(parents=True, exist_ok=True)
     df.to_parquet(wd.manifest, index=False)

@@ -1,0 +1,154 @@
+"""Reader for a generic CSV manifest (`corpus.layout: csv`): one row per clip, any corpus.
+
+Columns: `path` (video, or an audio-only file), optional `text`, `label`, `name` (sample id,
+default: the file's stem), `split` (train/candidate/pool; default train when labeled, else pool)
+and `audio_path`. Relative paths resolve against the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ecmf import schema
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("path", "text", "label", "name", "split", "audio_path")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
+
+
+def _decode(path: Path, encoding: str) -> str:
+    """The file's text; bytes that are not `encoding` fail naming the file and every bad line."""
+    raw = path.read_bytes()
+    if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # a BOM from Excel is not part of the first column's name
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        pass
+    bad = []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode(encoding)
+        except UnicodeDecodeError as e:
+            bad.append((n, e))
+    n, first = bad[0]
+    lines = ", ".join(str(b[0]) for b in bad[:10]) + (", ..." if len(bad) > 10 else "")
+    # Guessing the encoding would embed mojibake as subtitles; the user knows what it is.
+    raise ValueError(
+        f"{path}: {len(bad)} line(s) are not valid {encoding.removesuffix('-sig')} (line(s) "
+        f"{lines}; line {n}: byte {first.object[first.start:first.start + 1]!r} at column "
+        f"{first.start + 1}); save the manifest as UTF-8, or name its encoding with "
+        f"--set corpus.encoding=gbk (or whichever it is)")
+
+
+def _rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header (lower-cased) and (line number, row) pairs; quoted fields may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise ValueError(f"{path}: empty file; expected a header with columns "
+                         f"{list(COLUMNS)} (only 'path' is required)") from None
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ValueError(f"{path}: column(s) {dup} appear more than once in the header")
+    if "path" not in header:
+        raise ValueError(f"{path}: missing column 'path'; found {header}, expected 'path' and "
+                         f"optionally {list(COLUMNS[1:])}")
+    extra = [h for h in header if h not in COLUMNS]
+    if extra:
+        log.warning("%s: ignoring column(s) %s; known: %s", path, extra, list(COLUMNS))
+    rows = []
+    line = reader.line_num + 1
+    for values in reader:
+        if values and any(v.strip() for v in values):
+            if len(values) != len(header):
+                raise ValueError(f"{path} line {line}: {len(values)} field(s), the header has "
+                                 f"{len(header)} ({header})")
+            rows.append((line, dict(zip(header, values))))
+        line = reader.line_num + 1
+    if not rows:
+        raise ValueError(f"{path}: no rows under the header")
+    return header, rows
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
+                      labels: tuple[str, ...] = schema.LABELS) -> pd.DataFrame:
+    """Manifest (sample_id, video_path, audio_path, text, label, split) of the clips a CSV lists.
+
+    Every problem of a row fails naming the file, its line and the sample; a manifest whose
+    paths all miss is an error too (most likely a wrong folder), while a few missing files are
+    logged and left to extraction, which records them in its errors table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus manifest {path} does not exist (config corpus.manifest)")
+    _, rows = _rows(path, _decode(path, encoding))
+    base = path.resolve().parent
+    seen: dict[str, int] = {}
+    out = []
+    for line, r in rows:
+        where = f"{path} line {line}"
+        media = r["path"].strip()
+        if not media:
+            raise ValueError(f"{where}: empty 'path'; each row names a video or audio file")
+        media = _resolve(base, media)
+        name = r.get("name", "").strip() or Path(media).stem
+        if "/" in name or "\\" in name:
+            raise ValueError(f"{where}: name {name!r} holds a path separator; names become "
+                             f"file names (<name>.npy), so use a plain id")
+        if name in seen:
+            raise ValueError(f"{where}: sample {name!r} is listed again (first on line "
+                             f"{seen[name]}); names (default: the file stem) must be unique")
+        seen[name] = line
+        label = r.get("label", "").strip() or None
+        if label is not None and label not in labels:
+            raise ValueError(f"{where}: sample {name!r} has label {label!r}; expected one of "
+                             f"{list(labels)} or an empty cell")
+        split = r.get("split", "").strip().lower() or ("train" if label else "pool")
+        if split not in schema.SPLITS:
+            raise ValueError(f"{where}: sample {name!r} has split {split!r}; expected one of "
+                             f"{list(schema.SPLITS)} or an empty cell")
+        if split == "train" and label is None:
+            raise ValueError(f"{where}: sample {name!r} is in split 'train' without a label")
+        if split != "train" and label is not None:
+            raise ValueError(f"{where}: sample {name!r} has a label but split {split!r}; only "
+                             f"train rows carry labels (a candidate's truth stays out of the "
+                             f"manifest)")
+        audio = r.get("audio_path", "").strip()
+        audio = _resolve(base, audio) if audio else ""
+        video = media
+        if Path(media).suffix.lower() in AUDIO_SUFFIXES:
+            if audio and audio != media:
+                raise ValueError(f"{where}: sample {name!r}: 'path' is an audio file and "
+                                 f"'audio_path' names another one; give one of them")
+            video, audio = "", media
+        out.append((name, video, audio, r.get("text", ""), label, split))
+    df = pd.DataFrame(out, columns=[schema.SAMPLE_ID, schema.VIDEO, schema.AUDIO, schema.TEXT,
+                                    schema.LABEL, schema.SPLIT])
+    _check_files(path, df)
+    return df
+
+
+def _check_files(path: Path, df: pd.DataFrame) -> None:
+    media = [v or a for v, a in zip(df[schema.VIDEO], df[schema.AUDIO])]
+    missing = [(s, m) for s, m in zip(df[schema.SAMPLE_ID], media) if not Path(m).is_file()]
+    if missing and len(missing) == len(df):
+        raise FileNotFoundError(
+            f"{path}: none of its {len(df)} files exist, e.g. {missing[0][1]} (sample "
+            f"{missing[0][0]!r}); relative paths resolve against the CSV's folder")
+    if missing:
+        log.warning("%s: %d of %d files do not exist, e.g. %s (sample %r); extraction will list "
+                    "them in its errors table", path, len(missing), len(df), missing[0][1],
+                    missing[0][0])

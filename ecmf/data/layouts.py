@@ -1,0 +1,41 @@
+"""Corpus layouts by name (`corpus.layout`): each reads the corpus a config names into the manifest
+(sample_id, video_path, audio_path, text, label, split) that every stage starts from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from ecmf.registry import Registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ecmf.config import CorpusConfig
+
+LAYOUTS: Registry[Callable[["CorpusConfig"], "pd.DataFrame"]] = Registry("corpus layout")
+
+
+@LAYOUTS.register("mer2025")
+def _mer2025(corpus: "CorpusConfig") -> "pd.DataFrame":
+    from ecmf.data.mer2025 import read_mer2025
+
+    if not corpus.root:
+        raise ValueError("config corpus.root is empty: point it at a MER2025-layout directory "
+                         "(e.g. --set corpus.root=demo-out/corpus)")
+    return read_mer2025(corpus.root, corpus.text_column)
+
+
+@LAYOUTS.register("csv")
+def _csv(corpus: "CorpusConfig") -> "pd.DataFrame":
+    from ecmf.data.csv_manifest import read_csv_manifest
+
+    if not corpus.manifest:
+        raise ValueError("config corpus.manifest is empty: layout 'csv' reads a CSV with columns "
+                         "path[,text,label,name,split,audio_path] (--set corpus.manifest=FILE)")
+    return read_csv_manifest(corpus.manifest, corpus.encoding)
+
+
+def read_corpus(corpus: "CorpusConfig") -> "pd.DataFrame":
+    """The manifest of the corpus `corpus` names, read by its layout's reader."""
+    return LAYOUTS.get(corpus.layout)(corpus)
