@@ -33,7 +33,27 @@ def cmd_prepare_demo(args):
 def cmd_extract(args):
     from ecmf.features.extract import extract_features
 
-    return _with_ray(args, extract_features)
+    s = _with_ray(args, extract_features)
+    # One line a person reads after the progress bars; the full summary follows as JSON.
+    rate = f", {s['clips_per_s']} clips/s" if s.get("clips_per_s") else ""
+    failed = f" (see {s['errors']})" if s.get("failed") else ""
+    print(f"ecmf extract: {s['done']} of {s['clips']} clips in the store, {s['skipped']} skipped "
+          f"as already done, {s['failed']} failed{failed}{rate}", file=sys.stderr)
+    return s
+
+
+def cmd_import_features(args):
+    from ecmf.features.mertools import import_stage
+
+    if not args.sources:
+        raise ValueError("give at least one --from FEATURE=FOLDER (a MERTools -UTT or -FRA folder)")
+    return import_stage(_config(args), args.sources, args.steps, args.overwrite)
+
+
+def cmd_export_features(args):
+    from ecmf.features.mertools import export_stage
+
+    return export_stage(_config(args), args.out, args.features or None, args.overwrite)
 
 
 def cmd_enrich(args):
@@ -45,7 +65,13 @@ def cmd_enrich(args):
 def cmd_train(args):
     from ecmf.train.fit import train_stage
 
-    return _with_ray(args, train_stage)
+    return _with_ray(args, lambda cfg: train_stage(cfg, resume=args.resume))
+
+
+def cmd_refine(args):
+    from ecmf.semi.refine import refine_labels
+
+    return _with_ray(args, refine_labels)
 
 
 def cmd_pseudo_label(args):
@@ -125,7 +151,12 @@ COMMANDS = {
     "prepare-demo": (cmd_prepare_demo, "write the demo corpus in MER2025's release layout"),
     "enrich": (cmd_enrich, "LLM-enrich every subtitle into enrich/enriched.parquet"),
     "extract": (cmd_extract, "encode every clip into the Parquet feature store (resumable)"),
+    "import-features": (cmd_import_features,
+                        "MERTools feature folders (-UTT/-FRA .npy) into the feature store"),
+    "export-features": (cmd_export_features,
+                        "the feature store as MERTools folders (<feature>-UTT/<name>.npy)"),
     "train": (cmd_train, "k-fold fusion training with Ray Train into train/"),
+    "refine": (cmd_refine, "multi-source label refinement of the labeled set into refine/"),
     "pseudo-label": (cmd_pseudo_label, "pseudo-label rounds over the unlabeled pool into rounds/<k>/"),
     "tune": (cmd_tune, "hyperparameter search (Ray Tune, ASHA) into tune/: trials.csv, best.yaml"),
     "predict": (cmd_predict, "fold-ensemble predictions and predict/submission.csv"),
@@ -175,11 +206,29 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("prepare-demo", "demo"):
             default = "demo-out/corpus" if name == "prepare-demo" else "demo-out"
             p.add_argument("--out", default=default, help=f"output directory (default {default})")
+        if name == "import-features":
+            p.add_argument("--from", dest="sources", action="append", default=[],
+                           metavar="FEATURE=FOLDER",
+                           help="a MERTools folder, e.g. audio=features/hubert-large-UTT; a -FRA "
+                           "folder adds seq_<feature> (repeatable; one -UTT and one -FRA each)")
+            p.add_argument("--steps", type=int, help="steps of the -FRA sequences (default: "
+                           "extract.encoders.<feature>.sequence_steps, else 16)")
+        if name == "export-features":
+            p.add_argument("--out", required=True, help="folder for <feature>-UTT/ (and -FRA/)")
+            p.add_argument("--features", nargs="+", metavar="NAME",
+                           help="features to export (default: all in the store)")
+        if name in ("import-features", "export-features"):
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace what is already at the destination")
         if name == "predict":
             p.add_argument("--run", help="training run directory (default: best round)")
         if name == "tune":
             p.add_argument("--resume", action="store_true",
                            help="go on with the interrupted search in <workdir>/tune")
+        if name == "train":
+            p.add_argument("--resume", action="store_true",
+                           help="go on with the interrupted run in <workdir>/train, keeping its "
+                                "finished folds (refused if the config changed)")
         if name == "evaluate":
             p.add_argument("--truth", help="CSV with name,discrete to score the submission on")
     return parser

@@ -225,6 +225,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
+    class_weights: str = "none"  # "none" or "balanced" (inverse class frequency of each fold)
     epochs: int = 40
     batch_size: int = 32
     folds: int = 5
@@ -232,10 +233,16 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    storage_path: str = ""  # Ray Train storage; empty: <workdir>/ray_results
+    storage_path: str = ""  # Ray Train storage (local path or URI); empty: <workdir>/ray_results
+    max_failures: int = 2  # worker-group restarts (from the last fold checkpoint) before failing
 
     def __post_init__(self):
         _check(self.folds >= 2, "train.folds", ">= 2", self.folds)
+        _check(self.class_weights in ("none", "balanced"), "train.class_weights",
+               "'none' or 'balanced'", self.class_weights)
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)",
+               self.label_smoothing)
+        _check(self.max_failures >= 0, "train.max_failures", ">= 0", self.max_failures)
         _check(self.hidden % self.heads == 0, "train.hidden", f"a multiple of heads ({self.heads})",
                self.hidden)
         _check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)", self.dropout)
@@ -247,20 +254,79 @@ class TrainConfig:
 
 
 @dataclass
+class PredictConfig:
+    """Fold-ensemble inference over the store (candidates, the pool) with Ray Data."""
+
+    batch_size: int = 1024  # store rows per map_batches call
+    pool_size: int = 1  # predictor actors
+    num_cpus: float = 1.0  # per actor (also its torch threads)
+    num_gpus: float = 0.0  # per actor; > 0 runs the fold models on the GPU
+
+    def __post_init__(self):
+        _check(self.batch_size > 0 and self.pool_size > 0, "predict.batch_size/pool_size", "> 0",
+               (self.batch_size, self.pool_size))
+        _check(self.num_cpus > 0 and self.num_gpus >= 0, "predict resources",
+               "num_cpus > 0, num_gpus >= 0", (self.num_cpus, self.num_gpus))
+
+
+@dataclass
 class PseudoConfig:
     """Pseudo-labeling rounds over the unlabeled pool."""
 
     rounds: int = 2
-    threshold: float = 0.8  # minimum fold-ensemble confidence
+    threshold: float = 0.7  # minimum fold-ensemble confidence (after calibration)
+    # Temperature-scale the pool probabilities, fitted on the previous run's out-of-fold
+    # predictions against the original labels: later rounds' models grow over-confident.
+    calibrate: bool = True
     max_per_round: int = 0  # cap on selected samples per round; 0: no cap
     class_balance: bool = True  # per-class quota in the labeled set's class proportions
     weight: float = 0.7  # sample weight of a pseudo-label in training (labeled: 1.0)
     patience: int = 1  # stop when validation WAF has not improved for this many rounds
+    # Feature sets of weak classifiers (refine.classifiers on refine.feature_sets) whose pool
+    # prediction must equal the fusion model's for a pseudo-label to be taken; 0: no agreement.
+    min_agree: int = 1
 
     def __post_init__(self):
         _check(self.rounds >= 0, "pseudo.rounds", ">= 0", self.rounds)
         _check(0.0 < self.threshold <= 1.0, "pseudo.threshold", "in (0, 1]", self.threshold)
         _check(0.0 < self.weight <= 1.0, "pseudo.weight", "in (0, 1]", self.weight)
+        _check(self.min_agree >= 0, "pseudo.min_agree", ">= 0", self.min_agree)
+
+
+def _default_refine_weights() -> dict[str, float]:
+    return {"original": 1.0, "weak": 2.0, "fusion": 2.0, "llm": 1.0}
+
+
+@dataclass
+class RefineConfig:
+    """Multi-source label refinement (`ecmf refine`): weak classifiers, the fusion model's
+    out-of-fold predictions and LLM votes re-label the labeled set; the original label is kept."""
+
+    # true: pseudo-label rounds train on refined labels (refining first if not done yet). Off by
+    # default: on the demo corpus it has not yet been shown to raise test WAF.
+    enabled: bool = False
+    classifiers: list[str] = field(default_factory=lambda: ["lr", "svm", "knn"])
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {knn: {n_neighbors: 9}}
+    feature_sets: list[list[str]] = field(default_factory=list)  # empty: each alone + all together
+    # Soft-vote weights: original (one-hot), weak (shared by every weak source), fusion, llm.
+    weights: dict[str, float] = field(default_factory=_default_refine_weights)
+    threshold: float = 0.45  # the vote's share a new label needs
+    min_agree: int = 2  # feature sets / sources (fusion, llm) whose top class is the new label
+    use_llm_votes: bool = True  # when enrich/votes.parquet exists
+    weight_by_confidence: bool = True  # training weight from the vote's confidence
+    min_weight: float = 0.3  # floor of that weight
+    cpus_per_task: float = 0.5  # per weak-classifier Ray task
+
+    def __post_init__(self):
+        _check(set(self.weights) <= {"original", "weak", "fusion", "llm"}
+               and all(v >= 0 for v in self.weights.values()), "refine.weights",
+               "non-negative weights of original, weak, fusion, llm", self.weights)
+        _check(0.0 <= self.threshold <= 1.0, "refine.threshold", "in [0, 1]", self.threshold)
+        _check(self.min_agree >= 1, "refine.min_agree", ">= 1", self.min_agree)
+        _check(0.0 < self.min_weight <= 1.0, "refine.min_weight", "in (0, 1]", self.min_weight)
+        _check(self.cpus_per_task > 0, "refine.cpus_per_task", "> 0", self.cpus_per_task)
+        _check(all(s for s in self.feature_sets), "refine.feature_sets", "non-empty sets",
+               self.feature_sets)
 
 
 @dataclass
@@ -319,7 +385,9 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self):

@@ -67,7 +67,8 @@ def test_extract_stores_every_good_clip_with_its_dimensions(run):
     from ecmf.features.store import read_features, store_dims
 
     store = run["out"] / "features" / "store"
-    assert store_dims(store) == {"frames": 128, "audio": 64, "text": 384, "enriched": 384}
+    assert store_dims(store) == {"frames": 128, "faces": 128, "audio": 64, "text": 384,
+                                 "enriched": 384}
     ft = read_features(store)
     ids = set(_manifest(run)[schema.SAMPLE_ID])
     assert set(ft.ids) == ids - {run["broken"]}
@@ -81,6 +82,10 @@ def test_extract_stores_every_good_clip_with_its_dimensions(run):
     assert (ft.masks["audio"] == ~silent.to_numpy()).all()
     assert (ft.masks["text"] == ~empty.to_numpy()).all()
     assert ft.masks["frames"].all()
+    # The Haar cascade never sees a face where the generator drew none; it misses some drawn ones.
+    no_face = truth["no_face"].str.lower() == "true"
+    assert not ft.masks["faces"][no_face.to_numpy()].any()
+    assert ft.masks["faces"][~no_face.to_numpy()].mean() > 0.5
 
 
 def test_a_corrupt_clip_goes_to_the_errors_table(run):
@@ -170,7 +175,7 @@ def test_evaluate_scores_the_submission_like_sklearn(run):
 
 def test_demo_results_json_and_table(run):
     results = json.loads((run["out"] / "results.json").read_text())
-    assert set(results["single"]) == {"frames", "audio", "text", "enriched"}
+    assert set(results["single"]) == {"frames", "faces", "audio", "text", "enriched"}
     assert all(0.0 <= v <= 1.0 for v in results["single"].values())
     assert 0.0 <= results["fused"] <= 1.0
     assert len(results["rounds"]) == 2

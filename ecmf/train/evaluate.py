@@ -31,8 +31,10 @@ def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
         raise ValueError(f"{cfg.corpus.root}: track_all_candidates.csv lists no candidates")
     save_config(cfg, wd.predict)
     have = ok_ids(wd.store)
+    pc = cfg.predict
     preds = predict_store(wd.store, run, wd.predict / "probabilities",
-                          ids=[c for c in cands if c in have])
+                          ids=[c for c in cands if c in have], batch_size=pc.batch_size,
+                          pool_size=pc.pool_size, num_cpus=pc.num_cpus, num_gpus=pc.num_gpus)
     # A candidate whose clip failed extraction still needs a row: the labeled set's majority
     # class, listed in fallbacks.csv so that nobody mistakes it for a prediction.
     missing = [c for c in cands if c not in set(preds[schema.SAMPLE_ID])]
@@ -48,7 +50,8 @@ def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
     path = write_submission(full, cands, wd.predict / "submission.csv")
     check_submission(path, cands)
     summary = {"run": str(run), "candidates": len(cands), "predicted": int(len(preds)),
-               "fallbacks": len(missing), "submission": str(path)}
+               "fallbacks": len(missing), "submission": str(path),
+               "probabilities": str(wd.predict / "probabilities")}
     write_json(wd.predict / "summary.json", summary)
     return summary
 
@@ -94,8 +97,22 @@ def evaluate(cfg: Config, truth_path: str | Path | None = None) -> dict:
     for run in [wd.train] + sorted(wd.rounds.glob("[0-9]*"), key=lambda p: int(p.name)):
         if (run / "metrics.json").is_file():
             m = json.loads((run / "metrics.json").read_text())
-            runs[str(run.relative_to(wd.root))] = {k: m["cv"][k] for k in ("waf", "accuracy")}
+            name = str(run.relative_to(wd.root))
+            # Out-of-fold predictions over the whole labeled set (each by the fold model that
+            # never trained on it), not the mean of the folds' best validation epochs.
+            runs[name] = {k: m["cv"][k] for k in ("waf", "accuracy", "per_class_f1", "support")}
+            png = out / f"confusion_cv_{name.replace('/', '_')}.png"
+            plot_confusion(np.array(m["cv"]["confusion"]), list(schema.LABELS), png)
+            runs[name]["confusion_png"] = png.name
     result: dict = {"cross_validation": runs}
+    # Pseudo-label rounds (validation WAF against the original labels, pseudo-labels added) and
+    # the label refinement they trained on, as `ecmf pseudo-label` and `ecmf refine` wrote them.
+    if (wd.rounds / "summary.json").is_file():
+        result["rounds"] = json.loads((wd.rounds / "summary.json").read_text())["rounds"]
+    if (wd.refine / "metrics.json").is_file():
+        refine = json.loads((wd.refine / "metrics.json").read_text())
+        result["refine"] = {k: refine[k] for k in ("n_labeled", "changed", "changed_fraction",
+                                                   "transitions")}
     if truth_path:
         truth = read_truth(truth_path)
         sub_path = wd.predict / "submission.csv"

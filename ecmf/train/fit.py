@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -12,11 +15,14 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config, save_config
+from ecmf.config import Config, ConfigError, save_config
 from ecmf.train.loop import train_loop_per_worker
 from ecmf.workdir import Workdir, write_json
 
 log = logging.getLogger(__name__)
+RUN_FILE = "ray_run.json"  # the Ray Train run behind a training directory, for --resume
+# Keys that say where and on what a run trains, not what it learns: a resume may change them.
+RESOURCE_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "storage_path", "max_failures")
 
 
 def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -39,12 +45,25 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def training_table(manifest: pd.DataFrame, folds: int, seed: int,
-                   pseudo: pd.DataFrame | None = None) -> pd.DataFrame:
-    """sample_id, y, weight, fold: labeled clips in k folds; pseudo-labels (fold -1) train only."""
+                   pseudo: pd.DataFrame | None = None,
+                   refined: pd.DataFrame | None = None) -> pd.DataFrame:
+    """sample_id, y, weight, fold: labeled clips in k folds; pseudo-labels (fold -1) train only.
+
+    `refined` (sample_id, refined, weight: ecmf.semi.refine) replaces the labeled clips' labels
+    and weights; folds stay those of the original labels, so every source shares them.
+    """
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     y = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
     table = pd.DataFrame({schema.SAMPLE_ID: lab[schema.SAMPLE_ID].values, "y": y,
                           "weight": 1.0, "fold": assign_folds(y, folds, seed)})
+    if refined is not None:
+        r = refined.set_index(schema.SAMPLE_ID).reindex(table[schema.SAMPLE_ID])
+        absent = table.loc[r["refined"].isna().to_numpy(), schema.SAMPLE_ID].tolist()
+        if absent:
+            raise ValueError(f"refined labels miss {len(absent)} labeled sample(s), e.g. "
+                             f"{absent[:5]}; run `ecmf refine` again")
+        table["y"] = [schema.label_index(v, "refined labels") for v in r["refined"]]
+        table["weight"] = r["weight"].astype(float).to_numpy()
     if pseudo is not None and len(pseudo):
         extra = pd.DataFrame({
             schema.SAMPLE_ID: pseudo[schema.SAMPLE_ID].values,
@@ -78,8 +97,76 @@ def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
     return features, {f: dims[f] for f in features}
 
 
-def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path) -> dict:
-    """Train the configured fusion model on `table` with Ray Train; write models and metrics."""
+def _all_rows_data_config():
+    """Ray Train's DataConfig, but shards keep every row: the default `equal=True` split drops
+    rows to even out the shards, and the loop copes with uneven ones (see `train_one_fold`)."""
+    from ray.train import DataConfig
+
+    class AllRowsDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    out[i][name] = split
+            return out
+
+    return AllRowsDataConfig()
+
+
+def _fault_env() -> dict | None:
+    """The driver's ECMF_FAULT_* variables (the loop's failure-injection test hook), handed to
+    the workers, whose processes do not inherit the driver's environment."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("ECMF_FAULT_")}
+    return {"env_vars": env} if env else None
+
+
+def run_record(cfg: Config, features: list[str], dims: dict[str, int],
+               table: pd.DataFrame) -> dict:
+    """What a training run's results depend on: train keys (not resources), features, table."""
+    cols = table[[schema.SAMPLE_ID, "y", "weight", "fold"]].reset_index(drop=True)
+    digest = hashlib.sha256(cols.to_csv(index=False).encode()).hexdigest()
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in RESOURCE_KEYS}
+    return {"train": train, "features": list(features), "dims": dict(dims),
+            "training_table_sha256": digest}
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    out = []
+    for k in sorted(set(old["train"]) | set(new["train"])):
+        a, b = old["train"].get(k), new["train"].get(k)
+        if a != b:
+            out.append(f"train.{k}: {a!r} -> {b!r}")
+    for k in ("features", "dims"):
+        if old.get(k) != new.get(k):
+            out.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    if old.get("training_table_sha256") != new.get("training_table_sha256"):
+        out.append("training table (labels, weights or folds) differs")
+    return out
+
+
+def _resume_target(out: Path, record: dict) -> tuple[str, str]:
+    """The interrupted run to go on with; refuses, naming them, settings that changed since."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {out} has no run to resume; train "
+                                f"without --resume")
+    saved = json.loads(path.read_text())
+    changed = _changes(saved["record"], record)
+    if changed:
+        raise ConfigError(f"cannot resume {saved['name']} ({path}): the config differs from the "
+                          f"interrupted run's in {'; '.join(changed)}; restore those values or "
+                          f"train without --resume")
+    return saved["name"], saved["storage"]
+
+
+def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = False) -> dict:
+    """Train the configured fusion model on `table` with Ray Train; write models and metrics.
+
+    `resume`: go on with the run recorded in `<out_dir>/ray_run.json` (same Ray Train name and
+    storage, so Ray hands the workers its last checkpoint and finished folds are kept).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -90,25 +177,35 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     wd = Workdir.of(cfg)
     features, dims = resolve_features(cfg)
+    record = run_record(cfg, features, dims, table)
+    tc = cfg.train
+    if resume:
+        name, storage = _resume_target(out, record)
+        log.info("resuming %s from its last checkpoint under %s", name, storage)
+    else:
+        # A URI (s3://, gs://) stays a string: Path would fold its "//".
+        storage = tc.storage_path or str(wd.root / "ray_results")
+        storage = storage if "://" in storage else str(Path(storage).resolve())
+        name = f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     save_config(cfg, out)
     table.to_parquet(out / "training_table.parquet", index=False)
+    write_json(out / RUN_FILE, {"name": name, "storage": storage, "record": record})
     ds = store_dataset(wd.store, features)
     lookup = {s: (int(y), float(w), int(k)) for s, y, w, k in
               zip(table[schema.SAMPLE_ID], table["y"], table["weight"], table["fold"])}
     ds = ds.map_batches(attach_labels, fn_kwargs={"lookup": lookup}, batch_format="numpy")
 
-    tc = cfg.train
-    storage = Path(tc.storage_path or wd.root / "ray_results").resolve()
-    name = f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"train": asdict(tc), "features": features, "dims": dims},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=2),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             worker_runtime_env=_fault_env()),
         datasets={"train": ds},
+        dataset_config=_all_rows_data_config(),
     )
     start = time.time()
     result = trainer.fit()
@@ -126,19 +223,22 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path) -> dict:
     y_true = np.array([schema.label_index(v) for v in oof["label"]])
     y_pred = np.array([schema.label_index(v) for v in oof[schema.PRED]])
     report = classification_report(y_true, y_pred)
+    summary = getattr(result, "return_value", None) or {}
     metrics = {"model": tc.model, "features": features, "dims": dims,
                "n_labeled": int((table["fold"] >= 0).sum()),
                "n_pseudo": int((table["fold"] < 0).sum()), "folds": tc.folds,
-               "cv": report, "fit_seconds": round(seconds, 2), "ray_run": str(storage / name)}
+               "cv": report, "fit_seconds": round(seconds, 2), "ray_run": f"{storage}/{name}",
+               "resumed_folds": summary.get("resumed_folds", []),
+               "shard_rows": summary.get("shard_rows")}
     write_json(out / "metrics.json", metrics)
     log.info("%s: out-of-fold WAF %.4f, accuracy %.4f over %d labeled samples", out.name,
              report["waf"], report["accuracy"], metrics["n_labeled"])
     return metrics
 
 
-def train_stage(cfg: Config) -> dict:
-    """`ecmf train`: k-fold fit on the labeled clips into `<workdir>/train`."""
+def train_stage(cfg: Config, resume: bool = False) -> dict:
+    """`ecmf train [--resume]`: k-fold fit on the labeled clips into `<workdir>/train`."""
     from ecmf.workdir import load_manifest
 
     table = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed)
-    return fit(cfg, table, Workdir.of(cfg).train)
+    return fit(cfg, table, Workdir.of(cfg).train, resume=resume)

@@ -8,7 +8,9 @@ a restarted worker resumes from the last finished fold.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -26,16 +28,28 @@ def model_kwargs(cfg: TrainConfig, dims: dict[str, int]) -> dict:
                 layers=cfg.layers, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout)
 
 
-def arrays_from_batches(batches, features: list[str]) -> dict[str, np.ndarray]:
-    """Concatenate numpy batches of a shard, sorted by sample_id so that order is reproducible."""
+def arrays_from_batches(batches, features: list[str],
+                        dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Concatenate numpy batches of a shard, sorted by sample_id so that order is reproducible.
+
+    An empty shard (a worker that got no rows) gives empty arrays of the right shapes when
+    `dims` is given.
+    """
     keys = [schema.SAMPLE_ID, "y", "weight", "fold"]
     keys += [c for f in features for c in (schema.feature_column(f), schema.mask_column(f))]
     parts: dict[str, list] = {k: [] for k in keys}
     for b in batches:
+        if len(b[schema.SAMPLE_ID]) == 0:
+            continue
         for k in keys:
             parts[k].append(np.asarray(b[k]))
     if not parts[schema.SAMPLE_ID]:
-        return {k: np.zeros(0) for k in keys}
+        empty = {schema.SAMPLE_ID: np.zeros(0, dtype=object), "y": np.zeros(0, np.int64),
+                 "weight": np.zeros(0, np.float32), "fold": np.zeros(0, np.int64)}
+        for f in features:
+            empty[schema.feature_column(f)] = np.zeros((0, (dims or {}).get(f, 0)), np.float32)
+            empty[schema.mask_column(f)] = np.zeros(0, dtype=bool)
+        return empty
     data = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.argsort(data[schema.SAMPLE_ID].astype(str), kind="stable")
     return {k: v[order] for k, v in data.items()}
@@ -49,6 +63,7 @@ class _Dist:
 
         self.on = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
 
     def sum(self, x: np.ndarray) -> np.ndarray:
         if not self.on:
@@ -70,6 +85,26 @@ class _Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
+    def gather(self, n: int) -> list[int]:
+        """`n` of every rank, in rank order."""
+        if not self.on:
+            return [n]
+        import torch.distributed as dist
+
+        out: list = [None] * self.world
+        dist.all_gather_object(out, n)
+        return [int(v) for v in out]
+
+    def total(self, w):
+        """The denominator of a distributed weighted mean: sum of `w` over ranks / world size."""
+        if not self.on:
+            return w.sum()
+        import torch.distributed as dist
+
+        t = w.sum().detach().reshape(1).clone()
+        dist.all_reduce(t)
+        return t[0] / self.world
+
 
 def _tensors(data: dict, features: list[str], idx: np.ndarray, device):
     import torch
@@ -90,6 +125,7 @@ def evaluate_confusion(model, data, features, idx, device, batch_size=512) -> np
     c = len(schema.LABELS)
     if len(idx) == 0:
         return np.zeros((c, c))
+    model = getattr(model, "module", model)  # no DDP wrapper: ranks evaluate different counts
     model.eval()
     preds = []
     with torch.inference_mode():
@@ -99,17 +135,31 @@ def evaluate_confusion(model, data, features, idx, device, batch_size=512) -> np
     return confusion(data["y"][idx], np.concatenate(preds), c).astype(np.float64)
 
 
+def _placeholder_batch(features: list[str], dims: dict[str, int], device):
+    """One zero row for a rank with no training rows: it runs the step with weight 0, so that
+    DDP's gradient all-reduce has every rank's part."""
+    import torch
+
+    feats = {f: torch.zeros(1, dims[f], device=device) for f in features}
+    masks = {f: torch.ones(1, dtype=torch.bool, device=device) for f in features}
+    y = torch.zeros(1, dtype=torch.long, device=device)
+    return feats, masks, y, torch.zeros(1, device=device)
+
+
 def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
                    fold: int, prepare: Callable = lambda m: m, device="cpu",
                    on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
 
-    `on_epoch`, if given, is called with each epoch's history entry (a search reports it).
+    Under DDP every rank takes the same number of steps (the most any rank needs); a rank whose
+    shard is shorter or empty fills its last steps with zero-weight rows, and the loss is the
+    global weighted mean, so those rows change nothing. `on_epoch`, if given, is called with each
+    epoch's history entry (a search reports it).
     """
     import torch
-    import torch.nn.functional as F
 
     from ecmf.models.fusion import MODELS
+    from ecmf.models.losses import balanced_from_counts, weighted_cross_entropy
     from ecmf.train.metrics import weighted_f1_from_confusion
 
     dist = _Dist()
@@ -119,7 +169,12 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     train_idx = np.flatnonzero(data["fold"] != fold)
     val_idx = np.flatnonzero(data["fold"] == fold)
     rng = np.random.default_rng([cfg.seed, fold, dist.rank])
-    # Every rank must take the same number of steps or DDP's all-reduce would wait forever.
+    num_classes = len(schema.LABELS)
+    class_weight = None
+    if cfg.class_weights == "balanced":  # from the fold's training rows over every rank
+        counts = dist.sum(np.bincount(np.asarray(data["y"])[train_idx].astype(np.int64),
+                                      minlength=num_classes))
+        class_weight = torch.tensor(balanced_from_counts(counts), device=device)
     steps = dist.max(int(np.ceil(len(train_idx) / cfg.batch_size)))
     # Copies: arrays from Ray Data batches are read-only, which torch warns about.
     y_all = torch.tensor(np.array(data["y"], dtype=np.int64))
@@ -129,29 +184,34 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     for epoch in range(cfg.epochs):
         model.train()
         perm = rng.permutation(train_idx) if len(train_idx) else train_idx
-        total, count = 0.0, 0
+        total, weight = 0.0, 0.0
         for s in range(steps):
-            if len(perm) == 0:
-                break
-            # Wrap around: ranks with fewer rows revisit some rather than idle.
-            idx = perm[(s * cfg.batch_size + np.arange(min(cfg.batch_size, len(perm))))
-                       % len(perm)]
-            f, m = _tensors(data, features, idx, device)
-            y, w = y_all[idx].to(device), w_all[idx].to(device)
-            loss_each = F.cross_entropy(model(f, m), y, reduction="none",
-                                        label_smoothing=cfg.label_smoothing)
-            loss = (loss_each * w).sum() / w.sum().clamp(min=1e-8)
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            if len(idx):
+                f, m = _tensors(data, features, idx, device)
+                y, w = y_all[idx].to(device), w_all[idx].to(device)
+            elif len(perm):  # this rank's rows ran out: a real row, weighing nothing
+                f, m = _tensors(data, features, perm[:1], device)
+                y, w = y_all[perm[:1]].to(device), torch.zeros(1, device=device)
+            else:
+                f, m, y, w = _placeholder_batch(features, dims, device)
+            if class_weight is not None:
+                w = w * class_weight[y]
+            denom = dist.total(w)
+            loss = weighted_cross_entropy(model(f, m), y, w, cfg.label_smoothing,
+                                          total=denom)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+            # The weighted loss sum and weight of this rank's rows; all-reduced per epoch below.
+            total += loss.item() * float(denom.clamp(min=1e-8))
+            weight += float(w.sum())
         cm = dist.sum(evaluate_confusion(model, data, features, val_idx, device))
         waf = weighted_f1_from_confusion(cm)
         acc = float(np.trace(cm) / max(cm.sum(), 1))
-        loss_sum = dist.sum(np.array([total, count]))
+        loss_sum = dist.sum(np.array([total, weight]))
         history.append({"fold": fold, "epoch": epoch, "val_waf": waf, "val_acc": acc,
-                        "train_loss": float(loss_sum[0] / max(loss_sum[1], 1))})
+                        "train_loss": float(loss_sum[0] / max(loss_sum[1], 1e-8))})
         if waf > best["val_waf"]:
             inner = getattr(model, "module", model)
             best = {"val_waf": waf, "val_acc": acc, "epoch": epoch,
@@ -159,7 +219,8 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
         if on_epoch is not None:
             on_epoch(history[-1])
     return {"fold": fold, "best_epoch": best["epoch"], "val_waf": best["val_waf"],
-            "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history}
+            "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history,
+            "trained_at": time.time()}
 
 
 def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[str, int],
@@ -170,7 +231,8 @@ def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[st
     torch.save({"model": cfg.model, "kwargs": model_kwargs(cfg, dims), "features": features,
                 "state_dict": result["state"], "fold": result["fold"],
                 "best_epoch": result["best_epoch"], "val_waf": result["val_waf"],
-                "history": result["history"], "train_config": asdict(cfg)}, path)
+                "history": result["history"], "trained_at": result.get("trained_at"),
+                "train_config": asdict(cfg)}, path)
     return path
 
 
@@ -180,17 +242,56 @@ def load_fold(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point: k folds over this worker's shard, a checkpoint after each fold."""
+def _injected_fault(finished: int, rank: int) -> None:
+    """Test hook: with ECMF_FAULT_AFTER_FOLDS=n and ECMF_FAULT_MARKER=path, rank 0 fails once
+    when n folds are finished (ECMF_FAULT_MODE "exit": the process dies, as a lost node would;
+    "raise": the training function raises). The marker file records the time and stops it
+    firing again after the restart."""
+    after, marker = os.environ.get("ECMF_FAULT_AFTER_FOLDS"), os.environ.get("ECMF_FAULT_MARKER")
+    if rank != 0 or not after or not marker or finished != int(after) or Path(marker).exists():
+        return
+    # A failure right after a report could beat the controller's poll of that checkpoint;
+    # a real failure mid-fold comes at least a poll later.
+    time.sleep(2.0)
+    Path(marker).write_text(f"{time.time()}\n")
+    if os.environ.get("ECMF_FAULT_MODE", "exit") == "exit":
+        os._exit(1)
+    raise RuntimeError(f"injected failure after {finished} fold(s) (ECMF_FAULT_AFTER_FOLDS)")
+
+
+def _report_folds(done: dict[int, dict], summary: dict, cfg: TrainConfig, features: list[str],
+                  dims: dict[str, int], rank: int) -> None:
+    import ray.train
     import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            for r in done.values():
+                if "state" in r:
+                    save_fold(r, cfg, features, dims, Path(tmp))
+                else:  # loaded from a checkpoint: already in saved form
+                    torch.save(r, Path(tmp) / MODEL_FILE.format(r["fold"]))
+            ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(summary)
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train entry point: k folds over this worker's shard, a checkpoint after each fold.
+
+    A restarted worker group (FailureConfig) or a resumed run (`ecmf train --resume`, the same
+    run name under the same storage) gets the last checkpoint and trains only the missing folds.
+    """
     import ray.train
     import ray.train.torch
+    import torch
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
-    data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"), features)
+    data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
+                               features, dims)
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
@@ -201,22 +302,21 @@ def train_loop_per_worker(config: dict) -> dict:
             for p in sorted(Path(d).glob("fold_*.pt")):
                 saved = load_fold(p)
                 done[saved["fold"]] = saved
-    summary = {}
+    # Shards may be uneven (every row is kept); the metrics show how the rows were dealt.
+    base = {"resumed_folds": sorted(done), "shard_rows": _Dist().gather(len(data["y"]))}
+    summary = {"fold": -1, **base}
+    trained = 0
     for fold in range(cfg.folds):
         if fold in done:
             continue
+        _injected_fault(len(done), rank)
         result = train_one_fold(cfg, data, features, dims, fold,
                                 prepare=ray.train.torch.prepare_model, device=device)
         done[fold] = result
-        summary = {"fold": fold, "val_waf": result["val_waf"], "best_epoch": result["best_epoch"]}
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                for r in done.values():
-                    if "state" in r:
-                        save_fold(r, cfg, features, dims, Path(tmp))
-                    else:  # loaded from a checkpoint: already in saved form
-                        torch.save(r, Path(tmp) / MODEL_FILE.format(r["fold"]))
-                ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(summary)
+        trained += 1
+        summary = {"fold": fold, "val_waf": result["val_waf"], "best_epoch": result["best_epoch"],
+                   **base}
+        _report_folds(done, summary, cfg, features, dims, rank)
+    if trained == 0:  # every fold came from the checkpoint: hand it on as this run's result
+        _report_folds(done, summary, cfg, features, dims, rank)
     return summary

@@ -14,7 +14,7 @@ from ecmf.train.loop import load_fold
 class FoldEnsemble:
     """The fold models of one training run, loaded from `<run>/models/fold_*.pt`."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, device: str = "cpu"):
         import torch
 
         from ecmf.models.fusion import MODELS
@@ -27,20 +27,23 @@ class FoldEnsemble:
             saved = load_fold(p)
             model = MODELS.get(saved["model"])(**saved["kwargs"])
             model.load_state_dict(saved["state_dict"])
-            self.models.append(model.eval())
+            self.models.append(model.to(device).eval())
             self.folds.append(int(saved["fold"]))
         self.features: list[str] = list(saved["features"])
         self.dims: dict[str, int] = dict(saved["kwargs"]["dims"])
         self._torch = torch
+        self.device = device
 
     def fold_probs(self, feats: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> np.ndarray:
         """Class probabilities of every fold model, [K, N, C]."""
         torch = self._torch
         # Copies: arrays from Ray Data batches are read-only, which torch warns about.
-        f = {k: torch.tensor(np.array(feats[k], dtype=np.float32)) for k in self.features}
-        m = {k: torch.tensor(np.array(masks[k], dtype=bool)) for k in self.features}
+        f = {k: torch.tensor(np.array(feats[k], dtype=np.float32), device=self.device)
+             for k in self.features}
+        m = {k: torch.tensor(np.array(masks[k], dtype=bool), device=self.device)
+             for k in self.features}
         with torch.inference_mode():
-            return np.stack([torch.softmax(mod(f, m), -1).numpy() for mod in self.models])
+            return np.stack([torch.softmax(mod(f, m), -1).cpu().numpy() for mod in self.models])
 
     def predict(self, feats, masks) -> np.ndarray:
         """Ensemble probabilities, the mean over folds, [N, C]."""
@@ -59,11 +62,12 @@ def prob_frame(ids, probs: np.ndarray) -> pd.DataFrame:
 class Predictor:
     """Callable class for `map_batches`: ensemble probabilities of a batch of store rows."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, threads: int = 1, use_gpu: bool = False):
         import torch
 
-        torch.set_num_threads(1)
-        self.ensemble = FoldEnsemble(run_dir)
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.ensemble = FoldEnsemble(run_dir, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         feats = {f: np.stack(batch[schema.feature_column(f)]) for f in self.ensemble.features}
@@ -73,16 +77,24 @@ class Predictor:
 
 def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
                   ids: list[str] | None = None, batch_size: int = 1024,
-                  pool_size: int = 1) -> pd.DataFrame:
-    """Stream the store through the fold ensemble with Ray Data; write and return predictions."""
+                  pool_size: int = 1, num_cpus: float = 1.0,
+                  num_gpus: float = 0.0) -> pd.DataFrame:
+    """Stream the store through the fold ensemble with Ray Data; write and return predictions.
+
+    `batch_size` rows per call, `pool_size` predictor actors of `num_cpus`/`num_gpus` each (the
+    `predict:` section of the config).
+    """
     import ray
 
     from ecmf.features.store import store_dataset
 
     ds = store_dataset(store, FoldEnsemble(run_dir).features, ids)
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"run_dir": str(run_dir)},
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs={
+                            "run_dir": str(run_dir), "threads": int(num_cpus),
+                            "use_gpu": num_gpus > 0},
                         batch_size=batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=1)
+                        compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=num_cpus,
+                        num_gpus=num_gpus)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.parquet"):  # predictions are a function of the model: replace
