@@ -1,1 +1,1 @@
-"""Semi-supervised learning: label refinement, pseudo-label selection (pure) and rounds over the pool."""
+"""Semi-supervised learning: weak classifiers, label refinement, pseudo-label selection, rounds."""

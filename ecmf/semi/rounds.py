@@ -2,7 +2,9 @@
 
 Round k writes `rounds/<k>/` (its selected labels with provenance, pool predictions, models,
 metrics, resolved config) and never touches an earlier round; a re-run resumes after the last
-finished round. Rounds stop early when validation WAF stops improving.
+finished round. Rounds stop early when validation WAF (out-of-fold, against the original labels)
+stops improving. Selection: fold-ensemble confidence after temperature calibration, agreement of
+the weak classifiers' pool predictions, class quotas, a cap per round (`ecmf.semi.select`).
 """
 
 from __future__ import annotations
@@ -19,34 +21,91 @@ from ecmf.config import Config
 from ecmf.workdir import Workdir, load_manifest, write_json
 
 log = logging.getLogger(__name__)
-LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round", "source"]
+LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round", "source",
+                 "agreed"]
+FUSION_SOURCE = "fusion-fold-ensemble"
 
 
-def _val_waf(run_dir: Path) -> float:
-    return float(json.loads((run_dir / "metrics.json").read_text())["cv"]["waf"])
+def val_waf(run_dir: Path, reference: pd.Series) -> float:
+    """Out-of-fold WAF of a run against `reference` labels (sample_id -> class name).
+
+    Every run is scored against the same labels (the original annotations), whatever labels it
+    was trained on, so that rounds trained on refined labels compare with the first run.
+    """
+    from ecmf.train.evaluate import score
+
+    oof = pd.read_parquet(run_dir / "oof.parquet")
+    ref = reference.reindex(oof[schema.SAMPLE_ID])
+    keep = ref.notna().to_numpy()
+    return float(score(ref[keep], oof.loc[keep, schema.PRED])["waf"])
 
 
-def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int) -> pd.DataFrame:
-    """The pseudo-labels one round adds, with their provenance."""
-    from ecmf.semi.select import select_pseudo_labels
+def pool_agreement(preds: pd.DataFrame, weak_pool: pd.DataFrame | None,
+                   min_agree: int) -> tuple[np.ndarray | None, list[str]]:
+    """Per pool row: whether >= `min_agree` weak feature sets (groups) predict the fusion
+    model's class, and the agreeing sources (comma-joined); (None, []) when not asked for."""
+    if weak_pool is None or min_agree == 0:
+        return None, [FUSION_SOURCE] * len(preds)
+    from ecmf.semi.select import agreeing_groups
+
+    ids = preds[schema.SAMPLE_ID].to_numpy()
+    names = sorted(weak_pool["source"].unique())
+    tops, groups = [], []
+    for name in names:
+        one = weak_pool[weak_pool["source"] == name].set_index(schema.SAMPLE_ID)
+        tops.append(one.reindex(ids)[list(schema.PROB_COLUMNS)].to_numpy(dtype=np.float64))
+        groups.append(one["group"].iloc[0])
+    fusion = np.array([schema.label_index(v) for v in preds[schema.PRED]])
+    count, agreeing = agreeing_groups(fusion, tops, groups)
+    agreed = [",".join([FUSION_SOURCE] + [names[j] for j in row]) for row in agreeing]
+    return count >= min_agree, agreed
+
+
+def calibration(run_dir: Path, reference: pd.Series) -> float:
+    """Temperature of a run's fold models, fitted on its out-of-fold predictions against the
+    `reference` (original) labels, so a confidence threshold means the same in every round."""
+    from ecmf.semi.select import fit_temperature
+
+    oof = pd.read_parquet(run_dir / "oof.parquet")
+    ref = reference.reindex(oof[schema.SAMPLE_ID])
+    keep = ref.notna().to_numpy()
+    y = np.array([schema.label_index(v) for v in ref[keep]])
+    return fit_temperature(oof.loc[keep, list(schema.PROB_COLUMNS)].to_numpy(), y)
+
+
+def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
+                 weak_pool: pd.DataFrame | None = None, temperature: float = 1.0) -> pd.DataFrame:
+    """The pseudo-labels one round adds, with their provenance (confidence after calibration)."""
+    from ecmf.semi.select import apply_temperature, select_pseudo_labels
 
     pc = cfg.pseudo
-    probs = preds[list(schema.PROB_COLUMNS)].to_numpy()
+    probs = apply_temperature(preds[list(schema.PROB_COLUMNS)].to_numpy(), temperature)
+    preds = preds.assign(**{schema.CONFIDENCE: probs.max(axis=1)})
+    agree, agreed = pool_agreement(preds, weak_pool, pc.min_agree)
     idx = select_pseudo_labels(probs, pc.threshold, prior if pc.class_balance else None,
-                               pc.max_per_round)
+                               pc.max_per_round, agree=agree)
     chosen = preds.iloc[idx]
     return pd.DataFrame({
         schema.SAMPLE_ID: chosen[schema.SAMPLE_ID].values,
         schema.LABEL: chosen[schema.PRED].values,
         schema.CONFIDENCE: chosen[schema.CONFIDENCE].values,
-        "weight": pc.weight, "round": k, "source": "fusion-fold-ensemble",
-    })
+        "weight": pc.weight, "round": k, "source": FUSION_SOURCE,
+        "agreed": [agreed[i] for i in idx],
+    }, columns=LABEL_COLUMNS)
 
 
 def run_rounds(cfg: Config) -> dict:
-    """Run the configured pseudo-label rounds on top of the workdir's `train` run."""
+    """Run the configured pseudo-label rounds on top of the workdir's `train` run.
+
+    With `refine.enabled`, the labeled set is refined first (once; `ecmf refine`), using the
+    `train` run's out-of-fold predictions as the fusion source, and every round trains on the
+    refined labels. With `pseudo.min_agree` > 0, the weak classifiers' pool predictions vote on
+    which pseudo-labels to trust.
+    """
     from ecmf.features.store import ok_ids
+    from ecmf.semi.refine import refined_labels
     from ecmf.semi.select import class_prior
+    from ecmf.semi.weak import weak_probabilities
     from ecmf.train.fit import fit, training_table
     from ecmf.train.predict import predict_store
 
@@ -55,12 +114,19 @@ def run_rounds(cfg: Config) -> dict:
         raise FileNotFoundError(f"{wd.train}/metrics.json: run `ecmf train` before pseudo-label")
     manifest = load_manifest(cfg)
     labeled = manifest[manifest[schema.SPLIT] == "train"]
-    prior = class_prior(np.array([schema.label_index(v) for v in labeled[schema.LABEL]]),
+    reference = labeled.set_index(schema.SAMPLE_ID)[schema.LABEL]
+    refined = refined_labels(cfg)
+    train_labels = refined["refined"] if refined is not None else labeled[schema.LABEL]
+    prior = class_prior(np.array([schema.label_index(v) for v in train_labels]),
                         len(schema.LABELS))
+    weak_pool = None
+    if cfg.pseudo.min_agree > 0 and cfg.refine.classifiers:
+        weak = weak_probabilities(cfg)
+        weak_pool = weak[weak["part"] == "pool"]
     extracted = ok_ids(wd.store)
     unlabeled = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
                        & extracted)
-    history = [{"round": 0, "run": str(wd.train), "val_waf": _val_waf(wd.train),
+    history = [{"round": 0, "run": str(wd.train), "val_waf": val_waf(wd.train, reference),
                 "pseudo_total": 0, "added": 0}]
     selected = pd.DataFrame(columns=LABEL_COLUMNS)
     prev, best, stale = wd.train, history[0]["val_waf"], 0
@@ -73,13 +139,21 @@ def run_rounds(cfg: Config) -> dict:
             taken = set(selected[schema.SAMPLE_ID])
             remaining = [s for s in unlabeled if s not in taken]
             preds = predict_store(wd.store, prev, rdir / "pool_predictions", ids=remaining)
-            new = select_round(preds, cfg, prior, k)
+            temperature = calibration(prev, reference) if cfg.pseudo.calibrate else 1.0
+            new = select_round(preds, cfg, prior, k, weak_pool, temperature)
             selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
-            table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected)
+            table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected,
+                                   refined=refined)
             fit(cfg, table, rdir)
+            write_json(rdir / "selection.json", {
+                "round": k, "candidates": len(remaining), "added": int(len(new)),
+                "threshold": cfg.pseudo.threshold, "min_agree": cfg.pseudo.min_agree,
+                "temperature": round(temperature, 4),
+                "added_per_class": new[schema.LABEL].value_counts().to_dict(),
+                "refined_labels": refined is not None})
             # Written last: its presence marks the round finished.
             selected.to_parquet(rdir / "labels.parquet", index=False)
-        waf = _val_waf(rdir)
+        waf = val_waf(rdir, reference)
         added = int((selected["round"] == k).sum())
         history.append({"round": k, "run": str(rdir), "val_waf": waf,
                         "pseudo_total": int(len(selected)), "added": added})
@@ -97,7 +171,8 @@ def run_rounds(cfg: Config) -> dict:
             log.info("no pool sample passed the selection: stopping")
             break
     best_round = max(history, key=lambda h: h["val_waf"])
-    summary = {"rounds": history, "best": best_round}
+    summary = {"rounds": history, "best": best_round,
+               "validation_labels": "original", "refined_labels": refined is not None}
     write_json(wd.rounds / "summary.json", summary)
     return summary
 

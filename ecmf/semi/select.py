@@ -102,3 +102,63 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float, class_prior: np.nd
     if not picked:  # every candidate is of a class with zero prior
         return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def agreeing_groups(pred: np.ndarray, sources: list[np.ndarray],
+                    groups: list[str]) -> tuple[np.ndarray, list[list[int]]]:
+    """How many independent groups back `pred` [N], and which sources do, per row.
+
+    `sources[j]` holds probabilities [N, C] of source j (NaN rows: no opinion), `groups[j]` its
+    group (e.g. its feature set): sources of one group count once. A source backs a row when its
+    top class is `pred[i]` and unique (a tie at its top backs nothing).
+    """
+    pred = np.asarray(pred)
+    n = pred.shape[0]
+    if len(sources) != len(groups):
+        raise ValueError(f"agreeing_groups: {len(sources)} sources but {len(groups)} groups")
+    backing = np.zeros((len(sources), n), dtype=bool)
+    for j, p in enumerate(sources):
+        p = np.asarray(p, dtype=np.float64)
+        if p.shape[0] != n or p.ndim != 2:
+            raise ValueError(f"agreeing_groups: source {j} has shape {p.shape}, expected [{n}, C]")
+        ok = np.isfinite(p).all(axis=1)
+        safe = np.where(ok[:, None], p, -np.inf)
+        top = safe.argmax(axis=1) if p.shape[1] else np.zeros(n, dtype=np.int64)
+        unique = (safe == safe.max(axis=1, keepdims=True)).sum(axis=1) == 1
+        backing[j] = ok & unique & (top == pred)
+    names = sorted(set(groups))
+    by_group = np.zeros((len(names), n), dtype=bool)
+    for j, g in enumerate(groups):
+        by_group[names.index(g)] |= backing[j]
+    count = by_group.sum(axis=0).astype(np.int64)
+    return count, [np.flatnonzero(backing[:, i]).tolist() for i in range(n)]
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities [N, C] re-scaled as softmax(log(probs) / temperature)."""
+    if not temperature > 0:
+        raise ValueError(f"apply_temperature: temperature {temperature} must be > 0")
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, bounds=(0.05, 20.0)) -> float:
+    """The temperature that minimises the negative log-likelihood of `labels` [N] under `probs`
+    [N, C] (held-out predictions): > 1 means the model was over-confident. 1.0 for no rows."""
+    from scipy.optimize import minimize_scalar
+
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.ndim != 2 or labels.shape != (probs.shape[0],):
+        raise ValueError(f"fit_temperature: probs [N, C] and labels [N] expected, got "
+                         f"{probs.shape} and {labels.shape}")
+    if len(labels) == 0:
+        return 1.0
+    rows = np.arange(len(labels))
+
+    def nll(t: float) -> float:
+        return float(-np.log(np.clip(apply_temperature(probs, t)[rows, labels], 1e-12, 1)).mean())
+
+    return float(minimize_scalar(nll, bounds=bounds, method="bounded").x)

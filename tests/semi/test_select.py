@@ -169,3 +169,54 @@ def test_selection_invariants(pool):
             tie = conf[worst].min()
             if conf[left].max() == tie:
                 assert worst[conf[worst] == tie].max() < left[conf[left] == tie].min()
+
+
+# ------------------------------------------------------------------ agreement and calibration
+
+
+def test_agreeing_groups_counts_each_group_once_and_skips_ties_and_missing():
+    from ecmf.semi.select import agreeing_groups
+
+    pred = np.array([0, 1, 2])
+    a = confident([0, 1, 0], [0.9, 0.9, 0.9])
+    b = confident([0, 0, 2], [0.8, 0.8, 0.8])
+    tie = np.array([[0.4, 0.4, 0.2], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    missing = np.full((3, 3), np.nan)
+    count, backing = agreeing_groups(pred, [a, b, tie, missing], ["x", "x", "y", "z"])
+    assert count.tolist() == [1, 2, 2]  # row 0: a and b are one group; the tie backs nothing
+    assert backing == [[0, 1], [0, 2], [1, 2]]
+
+
+def test_agreeing_groups_empty_pool_and_shape_errors():
+    from ecmf.semi.select import agreeing_groups
+
+    count, backing = agreeing_groups(np.zeros(0, dtype=np.int64), [np.zeros((0, 3))], ["g"])
+    assert count.shape == (0,) and backing == []
+    with pytest.raises(ValueError, match="groups"):
+        agreeing_groups(np.array([0]), [np.ones((1, 3))], [])
+    with pytest.raises(ValueError, match="source 0"):
+        agreeing_groups(np.array([0, 1]), [np.ones((1, 3))], ["g"])
+
+
+def test_agreement_mask_gates_selection():
+    probs = confident([0, 1, 2, 0], [0.95, 0.95, 0.95, 0.95])
+    agree = np.array([True, False, True, False])
+    assert select_pseudo_labels(probs, 0.9, agree=agree).tolist() == [0, 2]
+
+
+def test_temperature_recovers_overconfidence_and_keeps_the_argmax():
+    from ecmf.semi.select import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(0)
+    n, c = 4000, 4
+    logits = rng.normal(0, 1.5, size=(n, c))
+    calibrated = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(c, p=p) for p in calibrated])
+    sharp = apply_temperature(calibrated, 0.5)  # twice the logits: over-confident
+    t = fit_temperature(sharp, y)
+    assert t == pytest.approx(2.0, rel=0.15)
+    assert (apply_temperature(sharp, t).argmax(1) == sharp.argmax(1)).all()
+    assert np.allclose(apply_temperature(sharp, t).sum(1), 1.0)
+    assert fit_temperature(np.zeros((0, c)), np.zeros(0, dtype=np.int64)) == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(sharp, 0.0)

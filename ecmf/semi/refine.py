@@ -1,0 +1,238 @@
+"""Multi-source label refinement: a weighted soft vote of the original label, weak classifiers,
+the fusion model's out-of-fold predictions and LLM votes gives each labeled sample a refined label.
+
+`combine` is the pure rule (NumPy arrays in, arrays out); `refine_labels` is the stage that gathers
+the sources and writes `<workdir>/refine/labels.parquet` with the original label kept beside.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ecmf import schema
+from ecmf.config import Config, save_config
+from ecmf.workdir import Workdir, load_manifest, write_json
+
+log = logging.getLogger(__name__)
+ORIGINAL = "original"
+FUSION = "fusion"
+LLM = "llm"
+LABEL_COLUMNS = [schema.SAMPLE_ID, "original", "refined", schema.CONFIDENCE, "agreed", "changed",
+                 "weight"]
+
+
+@dataclass
+class Refinement:
+    """What `combine` decides per sample."""
+
+    label: np.ndarray  # [N] int: the refined label (the original where nothing changed)
+    confidence: np.ndarray  # [N] float: the vote's share for `label`, in [0, 1]
+    agreed: list[list[str]]  # per sample, the sources whose top class is `label`
+    changed: np.ndarray  # [N] bool: label != original
+
+
+def combine(sources: dict[str, np.ndarray], weights: dict[str, float], original: np.ndarray,
+            threshold: float, min_agree: int, original_weight: float = 1.0,
+            groups: dict[str, str] | None = None) -> Refinement:
+    """Weighted soft vote over `sources` (name -> probabilities [N, C]) and the original label.
+
+    The original label counts as a one-hot source of weight `original_weight`; source `s` adds
+    `weights[s] * probs_s`. A row of NaN means the source has nothing to say about that sample
+    (a missing modality, a failed LLM vote): it is left out of that sample's vote and of its
+    normaliser. The vote's confidence in a class is its share of the weight that voted.
+
+    A label changes only when the vote's top class (a) differs from the original, (b) has a
+    confidence >= `threshold`, (c) is the top class of sources from at least `min_agree`
+    independent groups (`groups` maps a source to its group, e.g. its feature set, so three
+    classifiers on one feature count once; default: every source its own group), and (d) is
+    the vote's unique maximum. Otherwise (ties, all sources disagreeing, weak votes) the
+    original label stays, with its own share of the vote as confidence.
+    """
+    original = np.asarray(original)
+    n = original.shape[0]
+    if original.ndim != 1 or (n and not np.issubdtype(original.dtype, np.integer)):
+        raise ValueError(f"combine: original must be a 1-D integer array, got {original.dtype} "
+                         f"{original.shape}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"combine: threshold {threshold} is outside [0, 1]")
+    if min_agree < 1:
+        raise ValueError(f"combine: min_agree {min_agree} must be >= 1")
+    if original_weight < 0:
+        raise ValueError(f"combine: original_weight {original_weight} must be >= 0")
+    missing = [s for s in sources if s not in weights]
+    if missing:
+        raise ValueError(f"combine: no weight for source(s) {missing}; weights: {sorted(weights)}")
+    c = None
+    for name, p in sources.items():
+        p = np.asarray(p)
+        if p.ndim != 2 or p.shape[0] != n or (c is not None and p.shape[1] != c):
+            raise ValueError(f"combine: source {name!r} has shape {p.shape}, expected "
+                             f"[{n}, {c if c is not None else 'C'}]")
+        c = p.shape[1]
+        if weights[name] < 0:
+            raise ValueError(f"combine: weight of {name!r} is {weights[name]}, must be >= 0")
+    if c is None:
+        c = int(original.max()) + 1 if n else 1
+    if n and (original.min() < 0 or original.max() >= c):
+        raise ValueError(f"combine: original labels must lie in [0, {c})")
+    groups = groups or {}
+
+    score = np.zeros((n, c))
+    total = np.zeros(n)
+    score[np.arange(n), original] += original_weight
+    total += original_weight
+    names = list(sources)
+    tops = np.full((len(names), n), -1, dtype=np.int64)  # -1: the source did not vote
+    for j, name in enumerate(names):
+        p = np.asarray(sources[name], dtype=np.float64)
+        present = np.isfinite(p).all(axis=1)
+        w = weights[name]
+        score[present] += w * p[present]
+        total[present] += w
+        top = p[present].argmax(axis=1)
+        # A source that cannot choose (its own tie at the top) agrees with nobody.
+        unique = (p[present] == p[present].max(axis=1, keepdims=True)).sum(axis=1) == 1
+        tops[j, np.flatnonzero(present)[unique]] = top[unique]
+
+    share = np.divide(score, total[:, None], out=np.zeros_like(score), where=total[:, None] > 0)
+    best = share.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    top_val = share.max(axis=1) if n else np.zeros(0)
+    unique_top = (np.isclose(share, top_val[:, None], rtol=0, atol=1e-12).sum(axis=1) == 1)
+
+    agreed_groups = np.zeros(n, dtype=np.int64)
+    for i in np.flatnonzero(best != original):
+        agreed_groups[i] = len({groups.get(names[j], names[j])
+                                for j in np.flatnonzero(tops[:, i] == best[i])})
+    change = ((best != original) & unique_top & (top_val >= threshold)
+              & (agreed_groups >= min_agree) & (total > 0))
+    label = np.where(change, best, original)
+    confidence = share[np.arange(n), label] if n else np.zeros(0)
+    agreed = [[ORIGINAL] * bool(original[i] == label[i] and original_weight > 0)
+              + [names[j] for j in np.flatnonzero(tops[:, i] == label[i])] for i in range(n)]
+    return Refinement(label=label.astype(np.int64), confidence=confidence, agreed=agreed,
+                      changed=change)
+
+
+def sample_weights(confidence: np.ndarray, changed: np.ndarray, min_weight: float,
+                   by_confidence: bool) -> np.ndarray:
+    """Training weight per labeled sample: 1 for a kept label; for a changed one, with
+    `by_confidence`, its vote confidence (floored at `min_weight`), rescaled so that the most
+    confident change gets 1 (vote shares rarely reach 1 when sources split their mass).
+
+    Kept labels are not down-weighted: a low share there marks hard clean samples as often as
+    noisy ones, and dropping their weight cost accuracy in development runs.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    changed = np.asarray(changed, dtype=bool)
+    w = np.ones(confidence.shape[0])
+    if by_confidence and changed.any():
+        c = confidence[changed]
+        w[changed] = np.clip(c / max(c.max(), 1e-12), min_weight, 1.0)
+    return w
+
+
+# ----------------------------------------------------------------------------------- the stage
+
+
+def _frame_probs(df: pd.DataFrame, ids: np.ndarray, columns: list[str]) -> np.ndarray:
+    """Rows of `df` (indexed by sample_id) for `ids`, NaN where a sample is absent."""
+    got = df.reindex(ids)[columns].to_numpy(dtype=np.float64)
+    return got
+
+
+def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
+    """Probabilities [N, C] per source for the labeled `ids`, their weights and groups."""
+    from ecmf.semi.weak import weak_probabilities
+
+    rc = cfg.refine
+    wd = Workdir.of(cfg)
+    sources: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    groups: dict[str, str] = {}
+    probs = list(schema.PROB_COLUMNS)
+    if rc.weights.get("weak", 0.0) > 0 and rc.classifiers:
+        weak = weak_probabilities(cfg)
+        oof = weak[weak["part"] == "oof"]
+        names = sorted(oof["source"].unique())
+        for name in names:
+            one = oof[oof["source"] == name].set_index(schema.SAMPLE_ID)
+            sources[name] = _frame_probs(one, ids, probs)
+            weights[name] = rc.weights["weak"] / len(names)  # the weak sources share one weight
+            groups[name] = one["group"].iloc[0]
+    if rc.weights.get(FUSION, 0.0) > 0:
+        path = wd.train / "oof.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the fusion source needs a trained run; run "
+                                    "`ecmf train` first (or set refine.weights.fusion=0)")
+        sources[FUSION] = _frame_probs(pd.read_parquet(path).set_index(schema.SAMPLE_ID), ids,
+                                       probs)
+        weights[FUSION] = rc.weights[FUSION]
+    votes_path = wd.enrich / "votes.parquet"
+    if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0 and votes_path.is_file():
+        votes = pd.read_parquet(votes_path).set_index(schema.SAMPLE_ID)
+        sources[LLM] = _frame_probs(votes, ids, [f"vote_{x}" for x in schema.LABELS])
+        weights[LLM] = rc.weights[LLM]
+    return sources, weights, groups
+
+
+def refine_labels(cfg: Config) -> dict:
+    """`ecmf refine`: refined labels of the labeled set into `<workdir>/refine/`."""
+    from ecmf.train.metrics import classification_report
+
+    rc = cfg.refine
+    wd = Workdir.of(cfg)
+    out = wd.refine
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    manifest = load_manifest(cfg)
+    lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
+    ids = lab[schema.SAMPLE_ID].to_numpy().astype(str)
+    original = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
+    sources, weights, groups = gather_sources(cfg, ids)
+    ref = combine(sources, weights, original, rc.threshold, rc.min_agree,
+                  rc.weights.get(ORIGINAL, 1.0), groups)
+    weight = sample_weights(ref.confidence, ref.changed, rc.min_weight, rc.weight_by_confidence)
+    labels = np.array(schema.LABELS)
+    table = pd.DataFrame({
+        schema.SAMPLE_ID: ids, "original": labels[original], "refined": labels[ref.label],
+        schema.CONFIDENCE: ref.confidence, "agreed": [",".join(a) for a in ref.agreed],
+        "changed": ref.changed, "weight": weight})
+    table.to_parquet(out / "labels.parquet", index=False)
+
+    per_source = {}
+    for name, p in sources.items():
+        present = np.isfinite(p).all(axis=1)
+        if present.any():
+            per_source[name] = {
+                "weight": round(weights[name], 4), "coverage": round(float(present.mean()), 4),
+                "agreement_with_original": classification_report(
+                    original[present], p[present].argmax(axis=1))["accuracy"]}
+    transitions = (table[table["changed"]].groupby(["original", "refined"]).size()
+                   .sort_values(ascending=False))
+    metrics = {
+        "n_labeled": int(len(table)), "changed": int(ref.changed.sum()),
+        "changed_fraction": round(float(ref.changed.mean()) if len(table) else 0.0, 4),
+        "threshold": rc.threshold, "min_agree": rc.min_agree, "sources": per_source,
+        "transitions": {f"{a}->{b}": int(v) for (a, b), v in transitions.items()},
+        "refined_classes": table["refined"].value_counts().to_dict(),
+        "mean_weight": round(float(weight.mean()) if len(weight) else 0.0, 4),
+    }
+    write_json(out / "metrics.json", metrics)
+    log.info("refine: %d of %d labels changed by %d sources", metrics["changed"], len(table),
+             len(sources))
+    return metrics
+
+
+def refined_labels(cfg: Config) -> pd.DataFrame | None:
+    """The refined labels the training table should use (running refinement if not done yet),
+    or None when refinement is off."""
+    if not cfg.refine.enabled:
+        return None
+    path = Workdir.of(cfg).refine / "labels.parquet"
+    if not path.is_file():
+        refine_labels(cfg)
+    return pd.read_parquet(path)

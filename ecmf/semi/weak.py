@@ -1,0 +1,187 @@
+"""Weak classifiers per feature set (scikit-learn), one Ray task each: out-of-fold probabilities on
+the labeled set (the training folds) and fold-averaged probabilities on the unlabeled pool.
+
+Results go to `<workdir>/refine/weak_probs.parquet` (long: sample_id, source, group, part
+"oof"|"pool", prob_*), reused while the classifiers, feature sets and folds are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ecmf import schema
+from ecmf.config import Config
+from ecmf.registry import Registry
+from ecmf.workdir import Workdir, load_manifest
+
+log = logging.getLogger(__name__)
+WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
+
+
+@WEAK_CLASSIFIERS.register("lr")
+def logistic_regression(C: float = 0.05, max_iter: int = 2000, **kw):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=max_iter, **kw)
+
+
+@WEAK_CLASSIFIERS.register("svm")
+def calibrated_linear_svm(C: float = 0.005, cv: int = 3, **kw):
+    """LinearSVC with sigmoid calibration (fewer than `cv` members in a class: fewer splits)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
+    return CalibratedClassifierCV(LinearSVC(C=C, **kw), method="sigmoid", cv=cv)
+
+
+@WEAK_CLASSIFIERS.register("knn")
+def nearest_neighbours(n_neighbors: int = 15, weights: str = "distance", **kw):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=n_neighbors, weights=weights, **kw)
+
+
+def design_matrix(feats: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                  feature_set: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of one feature set and the rows that have any of its modalities.
+
+    One feature alone: its vectors. Several: their concatenation plus the masks as 0/1 columns,
+    so a classifier can tell a missing modality (zeros) from a present one.
+    """
+    x = np.concatenate([feats[f] for f in feature_set], axis=1).astype(np.float32)
+    m = np.stack([masks[f] for f in feature_set], axis=1)
+    if len(feature_set) > 1:
+        x = np.concatenate([x, m.astype(np.float32)], axis=1)
+    return x, m.any(axis=1)
+
+
+def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                x_pool: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """OOF probabilities [N, C] (fold k predicted by the model fit without it) and the mean of
+    the fold models' probabilities on the pool [M, C]. Classes a fold never saw get 0."""
+    from sklearn.base import clone
+
+    oof = np.full((len(y), num_classes), np.nan)
+    pool = np.zeros((len(x_pool), num_classes))
+    fitted = 0
+    for k in np.unique(folds):
+        tr, va = folds != k, folds == k
+        if name == "svm":  # calibration splits every class: a class seen once is left out
+            tr &= np.bincount(y[tr], minlength=num_classes)[y] >= 2
+        if len(np.unique(y[tr])) < 2:  # nothing to learn from one class
+            continue
+        model = _make(name, options, y[tr])
+        model.fit(x[tr], y[tr])
+        cls = model.classes_
+        p = np.zeros((va.sum(), num_classes))
+        p[:, cls] = model.predict_proba(x[va])
+        oof[va] = p
+        if len(x_pool):
+            pool[:, cls] += model.predict_proba(x_pool)
+        fitted += 1
+    pool = pool / fitted if fitted else np.full_like(pool, np.nan)
+    return oof, pool
+
+
+def _make(name: str, options: dict, y: np.ndarray):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    opts = dict(options)
+    counts = np.bincount(y)
+    if name == "knn":
+        opts["n_neighbors"] = max(1, min(opts.get("n_neighbors", 15), len(y)))
+    if name == "svm":
+        # CalibratedClassifierCV splits each class over `cv` folds: tiny classes need fewer.
+        opts["cv"] = int(max(2, min(opts.get("cv", 3), counts[counts > 0].min())))
+    return make_pipeline(StandardScaler(), WEAK_CLASSIFIERS.get(name)(**opts))
+
+
+def _task(name: str, options: dict, feature_set: list[str], data: dict, num_threads: int):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(num_threads):
+        x, have = design_matrix(data["feats"], data["masks"], feature_set)
+        xp, have_pool = design_matrix(data["pool_feats"], data["pool_masks"], feature_set)
+        y, folds = data["y"], data["folds"]
+        c = len(schema.LABELS)
+        oof = np.full((len(y), c), np.nan)
+        pool = np.full((len(xp), c), np.nan)
+        if have.sum() >= 2:
+            oof[have], pool[have_pool] = fit_predict(name, options, x[have], y[have],
+                                                     folds[have], xp[have_pool], c)
+    return oof, pool
+
+
+def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
+    """The configured feature sets, or each training feature alone plus all of them together."""
+    if cfg.refine.feature_sets:
+        sets = [list(s) for s in cfg.refine.feature_sets]
+    else:
+        base = list(cfg.train.features) or list(available)
+        sets = [[f] for f in base] + ([base] if len(base) > 1 else [])
+    unknown = sorted({f for s in sets for f in s} - set(available))
+    if unknown:
+        raise KeyError(f"refine.feature_sets names {unknown}, not in the feature store; "
+                       f"available: {sorted(available)}")
+    return sets
+
+
+def weak_probabilities(cfg: Config) -> pd.DataFrame:
+    """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks."""
+    import ray
+
+    from ecmf.features.store import ok_ids, read_features, store_dims
+    from ecmf.train.fit import training_table
+
+    rc = cfg.refine
+    wd = Workdir.of(cfg)
+    path = wd.refine / "weak_probs.parquet"
+    sets = feature_sets(cfg, list(store_dims(wd.store)))
+    key = {"classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
+           "folds": cfg.train.folds, "seed": cfg.train.seed}
+    key_path = wd.refine / "weak_key.json"
+    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        return pd.read_parquet(path)
+    for name in rc.classifiers:
+        WEAK_CLASSIFIERS.get(name)  # unknown names fail before any work, listing known ones
+
+    manifest = load_manifest(cfg)
+    table = training_table(manifest, cfg.train.folds, cfg.train.seed)
+    have = ok_ids(wd.store)
+    table = table[table[schema.SAMPLE_ID].isin(have)]
+    pool_ids = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
+                      & have)
+    needed = sorted({f for s in sets for f in s})
+    lab = read_features(wd.store, needed, table[schema.SAMPLE_ID].tolist())
+    pool = read_features(wd.store, needed, pool_ids)
+    # One copy in the object store, shared (zero-copy) by every task.
+    data = ray.put({"feats": lab.feats, "masks": lab.masks, "y": table["y"].to_numpy(),
+                    "folds": table["fold"].to_numpy(), "pool_feats": pool.feats,
+                    "pool_masks": pool.masks})
+    task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
+    threads = max(1, int(rc.cpus_per_task))
+    jobs = {(clf, "+".join(s)): task.remote(clf, rc.options.get(clf, {}), s, data, threads)
+            for clf in rc.classifiers for s in sets}
+    frames = []
+    for (clf, group), ref in jobs.items():
+        oof, pool_p = ray.get(ref)
+        for part, ids, p in (("oof", lab.ids, oof), ("pool", pool.ids, pool_p)):
+            df = pd.DataFrame(p, columns=list(schema.PROB_COLUMNS))
+            df.insert(0, schema.SAMPLE_ID, ids)
+            df.insert(1, "source", f"{clf}:{group}")
+            df.insert(2, "group", group)
+            df.insert(3, "part", part)
+            frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    wd.refine.mkdir(parents=True, exist_ok=True)
+    out.to_parquet(path, index=False)
+    key_path.write_text(json.dumps(key))
+    log.info("weak classifiers: %d sources over %d labeled and %d pool samples", len(jobs),
+             len(lab.ids), len(pool.ids))
+    return out

@@ -1,0 +1,137 @@
+"""Refinement and two pseudo-label rounds through the `ecmf` CLI on a tiny synthetic workdir
+(a manifest and a feature store written directly: no media, no encoders), then a resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecmf import schema
+from ecmf.cli import main
+
+DIMS = {"a": 8, "b": 6}
+N_TRAIN, N_POOL = 60, 40
+
+
+def write_workdir(root, seed: int = 0) -> pd.DataFrame:
+    """Classes as Gaussian clusters in two features; 10 flipped training labels; returns truth."""
+    from ecmf.features.extract import to_store_rows
+
+    rng = np.random.default_rng(seed)
+    c = len(schema.LABELS)
+    n = N_TRAIN + N_POOL
+    truth = np.arange(n) % c
+    ids = np.array([f"clip_{i:04d}" for i in range(n)])
+    batch = {schema.SAMPLE_ID: ids, "error": np.array([""] * n)}
+    for name, d in DIMS.items():
+        centres = rng.normal(0, 5, size=(c, d))
+        batch[schema.feature_column(name)] = centres[truth] + rng.normal(0, 1, size=(n, d))
+        batch[schema.mask_column(name)] = np.ones(n, dtype=bool)
+    store = root / "features" / "store"
+    store.mkdir(parents=True)
+    import pyarrow.parquet as pq
+
+    pq.write_table(to_store_rows(batch, list(DIMS)), store / "part-0.parquet")
+    labels = np.array(schema.LABELS)[truth].astype(object)
+    flipped = rng.choice(N_TRAIN, 10, replace=False)
+    labels[flipped] = np.array(schema.LABELS)[(truth[flipped] + 1) % c]
+    split = np.array(["train"] * N_TRAIN + ["pool"] * N_POOL)
+    labels[N_TRAIN:] = None
+    pd.DataFrame({schema.SAMPLE_ID: ids, schema.SPLIT: split, schema.LABEL: labels}).to_parquet(
+        root / "manifest.parquet", index=False)
+    return pd.DataFrame({schema.SAMPLE_ID: ids, "truth": np.array(schema.LABELS)[truth],
+                         "flipped": np.isin(np.arange(n), flipped)})
+
+
+def _sets(root):
+    items = [f"workdir={root}", "train.epochs=6", "train.folds=3", "train.batch_size=16",
+             "train.hidden=32", "pseudo.rounds=2", "pseudo.patience=5", "pseudo.threshold=0.3",
+             "pseudo.min_agree=1", "refine.enabled=true", "refine.cpus_per_task=1",
+             "refine.threshold=0.3", "refine.options={knn: {n_neighbors: 5}}"]
+    return [a for s in items for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("semi")
+    truth = write_workdir(root)
+    assert main(["train", *_sets(root)]) == 0
+    assert main(["refine", *_sets(root)]) == 0
+    assert main(["pseudo-label", *_sets(root)]) == 0
+    return {"root": root, "truth": truth}
+
+
+def test_refine_writes_labels_with_provenance_and_keeps_the_original(run):
+    root, truth = run["root"], run["truth"].set_index(schema.SAMPLE_ID)
+    labels = pd.read_parquet(root / "refine" / "labels.parquet")
+    assert list(labels.columns) == [schema.SAMPLE_ID, "original", "refined", schema.CONFIDENCE,
+                                    "agreed", "changed", "weight"]
+    manifest = pd.read_parquet(root / "manifest.parquet").set_index(schema.SAMPLE_ID)
+    assert len(labels) == N_TRAIN
+    assert (labels["original"].to_numpy() ==
+            manifest.loc[labels[schema.SAMPLE_ID], schema.LABEL].to_numpy()).all()
+    assert (labels["changed"] == (labels["original"] != labels["refined"])).all()
+    assert labels["weight"].between(0.0, 1.0).all()
+    # Separable clusters: what refinement changes, it changes to the truth, and it corrects some.
+    changed = labels[labels["changed"]]
+    assert len(changed) > 0
+    assert (changed["refined"].to_numpy() ==
+            truth.loc[changed[schema.SAMPLE_ID], "truth"].to_numpy()).mean() >= 0.8
+    assert all("original" not in a for a in changed["agreed"])
+    weak = pd.read_parquet(root / "refine" / "weak_probs.parquet")
+    # 3 classifiers x (a, b, a+b), on the labeled set (OOF) and the pool.
+    assert weak["source"].nunique() == 9
+    assert sorted(weak["part"].unique()) == ["oof", "pool"]
+    metrics = json.loads((root / "refine" / "metrics.json").read_text())
+    assert metrics["changed"] == len(changed)
+    assert "fusion" in metrics["sources"]
+
+
+def test_two_rounds_train_on_refined_labels_and_pseudo_labels_with_provenance(run):
+    root = run["root"]
+    r1 = pd.read_parquet(root / "rounds" / "1" / "labels.parquet")
+    r2 = pd.read_parquet(root / "rounds" / "2" / "labels.parquet")
+    assert 0 < len(r1) <= len(r2)
+    assert set(r1[schema.SAMPLE_ID]) <= set(r2[schema.SAMPLE_ID])
+    assert r2[schema.SAMPLE_ID].str.startswith("clip_").all() and r2[schema.SAMPLE_ID].is_unique
+    pool = set(run["truth"][schema.SAMPLE_ID].iloc[N_TRAIN:])
+    assert set(r2[schema.SAMPLE_ID]) <= pool
+    assert (r1[schema.CONFIDENCE] >= 0.3).all()
+    assert r1["agreed"].str.startswith("fusion-fold-ensemble,").all()  # min_agree=1
+    table = pd.read_parquet(root / "rounds" / "1" / "training_table.parquet")
+    refined = pd.read_parquet(root / "refine" / "labels.parquet").set_index(schema.SAMPLE_ID)
+    lab = table[table["fold"] >= 0].set_index(schema.SAMPLE_ID)
+    assert (np.array(schema.LABELS)[lab["y"]] == refined.loc[lab.index, "refined"]).all()
+    assert (table["fold"] == -1).sum() == len(r1)
+    for k in ("1", "2"):
+        for name in ("config.yaml", "metrics.json", "selection.json"):
+            assert (root / "rounds" / k / name).is_file()
+    summary = json.loads((root / "rounds" / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert summary["refined_labels"] is True
+
+
+def test_rerun_resumes_after_the_last_finished_round(run):
+    root = run["root"]
+    r1_models = {p: p.stat().st_mtime_ns for p in (root / "rounds" / "1").glob("models/*.pt")}
+    r1_labels = pd.read_parquet(root / "rounds" / "1" / "labels.parquet")
+    # Round 2 interrupted before it finished: its labels (written last) are missing.
+    (root / "rounds" / "2" / "labels.parquet").unlink()
+    assert main(["pseudo-label", *_sets(root)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in r1_models} == r1_models
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "rounds" / "1" / "labels.parquet"),
+                                  r1_labels)
+    assert (root / "rounds" / "2" / "labels.parquet").is_file()
+
+
+def test_evaluate_reports_each_round_and_the_refinement(run):
+    root = run["root"]
+    assert main(["evaluate", *_sets(root)]) == 0
+    metrics = json.loads((root / "evaluate" / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all("val_waf" in r and "pseudo_total" in r for r in rounds)
+    assert metrics["refine"]["n_labeled"] == N_TRAIN
