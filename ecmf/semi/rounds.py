@@ -138,7 +138,10 @@ def run_rounds(cfg: Config) -> dict:
         else:
             taken = set(selected[schema.SAMPLE_ID])
             remaining = [s for s in unlabeled if s not in taken]
-            preds = predict_store(wd.store, prev, rdir / "pool_predictions", ids=remaining)
+            pc = cfg.predict
+            preds = predict_store(wd.store, prev, rdir / "pool_predictions", ids=remaining,
+                                  batch_size=pc.batch_size, pool_size=pc.pool_size,
+                                  num_cpus=pc.num_cpus, num_gpus=pc.num_gpus)
             temperature = calibration(prev, reference) if cfg.pseudo.calibrate else 1.0
             new = select_round(preds, cfg, prior, k, weak_pool, temperature)
             selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
