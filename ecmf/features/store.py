@@ -67,6 +67,26 @@ def ok_ids(store: str | Path) -> set[str]:
     return {i for i, e in zip(ids, err) if not e}
 
 
+def _error_free_rows(ds: pads.Dataset, columns: list[str], ids, store, what: str):
+    """The error-free rows of `columns`, one per sample (all, or `ids` in that order) -> (table,
+    ids). A resumed run may have appended a sample again: its last row wins."""
+    flt = pads.field("error") == ""
+    if ids is not None:
+        flt = flt & pads.field(schema.SAMPLE_ID).isin(list(ids))
+    table = ds.to_table(columns=columns, filter=flt)
+    got = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
+    _, last = np.unique(got[::-1], return_index=True)
+    order = np.sort(len(got) - 1 - last)
+    if ids is not None:
+        pos = {s: i for i, s in enumerate(got[order])}
+        missing = [s for s in ids if s not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} sample(s) have no error-free {what} in {store}, "
+                           f"e.g. {missing[:5]}")
+        order = order[[pos[s] for s in ids]]
+    return table.take(pa.array(order)), np.asarray(got[order])
+
+
 def read_features(store: str | Path, features: list[str] | None = None,
                   ids: list[str] | np.ndarray | None = None) -> FeatureTable:
     """Features of the error-free samples (all, or those in `ids`, in that order)."""
@@ -78,25 +98,9 @@ def read_features(store: str | Path, features: list[str] | None = None,
         raise KeyError(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
     cols = [schema.SAMPLE_ID, "error"]
     cols += [c for n in names for c in (schema.feature_column(n), schema.mask_column(n))]
-    flt = pads.field("error") == ""
-    if ids is not None:
-        flt = flt & pads.field(schema.SAMPLE_ID).isin(list(ids))
-    table = ds.to_table(columns=cols, filter=flt)
-    got = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
-    # A resumed run may have appended a sample again: keep its last row.
-    _, last = np.unique(got[::-1], return_index=True)
-    order = np.sort(len(got) - 1 - last)
-    if ids is not None:
-        pos = {s: i for i, s in enumerate(got[order])}
-        missing = [s for s in ids if s not in pos]
-        if missing:
-            raise KeyError(f"{len(missing)} sample(s) have no error-free features in {store}, "
-                           f"e.g. {missing[:5]}")
-        order = order[[pos[s] for s in ids]]
-    take = pa.array(order)
-    table = table.take(take)
+    table, got = _error_free_rows(ds, cols, ids, store, "features")
     return FeatureTable(
-        ids=np.asarray(got[order]),
+        ids=got,
         feats={n: list_to_numpy(table.column(schema.feature_column(n))) for n in names},
         masks={n: table.column(schema.mask_column(n)).to_numpy(zero_copy_only=False).astype(bool)
                for n in names},
@@ -131,20 +135,5 @@ def read_sequences(store: str | Path, name: str,
         raise KeyError(f"no sequence column {column!r} in store {store} (set "
                        f"extract.encoders.{name}.sequence_steps > 0); available: {sorted(have)}")
     steps, dim = sequence_shape(ds.schema.field(column))
-    flt = pads.field("error") == ""
-    if ids is not None:
-        flt = flt & pads.field(schema.SAMPLE_ID).isin(list(ids))
-    table = ds.to_table(columns=[schema.SAMPLE_ID, column], filter=flt)
-    got = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
-    # As in read_features: a resumed run may have appended a sample again; keep its last row.
-    _, last = np.unique(got[::-1], return_index=True)
-    order = np.sort(len(got) - 1 - last)
-    if ids is not None:
-        pos = {s: i for i, s in enumerate(got[order])}
-        missing = [s for s in ids if s not in pos]
-        if missing:
-            raise KeyError(f"{len(missing)} sample(s) have no error-free {column} in {store}, "
-                           f"e.g. {missing[:5]}")
-        order = order[[pos[s] for s in ids]]
-    seq = sequence_to_numpy(table.column(column).take(pa.array(order)), steps, dim)
-    return np.asarray(got[order]), seq
+    table, got = _error_free_rows(ds, [schema.SAMPLE_ID, column], ids, store, column)
+    return got, sequence_to_numpy(table.column(column), steps, dim)
