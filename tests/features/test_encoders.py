@@ -9,13 +9,6 @@ from ecmf.config import PACKAGED_MINILM, EncoderConfig
 from ecmf.features.encoders import ENCODERS
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from ecmf.tiny_models import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
-
-
 def _batch(n, **cols):
     return {"sample_id": np.array([f"s{i}" for i in range(n)], dtype=object),
             "error": np.array([""] * n, dtype=object), **cols}

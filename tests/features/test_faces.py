@@ -17,13 +17,6 @@ CREMA = Path(__file__).parents[1] / "data" / "crema-d"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from ecmf.tiny_models import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
 def crema_frames():
     from ecmf.data.media import sample_frames
 

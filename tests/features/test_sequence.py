@@ -94,13 +94,6 @@ def test_read_sequences_skips_errors_keeps_last_and_orders_by_ids(tmp_path):
         read_sequences(tmp_path, "faces")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from ecmf.tiny_models import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
-
-
 def _batch(n, **cols):
     return {"sample_id": np.array([f"s{i}" for i in range(n)], dtype=object),
             "error": np.array([""] * n, dtype=object), **cols}
