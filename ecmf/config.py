@@ -122,6 +122,12 @@ class EncoderConfig:
     min_face: int = 40
     # "provided" only: the folder of <name>/<name>.npy; empty: openface_face/ beside video/.
     faces_dir: str = ""
+    # Encoders with the same non-empty group share one actor pool: one process per actor, one
+    # set of imports, the models side by side, run in turn on each batch (e.g. the light text
+    # encoders on a small machine, or two vision towers on one GPU). The group's actors take
+    # the largest num_cpus / num_gpus and the smallest batch_size of its members, which must
+    # agree on pool_size.
+    group: str = ""
 
     def __post_init__(self):
         _check(self.batch_size > 0, "encoder.batch_size", "> 0", self.batch_size)
@@ -167,6 +173,13 @@ class ExtractConfig:
         _check(self.sample_rate == 16000, "extract.sample_rate", "16000 (what the encoders expect)",
                self.sample_rate)
         _check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)
+        sizes: dict[str, dict[str, int]] = {}
+        for name, enc in self.encoders.items():
+            if enc.group:
+                sizes.setdefault(enc.group, {})[name] = enc.pool_size
+        for group, members in sizes.items():
+            _check(len(set(members.values())) == 1, f"extract.encoders group {group!r}",
+                   "one pool_size for all its members", members)
 
 
 def _default_engine_kwargs() -> dict[str, Any]:

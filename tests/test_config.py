@@ -45,6 +45,13 @@ def test_bad_values_name_the_key(item, key):
         load_config(None, [item])
 
 
+def test_an_encoder_group_needs_one_pool_size():
+    sets = ["extract.encoders.text.group=light", "extract.encoders.audio.group=light"]
+    assert load_config(None, sets).extract.encoders["audio"].group == "light"
+    with pytest.raises(ConfigError, match="group 'light'.*'audio': 2, 'text': 1"):
+        load_config(None, [*sets, "extract.encoders.audio.pool_size=2"])
+
+
 def test_set_needs_key_value_and_file_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.epochs"])

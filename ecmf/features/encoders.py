@@ -127,6 +127,27 @@ class Encoder:
         return batch
 
 
+class EncoderGroup:
+    """Several encoders in one actor (`group:` in their configs): one process and one set of
+    imports for all of them, the models side by side, each run in turn on every batch.
+
+    `members` are the encoders' constructor arguments (feature, cfg, input_column, drop_input)
+    in run order.
+    """
+
+    def __init__(self, members: list[dict]):
+        import torch
+
+        self.encoders = [ENCODERS.get(m["cfg"].name)(**m) for m in members]
+        # Each member set torch's threads to its own num_cpus; the actor holds the largest.
+        torch.set_num_threads(max(1, int(max(m["cfg"].num_cpus for m in members))))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for encoder in self.encoders:
+            batch = encoder(batch)
+        return batch
+
+
 @ENCODERS.register("clip")
 class ClipFramesEncoder(Encoder):
     """Global visual branch: a CLIP vision tower on each sampled frame, mean over frames."""

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ecmf import schema
-from ecmf.config import Config, save_config
+from ecmf.config import Config, EncoderConfig, save_config
 from ecmf.features.store import ok_ids
 from ecmf.workdir import Workdir, build_manifest, write_json
 
@@ -101,7 +101,7 @@ def extract_features(cfg: Config) -> dict:
     """Run every configured encoder over the corpus into the workdir's feature store."""
     import ray
 
-    from ecmf.features.encoders import ENCODERS
+    from ecmf.features.encoders import ENCODERS, EncoderGroup
 
     wd = Workdir.of(cfg)
     ex = cfg.extract
@@ -117,30 +117,65 @@ def extract_features(cfg: Config) -> dict:
              len(inputs) - len(todo), len(todo))
     start = time.time()
     if len(todo):
-        classes = {name: ENCODERS.get(e.name) for name, e in ex.encoders.items()}
-        used = {n: e.input or classes[n].default_input for n, e in ex.encoders.items()}
-        last_user = {col: n for n, col in used.items()}  # dict order: the last one wins
-        inputs_used = set(used.values())
         _check_cpu_budget(cfg)
         blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
         ds = ray.data.from_pandas(blocks)
+        stages = encoder_stages(ex.encoders)
+        inputs_used = {m["input_column"] for stage in stages for m in stage}
         ds = ds.map_batches(
             decode_batch, batch_size=ex.decode_batch_size, num_cpus=1, batch_format="numpy",
+            # Ray Data fuses a task map into the next actor map when their resources match
+            # (CPU encoders): decoding would then run inside that encoder's actor, in turn with
+            # it. A remote-args function is never fused, so decoding stays in CPU tasks that
+            # run beside the encoders.
+            ray_remote_args_fn=_decode_task_args,
             fn_kwargs=dict(num_frames=ex.num_frames, sample_rate=ex.sample_rate,
                            max_audio_s=ex.max_audio_s, frames="frames" in inputs_used,
                            audio="audio" in inputs_used))
-        for name, enc in ex.encoders.items():
+        for stage in stages:
+            encs = [ex.encoders[m["feature"]] for m in stage]
+            if len(stage) == 1:  # its own pool: the encoder's class names the operator
+                fn, kwargs = ENCODERS.get(encs[0].name), stage[0]
+            else:
+                fn, kwargs = EncoderGroup, {"members": stage}
             ds = ds.map_batches(
-                classes[name], batch_size=enc.batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=enc.pool_size),
-                num_cpus=enc.num_cpus, num_gpus=enc.num_gpus,
-                fn_constructor_kwargs=dict(feature=name, cfg=enc, input_column=enc.input,
-                                           drop_input=last_user[used[name]] == name))
+                fn, batch_size=min(e.batch_size for e in encs), batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=encs[0].pool_size),
+                num_cpus=max(e.num_cpus for e in encs), num_gpus=max(e.num_gpus for e in encs),
+                fn_constructor_kwargs=kwargs)
         ds = ds.map_batches(to_store_rows, batch_format="numpy", batch_size=ROWS_PER_BLOCK,
                             fn_kwargs=dict(features=list(ex.encoders)))
         ds.write_parquet(str(wd.store))
     seconds = time.time() - start
     return _summarise(wd, inputs, done, len(todo), seconds)
+
+
+def _decode_task_args() -> dict:
+    return {"num_cpus": 1}
+
+
+def encoder_stages(encoders: dict[str, EncoderConfig]) -> list[list[dict]]:
+    """The encoders' actor pools in run order, each a list of its members' constructor
+    arguments: an encoder alone, or a `group` together at its first member's place.
+
+    The last member to read an input column drops it (decoded frames and audio are the bulk
+    of a block, and carrying them on would fill the object store).
+    """
+    from ecmf.features.encoders import ENCODERS
+
+    stages: list[list[str]] = []
+    where: dict[str, int] = {}
+    for name, enc in encoders.items():
+        if enc.group and enc.group in where:
+            stages[where[enc.group]].append(name)
+            continue
+        if enc.group:
+            where[enc.group] = len(stages)
+        stages.append([name])
+    used = {n: e.input or ENCODERS.get(e.name).default_input for n, e in encoders.items()}
+    last_user = {used[n]: n for stage in stages for n in stage}  # run order: the last one wins
+    return [[{"feature": n, "cfg": encoders[n], "input_column": used[n],
+              "drop_input": last_user[used[n]] == n} for n in stage] for stage in stages]
 
 
 def _check_cpu_budget(cfg: Config) -> None:
@@ -154,12 +189,15 @@ def _check_cpu_budget(cfg: Config) -> None:
     from ecmf.config import ConfigError
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    held = sum(e.num_cpus * e.pool_size for e in cfg.extract.encoders.values())
+    held = 0.0
+    for stage in encoder_stages(cfg.extract.encoders):
+        encs = [m["cfg"] for m in stage]
+        held += max(e.num_cpus for e in encs) * encs[0].pool_size
     if total - held < 1.0:
         raise ConfigError(
             f"extract.encoders hold {held:g} of the cluster's {total:g} CPUs (num_cpus x "
-            f"pool_size per encoder), leaving less than 1 for decoding and writing: lower "
-            f"extract.encoders.<name>.num_cpus or pool_size, or give Ray more CPUs "
+            f"pool_size per encoder or group), leaving less than 1 for decoding and writing: "
+            f"lower extract.encoders.<name>.num_cpus or pool_size, or give Ray more CPUs "
             f"(ray.num_cpus for the embedded one)")
 
 

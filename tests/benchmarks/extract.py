@@ -9,7 +9,8 @@ CLIP and HuBERT built from configs, the packaged MiniLM for text), in one proces
 default threads, as a script of its own (a child process, timed from its start: imports and model
 loading count, as they do in every Ray actor). `speedup` is the loop's wall time over the
 pipeline's on the same `--clips` clips; Ray's own start, once per command, is timed apart and
-`speedup_with_ray_start` counts it in.
+`speedup_with_ray_start` counts it in. The pipeline runs the three encoders in one shared actor
+pool (`group:`, `--group all`) or in a pool each (`--group none`).
 `rss_ratio` is the peak resident memory of the whole process tree (this driver, Ray's GCS and
 raylet, every worker), sampled every 0.2 s, of the pipeline on `--big` clips over `--clips` clips.
 The demo corpus is written once with `--big` clips; CSV manifests (`corpus.layout: csv`) pick
@@ -100,6 +101,8 @@ def encoder_configs(tiny: dict[str, str], args) -> dict[str, dict]:
 
     default = ExtractConfig().encoders
     enc = {"num_gpus": 0.0, "num_cpus": args.encoder_cpus, "pool_size": args.pool_size}
+    if args.group == "all":
+        enc["group"] = "encoders"
     models = {"frames": ("clip", tiny["clip"]), "audio": ("hubert", tiny["hubert"]),
               "text": ("text", PACKAGED_MINILM)}
     # Batch sizes: the library's defaults per encoder unless --batch-size says otherwise.
@@ -196,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--encoder-cpus", type=float, default=1.0,
                         help="num_cpus of each encoder's actor (default 1.0, the library's)")
     parser.add_argument("--pool-size", type=int, default=1, help="actors per encoder")
+    parser.add_argument("--group", choices=["none", "all"], default="all",
+                        help="all (default): the three encoders share one actor pool "
+                             "(`group:`), the layout for a machine without GPUs; none: an "
+                             "actor pool per encoder, as on a GPU node")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per encoder call (default: the library's per encoder)")
     parser.add_argument("--decode-batch-size", type=int, default=8)
@@ -251,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
         "sequential_torch_threads": seq["torch_threads"],
         "pipeline": {"ray_cpus": args.ray_cpus or "library default",
                      "encoder_num_cpus": args.encoder_cpus, "pool_size": args.pool_size,
+                     "encoder_pools": "one shared (group)" if args.group == "all"
+                     else "one per encoder",
                      "batch_size": {k: e["batch_size"] for k, e in encoders.items()},
                      "decode_batch_size": args.decode_batch_size},
         "encoders": "frames: tiny CLIP, audio: tiny HuBERT (ecmf.tiny_models), text: packaged "

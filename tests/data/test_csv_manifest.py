@@ -130,7 +130,7 @@ def test_layout_registry_dispatch_and_config_errors(tmp_path):
 
 def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local, capsys):
     """Relative paths, an audio-only row and a missing file, through the real CLI; the summary
-    is printed at the end."""
+    is printed at the end. Audio and text share one actor pool (an encoder group)."""
     import json
     import shutil
 
@@ -149,7 +149,8 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
     sets = [f"workdir={tmp_path / 'run'}", "corpus.layout=csv", f"corpus.manifest={csv}",
             "extract.encoders.frames=null", "extract.encoders.faces=null",
             "extract.encoders.text.num_cpus=0.5", f"extract.encoders.audio.model={hubert}",
-            "extract.encoders.audio.num_cpus=0.5", "extract.encoders.audio.num_gpus=0"]
+            "extract.encoders.audio.num_cpus=0.5", "extract.encoders.audio.num_gpus=0",
+            "extract.encoders.audio.group=light", "extract.encoders.text.group=light"]
     capsys.readouterr()
     assert main(["extract", *[a for s in sets for a in ("--set", s)]]) == 0
     out, err = capsys.readouterr()
@@ -158,3 +159,4 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
     assert "ecmf extract: 4 of 5 clips in the store, 0 skipped as already done, 1 failed" in err
     ft = read_features(tmp_path / "run" / "features" / "store")
     assert sorted(ft.ids) == sorted(m[schema.SAMPLE_ID][:4]) and ft.masks["text"].all()
+    assert ft.masks["audio"].sum() == 4 and set(ft.feats) == {"audio", "text"}

@@ -61,3 +61,35 @@ def test_text_encoder_uses_packaged_minilm_and_masks_empty_text():
 def test_unknown_encoder_lists_available():
     with pytest.raises(KeyError, match="available.*clip"):
         ENCODERS.get("whisper")
+
+
+def test_an_encoder_group_runs_its_members_in_turn_on_one_batch(tiny):
+    from ecmf import schema
+    from ecmf.features.encoders import EncoderGroup
+    from ecmf.features.extract import encoder_stages
+
+    encoders = {"audio": EncoderConfig("hubert", tiny["hubert"], group="light", batch_size=4),
+                "frames": EncoderConfig("clip", tiny["clip"]),
+                "text": EncoderConfig("text", PACKAGED_MINILM, group="light"),
+                "caption": EncoderConfig("text", PACKAGED_MINILM, input="text")}
+    stages = encoder_stages(encoders)
+    # The group runs at its first member's place; the last reader of an input drops it.
+    assert [[m["feature"] for m in s] for s in stages] == [["audio", "text"], ["frames"],
+                                                            ["caption"]]
+    drops = {m["feature"]: m["drop_input"] for s in stages for m in s}
+    assert drops == {"audio": True, "text": False, "frames": True, "caption": True}
+
+    rng = np.random.default_rng(0)
+    def batch():
+        return _batch(2, audio=[rng.standard_normal(16000).astype(np.float32), np.zeros(0)],
+                      text=np.array(["a happy day", ""], dtype=object))
+    group = EncoderGroup(stages[0])
+    b = batch()
+    alone = [ENCODERS.get(m["cfg"].name)(**{**m, "drop_input": False}) for m in stages[0]]
+    expected = alone[1](alone[0](dict(b)))
+    got = group(dict(b))
+    for name in ("audio", "text"):
+        np.testing.assert_array_equal(got[schema.feature_column(name)],
+                                      expected[schema.feature_column(name)])
+        np.testing.assert_array_equal(got[schema.mask_column(name)], [True, False])
+    assert "audio" not in got and "text" in got  # audio's last reader dropped it
