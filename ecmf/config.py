@@ -85,6 +85,9 @@ class DemoConfig:
     size: int = 96  # frame width and height in pixels
     seed: int = 0
     workers: int = 0  # processes writing clips; 0: one per core
+    # `ecmf demo` only: features trained and scored alone for its results table, each a
+    # training run of its own; null: every extracted feature, []: none.
+    singles: list[str] | None = None
 
     def __post_init__(self):
         for name in ("n_train", "n_pool", "n_candidates"):

@@ -73,6 +73,7 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     out = Path(out)
     start = time.time()
     cfg = demo_config(out, config_path, list(sets))
+    singles = single_features(cfg)  # a bad name fails now, not after the other stages
     wd = Workdir.of(cfg)
     log.info("demo: %s", TINY_NOTE)
     corpus = Path(cfg.corpus.root)
@@ -97,7 +98,7 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
         manifest = load_manifest(cfg)
         table = training_table(manifest, cfg.train.folds, cfg.train.seed)
         single = {}
-        for feature in cfg.extract.encoders:
+        for feature in singles:
             one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
                                                                      features=[feature]))
             run = out / "single" / feature
@@ -123,6 +124,20 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     }
     write_json(out / "results.json", results)
     return results
+
+
+def single_features(cfg: Config) -> list[str]:
+    """The features the demo scores alone (`demo.singles`, default every extracted one)."""
+    from ecmf.config import ConfigError
+
+    names = list(cfg.extract.encoders)
+    if cfg.demo.singles is None:
+        return names
+    unknown = [f for f in cfg.demo.singles if f not in names]
+    if unknown:
+        raise ConfigError(f"config demo.singles: {unknown} are not extracted; expected some of "
+                          f"extract.encoders {names}")
+    return list(cfg.demo.singles)
 
 
 def _truth_splits(corpus: Path):

@@ -37,7 +37,7 @@ def test_demo_job_succeeds_and_writes_its_outputs(ray_head, tmp_path, capsys):
 
     results = json.loads((out / "results.json").read_text())
     assert {"single", "fused", "rounds"} <= set(results)
-    assert set(results["single"]) == {"frames", "audio", "text"}
+    assert set(results["single"]) == {"text"}
     assert len(results["rounds"]) == 1 and 0.0 <= results["fused"] <= 1.0
     cands = pd.read_csv(out / "corpus" / "track_all_candidates.csv")["name"]
     sub = pd.read_csv(out / "predict" / "submission.csv")
