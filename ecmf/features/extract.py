@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,7 @@ def extract_features(cfg: Config) -> dict:
     if needs_enriched and not wd.enriched.is_file():
         raise FileNotFoundError(f"{wd.enriched}: an encoder reads enriched_text; run `ecmf enrich`"
                                 " first or drop that encoder from extract.encoders")
+    check_store_matches(wd.store, ex.encoders)
     done = ok_ids(wd.store)
     todo = inputs[~inputs[schema.SAMPLE_ID].isin(done)].reset_index(drop=True)
     save_config(cfg, wd.features)
@@ -148,6 +150,29 @@ def extract_features(cfg: Config) -> dict:
         ds.write_parquet(str(wd.store))
     seconds = time.time() - start
     return _summarise(wd, inputs, done, len(todo), seconds)
+
+
+def check_store_matches(store, encoders: dict[str, EncoderConfig]) -> None:
+    """Refuse to add rows to a store written with other features or sequences.
+
+    A resumed run appends Parquet files beside the earlier ones; files of differing columns
+    would leave some samples without a feature the readers expect (e.g. a store made by
+    `ecmf import-features`, or one extracted before `sequence_steps` was set).
+    """
+    from ecmf.config import ConfigError
+    from ecmf.features.store import store_columns
+
+    if not any(Path(store).glob("*.parquet")):
+        return
+    have = store_columns(store)
+    want = {"features": set(encoders),
+            "sequences": {n for n, e in encoders.items() if e.sequence_steps}}
+    if have != want:
+        raise ConfigError(
+            f"feature store {store} holds features {sorted(have['features'])} and sequences "
+            f"{sorted(have['sequences'])}, but extract.encoders would write features "
+            f"{sorted(want['features'])} and sequences {sorted(want['sequences'])}: extract "
+            f"into another workdir, or remove {store} to extract every clip again")
 
 
 def _decode_task_args() -> dict:

@@ -67,6 +67,21 @@ def ok_ids(store: str | Path) -> set[str]:
     return {i for i, e in zip(ids, err) if not e}
 
 
+def store_columns(store: str | Path) -> dict[str, set[str]]:
+    """Features and sequences of every Parquet file of the store: {"features": names,
+    "sequences": names}, over all files (a store written by differing runs shows both sets)."""
+    import pyarrow.parquet as pq
+
+    feats: set[str] = set()
+    seqs: set[str] = set()
+    for path in sorted(Path(store).glob("*.parquet")):
+        names = pq.read_schema(path).names
+        feats.update(schema.feature_names(names))
+        seqs.update(c[len(schema.SEQUENCE_PREFIX):] for c in names
+                    if c.startswith(schema.SEQUENCE_PREFIX))
+    return {"features": feats, "sequences": seqs}
+
+
 def _error_free_rows(ds: pads.Dataset, columns: list[str], ids, store, what: str):
     """The error-free rows of `columns`, one per sample (all, or `ids` in that order) -> (table,
     ids). A resumed run may have appended a sample again: its last row wins."""

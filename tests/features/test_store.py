@@ -39,3 +39,21 @@ def test_store_errors_name_what_is_missing(tmp_path):
         read_features(tmp_path, ids=["s1"])
     with pytest.raises(KeyError, match="available"):
         read_features(tmp_path, features=["b"])
+
+
+def test_extraction_refuses_a_store_written_with_other_columns(tmp_path):
+    from ecmf.config import ConfigError, EncoderConfig
+    from ecmf.features.extract import check_store_matches
+    from ecmf.features.store import store_columns
+
+    store = tmp_path / "store"
+    check_store_matches(store, {"a": EncoderConfig()})  # no store yet: nothing to match
+    store.mkdir()
+    _write(store / "part-0.parquet", ["s1", "s2"], ["", ""])
+    assert store_columns(store) == {"features": {"a"}, "sequences": set()}
+    check_store_matches(store, {"a": EncoderConfig()})  # a resume with the same encoders
+    with pytest.raises(ConfigError, match=r"holds features \['a'\].*would write features "
+                                          r"\['a', 'b'\].*another workdir"):
+        check_store_matches(store, {"a": EncoderConfig(), "b": EncoderConfig()})
+    with pytest.raises(ConfigError, match=r"sequences \[\].*sequences \['a'\]"):
+        check_store_matches(store, {"a": EncoderConfig(sequence_steps=4)})
