@@ -159,4 +159,8 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
     assert "ecmf extract: 4 of 5 clips in the store, 0 skipped as already done, 1 failed" in err
     ft = read_features(tmp_path / "run" / "features" / "store")
     assert sorted(ft.ids) == sorted(m[schema.SAMPLE_ID][:4]) and ft.masks["text"].all()
-    assert ft.masks["audio"].sum() == 4 and set(ft.feats) == {"audio", "text"}
+    import pandas as pd
+
+    truth = pd.read_csv(tiny_corpus / "hidden_truth.csv", dtype=str).set_index("name")
+    silent = (truth.loc[ft.ids, "silent"].str.lower() == "true").to_numpy()
+    assert set(ft.feats) == {"audio", "text"} and (ft.masks["audio"] == ~silent).all()
