@@ -16,6 +16,19 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for the rest of a module: tiny models are bound by thread
+    hand-offs, and on a busy 2-core machine a second thread makes them many times slower (Ray
+    actors already get OMP_NUM_THREADS from their num_cpus)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole run (a cold start costs seconds and ~1 GB)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ecmf.config import EnrichConfig
 from ecmf.enrichment.backends import BACKENDS, Generation, TransformersBackend, transformers_backend
@@ -21,14 +20,7 @@ def _batch(texts) -> dict[str, np.ndarray]:
             "label": np.arange(len(texts))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny LM is bound by thread hand-offs: on a busy 2-core machine two threads run it ~10x
-    # slower than one. (Ray actors get OMP_NUM_THREADS from their num_cpus already.)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ DIMS = {"frames": 12, "audio": 10, "text": 8}
 NAMES = MODELS.names()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: a second intra-op thread only adds synchronisation (and suffers most on a
-    # busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def batch(b: int = 6, seed: int = 1) -> tuple[dict, dict]:

@@ -15,12 +15,7 @@ from ecmf.train.loop import arrays_from_batches, train_one_fold
 FEATURES = list(DIMS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def data(n=90, seed=0, weight=1.0) -> dict:

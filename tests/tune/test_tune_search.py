@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import torch
 from ray.tune import Callback
 
 from ecmf.cli import main
@@ -23,15 +22,6 @@ from ecmf.tune.driver import SearchError, Watchdog, _search_alg, plan_concurrenc
 from ecmf.tune.trial import lockstep_folds, trial_data
 
 SEARCH = Path(__file__).with_name("search.yaml")
-
-
-@pytest.fixture
-def one_thread():
-    # Two torch threads per trial on a shared 2-core machine run ~100x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_lockstep_folds_equal_sequential_folds_and_stop_cleanly(workdir, one_thread):
