@@ -119,10 +119,10 @@ def extract_features(cfg: Config) -> dict:
              len(inputs) - len(todo), len(todo))
     start = time.time()
     if len(todo):
-        _check_cpu_budget(cfg)
+        stages = encoder_stages(ex.encoders)
+        _check_cpu_budget(stages)
         blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
         ds = ray.data.from_pandas(blocks)
-        stages = encoder_stages(ex.encoders)
         inputs_used = {m["input_column"] for stage in stages for m in stage}
         ds = ds.map_batches(
             decode_batch, batch_size=ex.decode_batch_size, num_cpus=1, batch_format="numpy",
@@ -135,15 +135,15 @@ def extract_features(cfg: Config) -> dict:
                            max_audio_s=ex.max_audio_s, frames="frames" in inputs_used,
                            audio="audio" in inputs_used))
         for stage in stages:
-            encs = [ex.encoders[m["feature"]] for m in stage]
             if len(stage) == 1:  # its own pool: the encoder's class names the operator
-                fn, kwargs = ENCODERS.get(encs[0].name), stage[0]
+                fn, kwargs = ENCODERS.get(stage[0]["cfg"].name), stage[0]
             else:
                 fn, kwargs = EncoderGroup, {"members": stage}
+            pool = pool_settings(stage)
             ds = ds.map_batches(
-                fn, batch_size=min(e.batch_size for e in encs), batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=encs[0].pool_size),
-                num_cpus=max(e.num_cpus for e in encs), num_gpus=max(e.num_gpus for e in encs),
+                fn, batch_size=pool["batch_size"], batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=pool["pool_size"]),
+                num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"],
                 fn_constructor_kwargs=kwargs)
         ds = ds.map_batches(to_store_rows, batch_format="numpy", batch_size=ROWS_PER_BLOCK,
                             fn_kwargs=dict(features=list(ex.encoders)))
@@ -203,7 +203,14 @@ def encoder_stages(encoders: dict[str, EncoderConfig]) -> list[list[dict]]:
               "drop_input": last_user[used[n]] == n} for n in stage] for stage in stages]
 
 
-def _check_cpu_budget(cfg: Config) -> None:
+def pool_settings(stage: list[dict]) -> dict:
+    """One actor pool's settings from its members' configs (see EncoderConfig.group)."""
+    encs = [m["cfg"] for m in stage]
+    return {"batch_size": min(e.batch_size for e in encs), "pool_size": encs[0].pool_size,
+            "num_cpus": max(e.num_cpus for e in encs), "num_gpus": max(e.num_gpus for e in encs)}
+
+
+def _check_cpu_budget(stages: list[list[dict]]) -> None:
     """Fail fast when the encoder pools would hold every CPU.
 
     Decode and write tasks then wait forever for a CPU while the actors wait for their input:
@@ -214,10 +221,7 @@ def _check_cpu_budget(cfg: Config) -> None:
     from ecmf.config import ConfigError
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    held = 0.0
-    for stage in encoder_stages(cfg.extract.encoders):
-        encs = [m["cfg"] for m in stage]
-        held += max(e.num_cpus for e in encs) * encs[0].pool_size
+    held = sum(p["num_cpus"] * p["pool_size"] for p in map(pool_settings, stages))
     if total - held < 1.0:
         raise ConfigError(
             f"extract.encoders hold {held:g} of the cluster's {total:g} CPUs (num_cpus x "

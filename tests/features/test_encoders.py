@@ -93,3 +93,19 @@ def test_an_encoder_group_runs_its_members_in_turn_on_one_batch(tiny):
                                       expected[schema.feature_column(name)])
         np.testing.assert_array_equal(got[schema.mask_column(name)], [True, False])
     assert "audio" not in got and "text" in got  # audio's last reader dropped it
+
+
+def test_pools_that_hold_every_cpu_are_refused_before_ray_data_stalls(ray_local):
+    from ecmf.config import ConfigError
+    from ecmf.features.extract import _check_cpu_budget, encoder_stages, pool_settings
+
+    total = ray_local.cluster_resources()["CPU"]
+    # A group holds its largest num_cpus once, not the sum of its members'.
+    group = encoder_stages({"a": EncoderConfig(num_cpus=total - 1, group="g"),
+                            "b": EncoderConfig(num_cpus=1.0, group="g", batch_size=4)})
+    assert pool_settings(group[0]) == {"batch_size": 4, "pool_size": 1, "num_cpus": total - 1,
+                                       "num_gpus": 0.0}
+    _check_cpu_budget(group)
+    apart = encoder_stages({"a": EncoderConfig(num_cpus=total - 1), "b": EncoderConfig()})
+    with pytest.raises(ConfigError, match="leaving less than 1 for decoding"):
+        _check_cpu_budget(apart)
