@@ -98,6 +98,22 @@ def _inputs(cfg: Config, wd: Workdir) -> pd.DataFrame:
     return manifest[list(INPUT_COLUMNS)]
 
 
+def input_dataset(rows: pd.DataFrame):
+    """The clips to extract as a Ray Dataset in blocks of ROWS_PER_BLOCK, built in the driver.
+
+    `ray.data.from_pandas` computes each block's metadata in a remote task: on a fresh cluster
+    that task waits for a worker to start and import pandas and Ray Data (2-3 s on 2 cores)
+    before execution can begin, and the encoder actors start that much later. `from_items`
+    builds the blocks and their metadata here, at about 35 us a row (5 s for a 130,000-clip
+    manifest, against hours of extraction).
+    """
+    import ray
+
+    records = rows.to_dict("records")
+    blocks = max(1, -(-len(records) // ROWS_PER_BLOCK))
+    return ray.data.from_items(records, override_num_blocks=blocks)
+
+
 def extract_features(cfg: Config) -> dict:
     """Run every configured encoder over the corpus into the workdir's feature store."""
     import ray
@@ -121,8 +137,7 @@ def extract_features(cfg: Config) -> dict:
     if len(todo):
         stages = encoder_stages(ex.encoders)
         _check_cpu_budget(stages)
-        blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
-        ds = ray.data.from_pandas(blocks)
+        ds = input_dataset(todo)
         inputs_used = {m["input_column"] for stage in stages for m in stage}
         ds = ds.map_batches(
             decode_batch, batch_size=ex.decode_batch_size, num_cpus=1, batch_format="numpy",
