@@ -67,6 +67,19 @@ def ok_ids(store: str | Path) -> set[str]:
     return {i for i, e in zip(ids, err) if not e}
 
 
+def store_fingerprint(store: str | Path) -> str:
+    """SHA-256 over the name, size and modification time of the store's Parquet files: it
+    changes whenever an extraction, a resume or an import writes to the store, so results
+    computed from the store (weak classifiers' probabilities) can tell they are stale."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(store).glob("*.parquet")):
+        st = path.stat()
+        h.update(f"{path.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def store_columns(store: str | Path) -> dict[str, set[str]]:
     """Features and sequences of every Parquet file of the store: {"features": names,
     "sequences": names}, over all files (a store written by differing runs shows both sets)."""

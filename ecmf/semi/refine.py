@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 ORIGINAL = "original"
 FUSION = "fusion"
 LLM = "llm"
+KEY_FILE = "refine_key.json"
 LABEL_COLUMNS = [schema.SAMPLE_ID, "original", "refined", schema.CONFIDENCE, "agreed", "changed",
                  "weight"]
 
@@ -179,6 +180,37 @@ def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
     return sources, weights, groups
 
 
+def _file_sha256(path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def refine_key(cfg: Config) -> dict:
+    """What the refined labels depend on: the refine settings (not resources), the labeled
+    set, and every source they were voted from: the weak classifiers' inputs (`weak_key`),
+    the fusion run's out-of-fold predictions and the LLM votes (their files' digests)."""
+    from dataclasses import asdict
+
+    from ecmf.semi.weak import weak_inputs, weak_key
+
+    rc = cfg.refine
+    wd = Workdir.of(cfg)
+    manifest = load_manifest(cfg)
+    lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
+    key: dict = {"refine": {k: v for k, v in asdict(rc).items() if k != "cpus_per_task"},
+                 "labels": pd.util.hash_pandas_object(
+                     lab[[schema.SAMPLE_ID, schema.LABEL]].astype(str), index=False
+                 ).sum().item()}
+    if rc.weights.get("weak", 0.0) > 0 and rc.classifiers:
+        key["weak"] = weak_key(cfg, *weak_inputs(cfg))
+    if rc.weights.get(FUSION, 0.0) > 0:
+        key[FUSION] = _file_sha256(wd.train / "oof.parquet")
+    if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0:
+        key[LLM] = _file_sha256(wd.enrich / "votes.parquet")
+    return key
+
+
 def refine_labels(cfg: Config) -> dict:
     """`ecmf refine`: refined labels of the labeled set into `<workdir>/refine/`."""
     from ecmf.train.metrics import classification_report
@@ -222,17 +254,32 @@ def refine_labels(cfg: Config) -> dict:
         "mean_weight": round(float(weight.mean()) if len(weight) else 0.0, 4),
     }
     write_json(out / "metrics.json", metrics)
+    write_json(out / KEY_FILE, refine_key(cfg))  # last: labels without it are redone
     log.info("refine: %d of %d labels changed by %d sources", metrics["changed"], len(table),
              len(sources))
     return metrics
 
 
 def refined_labels(cfg: Config) -> pd.DataFrame | None:
-    """The refined labels the training table should use (running refinement if not done yet),
-    or None when refinement is off."""
+    """The refined labels the training table should use, or None when refinement is off.
+
+    Refines first when there are none yet, or when they are stale: the refine settings, the
+    labels or a source changed since `ecmf refine` wrote them (a retrained fusion model, a
+    re-extracted store, new LLM votes), as `refine_key` tells.
+    """
+    import json
+
     if not cfg.refine.enabled:
         return None
-    path = Workdir.of(cfg).refine / "labels.parquet"
-    if not path.is_file():
+    wd = Workdir.of(cfg)
+    path, key_path = wd.refine / "labels.parquet", wd.refine / KEY_FILE
+    if not path.is_file() or not key_path.is_file():
         refine_labels(cfg)
+    else:
+        old, new = json.loads(key_path.read_text()), refine_key(cfg)
+        if old != new:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            log.info("refine: %s changed since %s was written; refining again",
+                     ", ".join(changed), path)
+            refine_labels(cfg)
     return pd.read_parquet(path)

@@ -132,31 +132,59 @@ def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
     return sets
 
 
+def weak_inputs(cfg: Config) -> tuple[list[list[str]], pd.DataFrame, list[str]]:
+    """Feature sets, the labeled training table (extracted clips only) and the pool's ids."""
+    from ecmf.features.store import ok_ids, store_dims
+    from ecmf.train.fit import training_table
+
+    wd = Workdir.of(cfg)
+    sets = feature_sets(cfg, list(store_dims(wd.store)))
+    manifest = load_manifest(cfg)
+    table = training_table(manifest, cfg.train.folds, cfg.train.seed)
+    have = ok_ids(wd.store)
+    table = table[table[schema.SAMPLE_ID].isin(have)].reset_index(drop=True)
+    pool_ids = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
+                      & have)
+    return sets, table, pool_ids
+
+
+def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
+             pool_ids: list[str]) -> dict:
+    """What the weak probabilities depend on: classifiers, their options, feature sets, the
+    labels and folds, the pool, and the store's files (a re-extraction changes them)."""
+    import hashlib
+
+    from ecmf.features.store import store_fingerprint
+
+    rc = cfg.refine
+    rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
+    return {"classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
+            "folds": cfg.train.folds, "seed": cfg.train.seed,
+            "samples_sha256": hashlib.sha256(rows.encode()).hexdigest(),
+            "store": store_fingerprint(Workdir.of(cfg).store)}
+
+
 def weak_probabilities(cfg: Config) -> pd.DataFrame:
-    """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks."""
+    """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks;
+    reused from `refine/weak_probs.parquet` while `weak_key` is unchanged."""
     import ray
 
-    from ecmf.features.store import ok_ids, read_features, store_dims
-    from ecmf.train.fit import training_table
+    from ecmf.features.store import read_features
 
     rc = cfg.refine
     wd = Workdir.of(cfg)
     path = wd.refine / "weak_probs.parquet"
-    sets = feature_sets(cfg, list(store_dims(wd.store)))
-    key = {"classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
-           "folds": cfg.train.folds, "seed": cfg.train.seed}
+    sets, table, pool_ids = weak_inputs(cfg)
+    key = weak_key(cfg, sets, table, pool_ids)
     key_path = wd.refine / "weak_key.json"
-    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
-        return pd.read_parquet(path)
+    if path.is_file() and key_path.is_file():
+        if json.loads(key_path.read_text()) == key:
+            return pd.read_parquet(path)
+        log.info("weak classifiers: %s changed since %s was written; fitting them again",
+                 ", ".join(_changed(json.loads(key_path.read_text()), key)), path)
     for name in rc.classifiers:
         WEAK_CLASSIFIERS.get(name)  # unknown names fail before any work, listing known ones
 
-    manifest = load_manifest(cfg)
-    table = training_table(manifest, cfg.train.folds, cfg.train.seed)
-    have = ok_ids(wd.store)
-    table = table[table[schema.SAMPLE_ID].isin(have)]
-    pool_ids = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
-                      & have)
     needed = sorted({f for s in sets for f in s})
     lab = read_features(wd.store, needed, table[schema.SAMPLE_ID].tolist())
     pool = read_features(wd.store, needed, pool_ids)
@@ -185,3 +213,8 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     log.info("weak classifiers: %d sources over %d labeled and %d pool samples", len(jobs),
              len(lab.ids), len(pool.ids))
     return out
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two cache keys (for the log)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["nothing"]

@@ -135,3 +135,60 @@ def test_evaluate_reports_each_round_and_the_refinement(run):
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert all("val_waf" in r and "pseudo_total" in r for r in rounds)
     assert metrics["refine"]["n_labeled"] == N_TRAIN
+
+
+@pytest.fixture
+def copy(run, tmp_path):
+    """A copy of the finished workdir (file times kept), to change without touching `run`."""
+    import shutil
+
+    from ecmf.config import load_config
+
+    root = tmp_path / "copy"
+    shutil.copytree(run["root"], root)
+    items = _sets(root)[1::2]
+    return root, load_config(None, items)
+
+
+def test_refined_labels_are_reused_until_a_source_or_setting_changes(copy):
+    from ecmf.semi.refine import refined_labels
+
+    root, cfg = copy
+    labels = root / "refine" / "labels.parquet"
+    before = labels.stat().st_mtime_ns
+    refined_labels(cfg)
+    assert labels.stat().st_mtime_ns == before  # nothing changed: reused
+    # A retrained fusion model: its out-of-fold predictions are another source.
+    oof = pd.read_parquet(root / "train" / "oof.parquet")
+    probs = list(schema.PROB_COLUMNS)
+    oof[probs] = oof[probs].to_numpy()[:, ::-1]
+    oof.to_parquet(root / "train" / "oof.parquet", index=False)
+    refined_labels(cfg)
+    after = labels.stat().st_mtime_ns
+    assert after != before
+    # Another refine setting.
+    cfg.refine.threshold = 0.9
+    refined_labels(cfg)
+    assert labels.stat().st_mtime_ns != after
+    key = json.loads((root / "refine" / "refine_key.json").read_text())
+    assert key["refine"]["threshold"] == 0.9
+
+
+def test_weak_probabilities_are_refit_when_the_store_changes(copy):
+    import os
+
+    from ecmf.features.store import store_fingerprint
+    from ecmf.semi.weak import weak_probabilities
+
+    root, cfg = copy
+    probs = root / "refine" / "weak_probs.parquet"
+    before = probs.stat().st_mtime_ns
+    weak_probabilities(cfg)
+    assert probs.stat().st_mtime_ns == before
+    # A re-extraction or resume rewrites the store's files.
+    part = next((root / "features" / "store").glob("*.parquet"))
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))
+    weak_probabilities(cfg)
+    assert probs.stat().st_mtime_ns != before
+    key = json.loads((root / "refine" / "weak_key.json").read_text())
+    assert key["store"] == store_fingerprint(root / "features" / "store")
