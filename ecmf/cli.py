@@ -31,9 +31,13 @@ def cmd_prepare_demo(args):
 
 
 def cmd_extract(args):
-    from ecmf.features.extract import extract_features
+    from ecmf.features.extract import extract_features, preflight
+    from ecmf.runtime import ray_session
 
-    s = _with_ray(args, extract_features)
+    cfg = _config(args)
+    manifest = preflight(cfg)  # a bad corpus or store fails in a second, before Ray starts
+    with ray_session(cfg.ray):
+        s = extract_features(cfg, manifest)
     # One line a person reads after the progress bars; the full summary follows as JSON.
     rate = f", {s['clips_per_s']} clips/s" if s.get("clips_per_s") else ""
     failed = f" (see {s['errors']})" if s.get("failed") else ""

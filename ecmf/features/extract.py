@@ -87,8 +87,9 @@ def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _inputs(cfg: Config, wd: Workdir) -> pd.DataFrame:
-    manifest = build_manifest(cfg)
+def _inputs(cfg: Config, wd: Workdir, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    if manifest is None:
+        manifest = build_manifest(cfg)
     if wd.enriched.is_file():
         enriched = pd.read_parquet(wd.enriched, columns=[schema.SAMPLE_ID, schema.ENRICHED_TEXT])
         manifest = manifest.merge(enriched, on=schema.SAMPLE_ID, how="left")
@@ -114,15 +115,26 @@ def input_dataset(rows: pd.DataFrame):
     return ray.data.from_items(records, override_num_blocks=blocks)
 
 
-def extract_features(cfg: Config) -> dict:
-    """Run every configured encoder over the corpus into the workdir's feature store."""
+def preflight(cfg: Config) -> pd.DataFrame:
+    """What `extract_features` checks before any work, without Ray: the corpus reads (its
+    manifest is returned) and the store, if any, holds the configured features."""
+    manifest = build_manifest(cfg)
+    check_store_matches(Workdir.of(cfg).store, cfg.extract.encoders)
+    return manifest
+
+
+def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
+    """Run every configured encoder over the corpus into the workdir's feature store.
+
+    `manifest`: the corpus as `preflight` read it (default: read it here).
+    """
     import ray
 
     from ecmf.features.encoders import ENCODERS, EncoderGroup
 
     wd = Workdir.of(cfg)
     ex = cfg.extract
-    inputs = _inputs(cfg, wd)
+    inputs = _inputs(cfg, wd, manifest)
     needs_enriched = any(e.input == schema.ENRICHED_TEXT for e in ex.encoders.values())
     if needs_enriched and not wd.enriched.is_file():
         raise FileNotFoundError(f"{wd.enriched}: an encoder reads enriched_text; run `ecmf enrich`"

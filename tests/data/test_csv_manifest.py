@@ -164,3 +164,22 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
     truth = pd.read_csv(tiny_corpus / "hidden_truth.csv", dtype=str).set_index("name")
     silent = (truth.loc[ft.ids, "silent"].str.lower() == "true").to_numpy()
     assert set(ft.feats) == {"audio", "text"} and (ft.masks["audio"] == ~silent).all()
+
+
+def test_extract_refuses_a_bad_manifest_before_starting_ray(tmp_path, monkeypatch, capsys):
+    import contextlib
+
+    import ecmf.runtime
+    from ecmf.cli import main
+
+    @contextlib.contextmanager
+    def no_ray(cfg):
+        raise AssertionError("Ray was started before the manifest was read")
+        yield
+
+    monkeypatch.setattr(ecmf.runtime, "ray_session", no_ray)
+    bad = _csv(tmp_path / "m.csv", "file,label\nx.mp4,sad\n")
+    sets = [f"workdir={tmp_path / 'run'}", "corpus.layout=csv", f"corpus.manifest={bad}"]
+    assert main(["extract", *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert "ecmf extract: error:" in err and "missing column 'path'" in err and str(bad) in err
