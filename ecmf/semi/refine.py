@@ -180,10 +180,14 @@ def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
     return sources, weights, groups
 
 
-def _file_sha256(path) -> str | None:
+def _sha256(data: bytes) -> str:
     import hashlib
 
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path) -> str | None:
+    return _sha256(path.read_bytes()) if path.is_file() else None
 
 
 def refine_key(cfg: Config) -> dict:
@@ -199,9 +203,8 @@ def refine_key(cfg: Config) -> dict:
     manifest = load_manifest(cfg)
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     key: dict = {"refine": {k: v for k, v in asdict(rc).items() if k != "cpus_per_task"},
-                 "labels": pd.util.hash_pandas_object(
-                     lab[[schema.SAMPLE_ID, schema.LABEL]].astype(str), index=False
-                 ).sum().item()}
+                 "labels_sha256": _sha256(
+                     lab[[schema.SAMPLE_ID, schema.LABEL]].to_csv(index=False).encode())}
     if rc.weights.get("weak", 0.0) > 0 and rc.classifiers:
         key["weak"] = weak_key(cfg, *weak_inputs(cfg))
     if rc.weights.get(FUSION, 0.0) > 0:
@@ -269,6 +272,8 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     """
     import json
 
+    from ecmf.semi.weak import changed_keys
+
     if not cfg.refine.enabled:
         return None
     wd = Workdir.of(cfg)
@@ -278,8 +283,7 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     else:
         old, new = json.loads(key_path.read_text()), refine_key(cfg)
         if old != new:
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             log.info("refine: %s changed since %s was written; refining again",
-                     ", ".join(changed), path)
+                     ", ".join(changed_keys(old, new)), path)
             refine_labels(cfg)
     return pd.read_parquet(path)

@@ -178,10 +178,11 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     key = weak_key(cfg, sets, table, pool_ids)
     key_path = wd.refine / "weak_key.json"
     if path.is_file() and key_path.is_file():
-        if json.loads(key_path.read_text()) == key:
+        old = json.loads(key_path.read_text())
+        if old == key:
             return pd.read_parquet(path)
         log.info("weak classifiers: %s changed since %s was written; fitting them again",
-                 ", ".join(_changed(json.loads(key_path.read_text()), key)), path)
+                 ", ".join(changed_keys(old, key)), path)
     for name in rc.classifiers:
         WEAK_CLASSIFIERS.get(name)  # unknown names fail before any work, listing known ones
 
@@ -215,6 +216,6 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     return out
 
 
-def _changed(old: dict, new: dict) -> list[str]:
+def changed_keys(old: dict, new: dict) -> list[str]:
     """The keys whose values differ between two cache keys (for the log)."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["nothing"]
