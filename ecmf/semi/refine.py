@@ -214,8 +214,11 @@ def refine_key(cfg: Config) -> dict:
     return key
 
 
-def refine_labels(cfg: Config) -> dict:
-    """`ecmf refine`: refined labels of the labeled set into `<workdir>/refine/`."""
+def refine_labels(cfg: Config, key: dict | None = None) -> dict:
+    """`ecmf refine`: refined labels of the labeled set into `<workdir>/refine/`.
+
+    `key`: `refine_key(cfg)` when the caller has it already (it reads the manifest and the
+    store's ids)."""
     from ecmf.train.metrics import classification_report
 
     rc = cfg.refine
@@ -257,7 +260,7 @@ def refine_labels(cfg: Config) -> dict:
         "mean_weight": round(float(weight.mean()) if len(weight) else 0.0, 4),
     }
     write_json(out / "metrics.json", metrics)
-    write_json(out / KEY_FILE, refine_key(cfg))  # last: labels without it are redone
+    write_json(out / KEY_FILE, key or refine_key(cfg))  # last: labels without it are redone
     log.info("refine: %d of %d labels changed by %d sources", metrics["changed"], len(table),
              len(sources))
     return metrics
@@ -285,5 +288,5 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
         if old != new:
             log.info("refine: %s changed since %s was written; refining again",
                      ", ".join(changed_keys(old, new)), path)
-            refine_labels(cfg)
+            refine_labels(cfg, new)
     return pd.read_parquet(path)
