@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,57 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "600")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from peakmem import PeakMemory  # noqa: E402  (a sibling module: run as a script)
+
 SCALE_FEATURES = ("f0", "f1", "f2", "f3")
 SCALE_DIM = 256
-
-
-class PeakMemory:
-    """Background sampler of the resident memory of this process and all its descendants.
-
-    `peak_pss`: the summed proportional set size (a page shared by k processes counts 1/k in
-    each), the memory the group really holds. `peak_rss`: the summed RSS, which counts shared
-    pages (libraries, object-store mappings) once per process, an upper bound.
-    """
-
-    def __init__(self, interval_s: float = 0.5):
-        import psutil
-
-        self._me = psutil.Process()
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.peak_pss = self.peak_rss = 0
-        self.processes = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        pss = rss = 0
-        procs = [self._me, *self._me.children(recursive=True)]
-        for p in procs:
-            try:
-                info = p.memory_full_info()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            pss += info.pss
-            rss += info.rss
-        self.peak_pss = max(self.peak_pss, pss)
-        self.peak_rss = max(self.peak_rss, rss)
-        self.processes = max(self.processes, len(procs))
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self._interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 # ------------------------------------------------------------------------------------ quality
