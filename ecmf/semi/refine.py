@@ -180,22 +180,13 @@ def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
     return sources, weights, groups
 
 
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path) -> str | None:
-    return _sha256(path.read_bytes()) if path.is_file() else None
-
-
 def refine_key(cfg: Config) -> dict:
     """What the refined labels depend on: the refine settings (not resources), the labeled
     set, and every source they were voted from: the weak classifiers' inputs (`weak_key`),
     the fusion run's out-of-fold predictions and the LLM votes (their files' digests)."""
     from dataclasses import asdict
 
+    from ecmf.semi.keys import file_sha256, frame_sha256
     from ecmf.semi.weak import weak_inputs, weak_key
 
     rc = cfg.refine
@@ -203,14 +194,13 @@ def refine_key(cfg: Config) -> dict:
     manifest = load_manifest(cfg)
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     key: dict = {"refine": {k: v for k, v in asdict(rc).items() if k != "cpus_per_task"},
-                 "labels_sha256": _sha256(
-                     lab[[schema.SAMPLE_ID, schema.LABEL]].to_csv(index=False).encode())}
+                 "labels_sha256": frame_sha256(lab[[schema.SAMPLE_ID, schema.LABEL]])}
     if rc.weights.get("weak", 0.0) > 0 and rc.classifiers:
         key["weak"] = weak_key(cfg, *weak_inputs(cfg))
     if rc.weights.get(FUSION, 0.0) > 0:
-        key[FUSION] = _file_sha256(wd.train / "oof.parquet")
+        key[FUSION] = file_sha256(wd.train / "oof.parquet")
     if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0:
-        key[LLM] = _file_sha256(wd.enrich / "votes.parquet")
+        key[LLM] = file_sha256(wd.enrich / "votes.parquet")
     return key
 
 
@@ -275,7 +265,7 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     """
     import json
 
-    from ecmf.semi.weak import changed_keys
+    from ecmf.semi.keys import changed_keys
 
     if not cfg.refine.enabled:
         return None

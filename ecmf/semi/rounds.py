@@ -1,8 +1,8 @@
 """Pseudo-labeling rounds: predict the unlabeled pool, select confident labels, retrain.
 
 Round k writes `rounds/<k>/` (its selected labels with provenance, pool predictions, models,
-metrics, resolved config) and never touches an earlier round; a re-run resumes after the last
-finished round. Rounds stop early when validation WAF (out-of-fold, against the original labels)
+metrics, resolved config, and the key of its settings and inputs) and never touches an earlier
+round; a re-run resumes after the last finished round, refusing one made with other settings. Rounds stop early when validation WAF (out-of-fold, against the original labels)
 stops improving. Selection: fold-ensemble confidence after temperature calibration, agreement of
 the weak classifiers' pool predictions, class quotas, a cap per round (`ecmf.semi.select`).
 """
@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round", "source",
                  "agreed"]
 FUSION_SOURCE = "fusion-fold-ensemble"
+KEY_FILE = "round_key.json"
+# Settings a resume may change: how many rounds run and on what resources.
+FREE_SETTINGS = {"pseudo": {"rounds", "patience"},
+                 "train": {"num_workers", "use_gpu", "cpus_per_worker", "storage_path",
+                           "max_failures"}}
 
 
 def val_waf(run_dir: Path, reference: pd.Series) -> float:
@@ -94,6 +99,60 @@ def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
     }, columns=LABEL_COLUMNS)
 
 
+def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
+    """What a round's labels and models depend on, besides the rounds before it: the pseudo
+    and train settings (but `FREE_SETTINGS`), the labels trained on (original or refined, with
+    their weights), the first run's out-of-fold predictions, the feature store's files and,
+    when the weak classifiers vote (`weak`), their cache key."""
+    from dataclasses import asdict
+
+    from ecmf.features.store import store_fingerprint
+    from ecmf.semi.keys import file_sha256, frame_sha256
+
+    wd = Workdir.of(cfg)
+    key = {section: {k: v for k, v in asdict(getattr(cfg, section)).items()
+                     if k not in FREE_SETTINGS[section]} for section in ("pseudo", "train")}
+    key["labels_sha256"] = frame_sha256(train_labels.sort_values(schema.SAMPLE_ID))
+    key["first_run"] = file_sha256(wd.train / "oof.parquet")
+    key["store"] = store_fingerprint(wd.store)
+    if weak:
+        key["weak"] = file_sha256(wd.refine / "weak_key.json")
+    return key
+
+
+def check_round_key(rdir: Path, key: dict) -> None:
+    """Refuse to build on a finished round made with other settings or inputs.
+
+    Rounds never overwrite an earlier one, so a changed setting cannot take effect in rounds
+    already on disk; resuming after them would mix two configurations in one run. A round
+    written before rounds kept their key is resumed with a warning.
+    """
+    from ecmf.config import ConfigError
+    from ecmf.semi.keys import changed_keys
+
+    path = rdir / KEY_FILE
+    if not path.is_file():
+        log.warning("%s has no %s (an older ecmf wrote it): resuming after it unchecked",
+                    rdir, KEY_FILE)
+        return
+    old = json.loads(path.read_text())
+    if old != key:
+        changed = changed_keys(old, key)
+        detail = "; ".join(f"{k}: {_diff(old.get(k), key.get(k))}" for k in changed)
+        raise ConfigError(
+            f"{rdir} was made with other settings or inputs than this run's ({detail}). Rounds "
+            f"never overwrite earlier ones: move {rdir.parent} aside (or remove it) to run the "
+            f"rounds again with these settings, or use another workdir")
+
+
+def _diff(old, new) -> str:
+    """A short account of a changed key: the settings that differ, else old -> new."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+    return "changed" if old and new else f"{old!r} -> {new!r}"
+
+
 def run_rounds(cfg: Config) -> dict:
     """Run the configured pseudo-label rounds on top of the workdir's `train` run.
 
@@ -123,6 +182,11 @@ def run_rounds(cfg: Config) -> dict:
     if cfg.pseudo.min_agree > 0 and cfg.refine.classifiers:
         weak = weak_probabilities(cfg)
         weak_pool = weak[weak["part"] == "pool"]
+    if refined is not None:
+        trained_on = refined[[schema.SAMPLE_ID, "refined", "weight"]]
+    else:
+        trained_on = labeled[[schema.SAMPLE_ID, schema.LABEL]]
+    key = rounds_key(cfg, trained_on, weak=weak_pool is not None)
     extracted = ok_ids(wd.store)
     unlabeled = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
                        & extracted)
@@ -133,6 +197,7 @@ def run_rounds(cfg: Config) -> dict:
     for k in range(1, cfg.pseudo.rounds + 1):
         rdir = wd.rounds / str(k)
         if (rdir / "metrics.json").is_file() and (rdir / "labels.parquet").is_file():
+            check_round_key(rdir, key)
             selected = pd.read_parquet(rdir / "labels.parquet")
             log.info("round %d already finished: resuming after it", k)
         else:
@@ -154,6 +219,7 @@ def run_rounds(cfg: Config) -> dict:
                 "temperature": round(temperature, 4),
                 "added_per_class": new[schema.LABEL].value_counts().to_dict(),
                 "refined_labels": refined is not None})
+            write_json(rdir / KEY_FILE, key)
             # Written last: its presence marks the round finished.
             selected.to_parquet(rdir / "labels.parquet", index=False)
         waf = val_waf(rdir, reference)

@@ -152,15 +152,14 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
              pool_ids: list[str]) -> dict:
     """What the weak probabilities depend on: classifiers, their options, feature sets, the
     labels and folds, the pool, and the store's files (a re-extraction changes them)."""
-    import hashlib
-
     from ecmf.features.store import store_fingerprint
+    from ecmf.semi.keys import sha256_hex
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
     return {"classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
             "folds": cfg.train.folds, "seed": cfg.train.seed,
-            "samples_sha256": hashlib.sha256(rows.encode()).hexdigest(),
+            "samples_sha256": sha256_hex(rows.encode()),
             "store": store_fingerprint(Workdir.of(cfg).store)}
 
 
@@ -170,6 +169,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     import ray
 
     from ecmf.features.store import read_features
+    from ecmf.semi.keys import changed_keys
 
     rc = cfg.refine
     wd = Workdir.of(cfg)
@@ -214,8 +214,3 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     log.info("weak classifiers: %d sources over %d labeled and %d pool samples", len(jobs),
              len(lab.ids), len(pool.ids))
     return out
-
-
-def changed_keys(old: dict, new: dict) -> list[str]:
-    """The keys whose values differ between two cache keys (for the log)."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["nothing"]

@@ -192,3 +192,18 @@ def test_weak_probabilities_are_refit_when_the_store_changes(copy):
     assert probs.stat().st_mtime_ns != before
     key = json.loads((root / "refine" / "weak_key.json").read_text())
     assert key["store"] == store_fingerprint(root / "features" / "store")
+
+
+def test_rounds_resume_only_over_rounds_made_with_the_same_settings(copy):
+    from ecmf.config import ConfigError
+    from ecmf.semi.rounds import KEY_FILE, run_rounds
+
+    root, cfg = copy
+    assert (root / "rounds" / "1" / KEY_FILE).is_file()
+    cfg.pseudo.patience = 3  # how many rounds may run: free to change on a resume
+    summary = run_rounds(cfg)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    cfg.pseudo.threshold = 0.5  # what a round selects: the finished rounds no longer match
+    with pytest.raises(ConfigError, match=r"rounds/1 was made with other settings.*"
+                                          r"pseudo: threshold 0\.3 -> 0\.5"):
+        run_rounds(cfg)
