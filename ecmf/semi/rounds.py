@@ -102,11 +102,16 @@ def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
 def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
     """What a round's labels and models depend on, besides the rounds before it: the pseudo
     and train settings (but `FREE_SETTINGS`), the labels trained on (original or refined, with
-    their weights), the first run's out-of-fold predictions, the feature store's files and,
-    when the weak classifiers vote (`weak`), their cache key."""
+    their weights), the first run's out-of-fold predictions and, when the weak classifiers vote
+    (`weak`), their settings.
+
+    Not the feature store: a resumed extraction appends clips to it, which later rounds may
+    take from the pool without changing what earlier rounds chose. A store extracted again with
+    other encoders is refused by `ecmf extract` itself, and a retrained first run changes its
+    out-of-fold predictions.
+    """
     from dataclasses import asdict
 
-    from ecmf.features.store import store_fingerprint
     from ecmf.semi.keys import file_sha256, frame_sha256
 
     wd = Workdir.of(cfg)
@@ -114,9 +119,10 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
                      if k not in FREE_SETTINGS[section]} for section in ("pseudo", "train")}
     key["labels_sha256"] = frame_sha256(train_labels.sort_values(schema.SAMPLE_ID))
     key["first_run"] = file_sha256(wd.train / "oof.parquet")
-    key["store"] = store_fingerprint(wd.store)
     if weak:
-        key["weak"] = file_sha256(wd.refine / "weak_key.json")
+        rc = cfg.refine
+        key["weak"] = {"classifiers": list(rc.classifiers), "options": rc.options,
+                       "feature_sets": rc.feature_sets}
     return key
 
 
