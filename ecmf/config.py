@@ -5,30 +5,19 @@ Every stage writes the resolved config (`config.yaml`) beside its outputs.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ecmf.config_dict import ConfigError, check, from_dict, merge, parse_set, to_dict
 from ecmf.schema import LABELS
 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 # Where the GPU image stages RetinaFace's release (STAGE_RETINAFACE, TORCH_HOME=/opt/ecmf/torch;
 # docker/README.md), so no node downloads weights at run time.
 RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
-
-
-class ConfigError(ValueError):
-    """A config value or key that cannot be used; the message names the key."""
-
-
-def _check(cond: bool, key: str, expected: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"config {key}: expected {expected}, got {value!r}")
 
 
 @dataclass
@@ -40,8 +29,8 @@ class RayConfig:
     no_progress_timeout_s: int = 600
 
     def __post_init__(self):
-        _check(self.num_cpus is None or self.num_cpus > 0, "ray.num_cpus", "> 0", self.num_cpus)
-        _check(self.object_store_mb >= 64, "ray.object_store_mb", ">= 64", self.object_store_mb)
+        check(self.num_cpus is None or self.num_cpus > 0, "ray.num_cpus", "> 0", self.num_cpus)
+        check(self.object_store_mb >= 64, "ray.object_store_mb", ">= 64", self.object_store_mb)
 
 
 @dataclass
@@ -58,13 +47,13 @@ class CorpusConfig:
 
         from ecmf.data.layouts import LAYOUTS
 
-        _check(self.layout in LAYOUTS, "corpus.layout", f"one of {LAYOUTS.names()}", self.layout)
-        _check(self.text_column in ("english", "chinese"), "corpus.text_column",
+        check(self.layout in LAYOUTS, "corpus.layout", f"one of {LAYOUTS.names()}", self.layout)
+        check(self.text_column in ("english", "chinese"), "corpus.text_column",
                "'english' or 'chinese'", self.text_column)
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            _check(False, "corpus.encoding", "a Python codec name such as utf-8 or gbk",
+            check(False, "corpus.encoding", "a Python codec name such as utf-8 or gbk",
                    self.encoding)
 
 
@@ -91,13 +80,13 @@ class DemoConfig:
 
     def __post_init__(self):
         for name in ("n_train", "n_pool", "n_candidates"):
-            _check(getattr(self, name) > 0, f"demo.{name}", "> 0", getattr(self, name))
-        _check(0 < self.n_test <= self.n_candidates, "demo.n_test",
+            check(getattr(self, name) > 0, f"demo.{name}", "> 0", getattr(self, name))
+        check(0 < self.n_test <= self.n_candidates, "demo.n_test",
                f"between 1 and n_candidates ({self.n_candidates})", self.n_test)
         for name in ("noise_rate", "no_face_rate", "silent_rate", "empty_text_rate"):
             v = getattr(self, name)
-            _check(0.0 <= v < 1.0, f"demo.{name}", "a rate in [0, 1)", v)
-        _check(self.size >= 48 and self.size % 16 == 0, "demo.size", "a multiple of 16, >= 48",
+            check(0.0 <= v < 1.0, f"demo.{name}", "a rate in [0, 1)", v)
+        check(self.size >= 48 and self.size % 16 == 0, "demo.size", "a multiple of 16, >= 48",
                self.size)
 
 
@@ -133,20 +122,20 @@ class EncoderConfig:
     group: str = ""
 
     def __post_init__(self):
-        _check(self.batch_size > 0, "encoder.batch_size", "> 0", self.batch_size)
-        _check(self.pool_size > 0, "encoder.pool_size", "> 0", self.pool_size)
-        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "encoder resources", ">= 0",
+        check(self.batch_size > 0, "encoder.batch_size", "> 0", self.batch_size)
+        check(self.pool_size > 0, "encoder.pool_size", "> 0", self.pool_size)
+        check(self.num_gpus >= 0 and self.num_cpus >= 0, "encoder resources", ">= 0",
                (self.num_cpus, self.num_gpus))
-        _check(isinstance(self.sequence_steps, int) and self.sequence_steps >= 0,
+        check(isinstance(self.sequence_steps, int) and self.sequence_steps >= 0,
                "encoder.sequence_steps", "an integer >= 0 (0: no sequence column)",
                self.sequence_steps)
         from ecmf.features.faces import FACE_DETECTORS  # light: the detectors import lazily
 
-        _check(self.detector in FACE_DETECTORS, "encoder.detector",
+        check(self.detector in FACE_DETECTORS, "encoder.detector",
                f"one of {FACE_DETECTORS.names()}", self.detector)
-        _check(0.0 <= self.face_margin <= 1.0, "encoder.face_margin", "in [0, 1]",
+        check(0.0 <= self.face_margin <= 1.0, "encoder.face_margin", "in [0, 1]",
                self.face_margin)
-        _check(isinstance(self.min_face, int) and self.min_face >= 8, "encoder.min_face",
+        check(isinstance(self.min_face, int) and self.min_face >= 8, "encoder.min_face",
                "an integer >= 8 (pixels)", self.min_face)
 
 
@@ -172,16 +161,16 @@ class ExtractConfig:
     encoders: dict[str, EncoderConfig] = field(default_factory=_default_encoders)
 
     def __post_init__(self):
-        _check(self.num_frames > 0, "extract.num_frames", "> 0", self.num_frames)
-        _check(self.sample_rate == 16000, "extract.sample_rate", "16000 (what the encoders expect)",
+        check(self.num_frames > 0, "extract.num_frames", "> 0", self.num_frames)
+        check(self.sample_rate == 16000, "extract.sample_rate", "16000 (what the encoders expect)",
                self.sample_rate)
-        _check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)
+        check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)
         sizes: dict[str, dict[str, int]] = {}
         for name, enc in self.encoders.items():
             if enc.group:
                 sizes.setdefault(enc.group, {})[name] = enc.pool_size
         for group, members in sizes.items():
-            _check(len(set(members.values())) == 1, f"extract.encoders group {group!r}",
+            check(len(set(members.values())) == 1, f"extract.encoders group {group!r}",
                    "one pool_size for all its members", members)
 
 
@@ -211,18 +200,18 @@ class EnrichConfig:
     cache: bool = True
 
     def __post_init__(self):
-        _check(self.language in ("en", "zh"), "enrich.language", "'en' or 'zh'", self.language)
-        _check(bool(self.tasks) and set(self.tasks) <= {"enrich", "vote"}
+        check(self.language in ("en", "zh"), "enrich.language", "'en' or 'zh'", self.language)
+        check(bool(self.tasks) and set(self.tasks) <= {"enrich", "vote"}
                and len(set(self.tasks)) == len(self.tasks), "enrich.tasks",
                "a non-empty list of distinct tasks among ['enrich', 'vote']", self.tasks)
-        _check(self.max_new_tokens > 0, "enrich.max_new_tokens", "> 0", self.max_new_tokens)
-        _check(self.vote_max_new_tokens > 0, "enrich.vote_max_new_tokens", "> 0",
+        check(self.max_new_tokens > 0, "enrich.max_new_tokens", "> 0", self.max_new_tokens)
+        check(self.vote_max_new_tokens > 0, "enrich.vote_max_new_tokens", "> 0",
                self.vote_max_new_tokens)
-        _check(self.batch_size > 0 and self.pool_size > 0, "enrich.batch_size/pool_size", "> 0",
+        check(self.batch_size > 0 and self.pool_size > 0, "enrich.batch_size/pool_size", "> 0",
                (self.batch_size, self.pool_size))
-        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "enrich resources", ">= 0",
+        check(self.num_gpus >= 0 and self.num_cpus >= 0, "enrich resources", ">= 0",
                (self.num_cpus, self.num_gpus))
-        _check(isinstance(self.engine_kwargs, dict) and "model" not in self.engine_kwargs,
+        check(isinstance(self.engine_kwargs, dict) and "model" not in self.engine_kwargs,
                "enrich.engine_kwargs", "a mapping without 'model' (set enrich.model)",
                self.engine_kwargs)
 
@@ -253,20 +242,20 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts (from the last fold checkpoint) before failing
 
     def __post_init__(self):
-        _check(self.folds >= 2, "train.folds", ">= 2", self.folds)
-        _check(self.class_weights in ("none", "balanced"), "train.class_weights",
+        check(self.folds >= 2, "train.folds", ">= 2", self.folds)
+        check(self.class_weights in ("none", "balanced"), "train.class_weights",
                "'none' or 'balanced'", self.class_weights)
-        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)",
+        check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)",
                self.label_smoothing)
-        _check(self.max_failures >= 0, "train.max_failures", ">= 0", self.max_failures)
-        _check(self.hidden % self.heads == 0, "train.hidden", f"a multiple of heads ({self.heads})",
+        check(self.max_failures >= 0, "train.max_failures", ">= 0", self.max_failures)
+        check(self.hidden % self.heads == 0, "train.hidden", f"a multiple of heads ({self.heads})",
                self.hidden)
-        _check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)", self.dropout)
-        _check(0.0 <= self.modality_dropout < 1.0, "train.modality_dropout", "in [0, 1)",
+        check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)", self.dropout)
+        check(0.0 <= self.modality_dropout < 1.0, "train.modality_dropout", "in [0, 1)",
                self.modality_dropout)
-        _check(self.epochs > 0 and self.batch_size > 0, "train.epochs/batch_size", "> 0",
+        check(self.epochs > 0 and self.batch_size > 0, "train.epochs/batch_size", "> 0",
                (self.epochs, self.batch_size))
-        _check(self.num_workers > 0, "train.num_workers", "> 0", self.num_workers)
+        check(self.num_workers > 0, "train.num_workers", "> 0", self.num_workers)
 
 
 @dataclass
@@ -279,9 +268,9 @@ class PredictConfig:
     num_gpus: float = 0.0  # per actor; > 0 runs the fold models on the GPU
 
     def __post_init__(self):
-        _check(self.batch_size > 0 and self.pool_size > 0, "predict.batch_size/pool_size", "> 0",
+        check(self.batch_size > 0 and self.pool_size > 0, "predict.batch_size/pool_size", "> 0",
                (self.batch_size, self.pool_size))
-        _check(self.num_cpus > 0 and self.num_gpus >= 0, "predict resources",
+        check(self.num_cpus > 0 and self.num_gpus >= 0, "predict resources",
                "num_cpus > 0, num_gpus >= 0", (self.num_cpus, self.num_gpus))
 
 
@@ -303,10 +292,10 @@ class PseudoConfig:
     min_agree: int = 1
 
     def __post_init__(self):
-        _check(self.rounds >= 0, "pseudo.rounds", ">= 0", self.rounds)
-        _check(0.0 < self.threshold <= 1.0, "pseudo.threshold", "in (0, 1]", self.threshold)
-        _check(0.0 < self.weight <= 1.0, "pseudo.weight", "in (0, 1]", self.weight)
-        _check(self.min_agree >= 0, "pseudo.min_agree", ">= 0", self.min_agree)
+        check(self.rounds >= 0, "pseudo.rounds", ">= 0", self.rounds)
+        check(0.0 < self.threshold <= 1.0, "pseudo.threshold", "in (0, 1]", self.threshold)
+        check(0.0 < self.weight <= 1.0, "pseudo.weight", "in (0, 1]", self.weight)
+        check(self.min_agree >= 0, "pseudo.min_agree", ">= 0", self.min_agree)
 
 
 def _default_refine_weights() -> dict[str, float]:
@@ -334,14 +323,14 @@ class RefineConfig:
     cpus_per_task: float = 0.5  # per weak-classifier Ray task
 
     def __post_init__(self):
-        _check(set(self.weights) <= {"original", "weak", "fusion", "llm"}
+        check(set(self.weights) <= {"original", "weak", "fusion", "llm"}
                and all(v >= 0 for v in self.weights.values()), "refine.weights",
                "non-negative weights of original, weak, fusion, llm", self.weights)
-        _check(0.0 <= self.threshold <= 1.0, "refine.threshold", "in [0, 1]", self.threshold)
-        _check(self.min_agree >= 1, "refine.min_agree", ">= 1", self.min_agree)
-        _check(0.0 < self.min_weight <= 1.0, "refine.min_weight", "in (0, 1]", self.min_weight)
-        _check(self.cpus_per_task > 0, "refine.cpus_per_task", "> 0", self.cpus_per_task)
-        _check(all(s for s in self.feature_sets), "refine.feature_sets", "non-empty sets",
+        check(0.0 <= self.threshold <= 1.0, "refine.threshold", "in [0, 1]", self.threshold)
+        check(self.min_agree >= 1, "refine.min_agree", ">= 1", self.min_agree)
+        check(0.0 < self.min_weight <= 1.0, "refine.min_weight", "in (0, 1]", self.min_weight)
+        check(self.cpus_per_task > 0, "refine.cpus_per_task", "> 0", self.cpus_per_task)
+        check(all(s for s in self.feature_sets), "refine.feature_sets", "non-empty sets",
                self.feature_sets)
 
 
@@ -373,20 +362,20 @@ class TuneConfig:
     def __post_init__(self):
         from ecmf.tune.space import parse_space
 
-        _check(self.num_samples > 0, "tune.num_samples", "> 0", self.num_samples)
-        _check(self.scheduler in ("asha", "fifo"), "tune.scheduler", "'asha' or 'fifo'",
+        check(self.num_samples > 0, "tune.num_samples", "> 0", self.num_samples)
+        check(self.scheduler in ("asha", "fifo"), "tune.scheduler", "'asha' or 'fifo'",
                self.scheduler)
-        _check(self.grace_period > 0, "tune.grace_period", "> 0", self.grace_period)
-        _check(self.reduction_factor > 1, "tune.reduction_factor", "> 1", self.reduction_factor)
-        _check(self.cv_folds >= 2, "tune.cv_folds", ">= 2", self.cv_folds)
-        _check(self.runner in ("auto", "process", "ray_train"), "tune.runner",
+        check(self.grace_period > 0, "tune.grace_period", "> 0", self.grace_period)
+        check(self.reduction_factor > 1, "tune.reduction_factor", "> 1", self.reduction_factor)
+        check(self.cv_folds >= 2, "tune.cv_folds", ">= 2", self.cv_folds)
+        check(self.runner in ("auto", "process", "ray_train"), "tune.runner",
                "'auto', 'process' or 'ray_train'", self.runner)
-        _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", ">= 0",
+        check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", ">= 0",
                self.max_concurrent_trials)
-        _check(self.cpus_per_trial > 0, "tune.cpus_per_trial", "> 0", self.cpus_per_trial)
-        _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial", ">= 0", self.gpus_per_trial)
-        _check(self.max_failures >= 0, "tune.max_failures", ">= 0", self.max_failures)
-        _check(self.no_progress_timeout_s > 0, "tune.no_progress_timeout_s", "> 0",
+        check(self.cpus_per_trial > 0, "tune.cpus_per_trial", "> 0", self.cpus_per_trial)
+        check(self.gpus_per_trial >= 0, "tune.gpus_per_trial", ">= 0", self.gpus_per_trial)
+        check(self.max_failures >= 0, "tune.max_failures", ">= 0", self.max_failures)
+        check(self.no_progress_timeout_s > 0, "tune.no_progress_timeout_s", "> 0",
                self.no_progress_timeout_s)
         parse_space(self.space)  # each key on its own; Config checks the points against train
 
@@ -407,7 +396,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self):
-        _check(tuple(self.labels) == LABELS, "labels", f"the MER2025 label set {list(LABELS)}",
+        check(tuple(self.labels) == LABELS, "labels", f"the MER2025 label set {list(LABELS)}",
                self.labels)
         if self.tune.space:  # every sampled point must make a valid train config
             from ecmf.tune.space import search_points
@@ -419,96 +408,12 @@ class Config:
         return Path(self.workdir)
 
 
-# ---------------------------------------------------------------------------- building from dicts
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        _check(isinstance(value, dict), key, "a mapping", value)
-        return from_dict(tp, value, key)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
-    if origin is dict:
-        _check(isinstance(value, dict), key, "a mapping", value)
-        _, vt = typing.get_args(tp)
-        # A null entry removes a default one (`extract.encoders.audio: null`).
-        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items() if v is not None}
-    if origin is list:
-        if isinstance(value, str):  # `--set train.features=a,b`
-            value = [v for v in value.split(",") if v]
-        _check(isinstance(value, (list, tuple)), key, "a list", value)
-        (it,) = typing.get_args(tp)
-        return [_convert(it, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        _check(isinstance(value, bool), key, "true or false", value)
-        return value
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
-        return value
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number",
-               value)
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), key,
-               "a string", value)
-        return str(value)
-    return value
-
-
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a (partial) mapping; unknown keys fail with the known ones."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = prefix or "config"
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(names)}")
-    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _parse_set(item: str) -> dict:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=20")
-    key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    out: dict = {}
-    node = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
 def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
                 base: dict | None = None) -> Config:
     """Defaults, then `base` (a command's own defaults), then the YAML file, then `--set` items."""
     data = to_dict(Config())
     if base:
-        data = _merge(data, base)
+        data = merge(data, base)
     if path:
         p = Path(path)
         if not p.is_file():
@@ -516,9 +421,9 @@ def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...
         loaded = yaml.safe_load(p.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top, got {loaded!r}")
-        data = _merge(data, loaded)
+        data = merge(data, loaded)
     for item in sets:
-        data = _merge(data, _parse_set(item))
+        data = merge(data, parse_set(item))
     return from_dict(Config, data)
 
 

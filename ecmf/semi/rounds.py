@@ -2,8 +2,9 @@
 
 Round k writes `rounds/<k>/` (its selected labels with provenance, pool predictions, models,
 metrics, resolved config, and the key of its settings and inputs) and never touches an earlier
-round; a re-run resumes after the last finished round, refusing one made with other settings. Rounds stop early when validation WAF (out-of-fold, against the original labels)
-stops improving. Selection: fold-ensemble confidence after temperature calibration, agreement of
+round; a re-run resumes after the last finished round, refusing one made with other settings.
+Rounds stop early when validation WAF (out-of-fold, against the original labels) stops
+improving. Selection: fold-ensemble confidence after temperature calibration, agreement of
 the weak classifiers' pool predictions, class quotas, a cap per round (`ecmf.semi.select`).
 """
 
