@@ -172,7 +172,7 @@ def pipeline(manifest: Path, workdir: Path, encoders: dict[str, dict], args,
                                         "decode_batch_size": args.decode_batch_size}})
     warm_wall = None
     t0 = time.perf_counter()
-    with ray_session(cfg.ray):  # Ray's processes are children of this one: PeakRss sees them
+    with ray_session(cfg.ray):  # Ray's processes are children of this one: PeakMemory sees them
         ray.data.DataContext.get_current().enable_progress_bars = False
         started = time.perf_counter() - t0
         with PeakMemory(interval_s=0.2) as mem:
