@@ -47,15 +47,20 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def training_table(manifest: pd.DataFrame, folds: int, seed: int,
                    pseudo: pd.DataFrame | None = None,
                    refined: pd.DataFrame | None = None) -> pd.DataFrame:
-    """sample_id, y, weight, fold: labeled clips in k folds; pseudo-labels (fold -1) train only.
+    """sample_id, y, weight, fold, train_fold: labeled clips in k folds; pseudo-labels (fold -1)
+    train only.
 
+    `train_fold` says which fold models train on a row: -1 every one whose validation fold the
+    row is not in; k >= 0 only fold k's. Pseudo-labels made by fold k's model of an earlier run
+    carry k (a `train_fold` column in `pseudo`), so that no fold model learns, through them, the
+    labels it is validated on; a clip may then appear once per fold, with that fold's label.
     `refined` (sample_id, refined, weight: ecmf.semi.refine) replaces the labeled clips' labels
     and weights; folds stay those of the original labels, so every source shares them.
     """
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     y = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
     table = pd.DataFrame({schema.SAMPLE_ID: lab[schema.SAMPLE_ID].values, "y": y,
-                          "weight": 1.0, "fold": assign_folds(y, folds, seed)})
+                          "weight": 1.0, "fold": assign_folds(y, folds, seed), "train_fold": -1})
     if refined is not None:
         r = refined.set_index(schema.SAMPLE_ID).reindex(table[schema.SAMPLE_ID])
         absent = table.loc[r["refined"].isna().to_numpy(), schema.SAMPLE_ID].tolist()
@@ -65,23 +70,43 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
         table["y"] = [schema.label_index(v, "refined labels") for v in r["refined"]]
         table["weight"] = r["weight"].astype(float).to_numpy()
     if pseudo is not None and len(pseudo):
+        train_fold = (pseudo["train_fold"].astype(int).to_numpy() if "train_fold" in pseudo
+                      else np.full(len(pseudo), -1))
+        bad = (train_fold < -1) | (train_fold >= folds)
+        if bad.any():
+            wrong = sorted(set(train_fold[bad].tolist()))[:5]
+            raise ValueError(f"pseudo-labels for fold(s) {wrong} of a {folds}-fold run (rows of "
+                             f"e.g. {pseudo[schema.SAMPLE_ID].to_numpy()[bad][:3].tolist()})")
         extra = pd.DataFrame({
             schema.SAMPLE_ID: pseudo[schema.SAMPLE_ID].values,
             "y": [schema.label_index(v, "pseudo-labels") for v in pseudo[schema.LABEL]],
-            "weight": pseudo["weight"].astype(float).values, "fold": -1})
+            "weight": pseudo["weight"].astype(float).values, "fold": -1,
+            "train_fold": train_fold})
         table = pd.concat([table, extra], ignore_index=True)
     return table
 
 
-def attach_labels(batch: dict[str, np.ndarray], lookup: dict[str, tuple]) -> dict:
-    """Keep the rows of the training table and add y, weight and fold to them."""
+def label_lookup(table: pd.DataFrame) -> dict[str, list[tuple]]:
+    """sample_id -> its rows of the training table as (y, weight, fold, train_fold) tuples."""
+    train_fold = table["train_fold"] if "train_fold" in table else np.full(len(table), -1)
+    lookup: dict[str, list[tuple]] = {}
+    for s, y, w, k, t in zip(table[schema.SAMPLE_ID], table["y"], table["weight"],
+                             table["fold"], train_fold):
+        lookup.setdefault(str(s), []).append((int(y), float(w), int(k), int(t)))
+    return lookup
+
+
+def attach_labels(batch: dict[str, np.ndarray], lookup: dict[str, list[tuple]]) -> dict:
+    """Keep the rows of the training table (`label_lookup`) and add y, weight, fold and
+    train_fold to them; a clip with several rows (a pseudo-label per fold) is repeated."""
     ids = batch[schema.SAMPLE_ID].astype(str)
-    keep = np.array([i in lookup for i in ids], dtype=bool)
-    out = {k: v[keep] for k, v in batch.items()}
-    rows = [lookup[i] for i in ids[keep]]
-    out["y"] = np.array([r[0] for r in rows], dtype=np.int64)
-    out["weight"] = np.array([r[1] for r in rows], dtype=np.float32)
-    out["fold"] = np.array([r[2] for r in rows], dtype=np.int64)
+    take = [(j, r) for j, i in enumerate(ids) for r in lookup.get(i, ())]
+    src = np.array([j for j, _ in take], dtype=np.int64)
+    out = {k: v[src] for k, v in batch.items()}
+    out["y"] = np.array([r[0] for _, r in take], dtype=np.int64)
+    out["weight"] = np.array([r[1] for _, r in take], dtype=np.float32)
+    out["fold"] = np.array([r[2] for _, r in take], dtype=np.int64)
+    out["train_fold"] = np.array([r[3] for _, r in take], dtype=np.int64)
     return out
 
 
@@ -126,6 +151,8 @@ def run_record(cfg: Config, features: list[str], dims: dict[str, int],
                table: pd.DataFrame) -> dict:
     """What a training run's results depend on: train keys (not resources), features, table."""
     cols = table[[schema.SAMPLE_ID, "y", "weight", "fold"]].reset_index(drop=True)
+    if "train_fold" in table and (table["train_fold"] >= 0).any():  # older digests unchanged
+        cols["train_fold"] = table["train_fold"].to_numpy()
     digest = hashlib.sha256(cols.to_csv(index=False).encode()).hexdigest()
     train = {k: v for k, v in asdict(cfg.train).items() if k not in RESOURCE_KEYS}
     return {"train": train, "features": list(features), "dims": dict(dims),
@@ -191,9 +218,8 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     table.to_parquet(out / "training_table.parquet", index=False)
     write_json(out / RUN_FILE, {"name": name, "storage": storage, "record": record})
     ds = store_dataset(wd.store, features)
-    lookup = {s: (int(y), float(w), int(k)) for s, y, w, k in
-              zip(table[schema.SAMPLE_ID], table["y"], table["weight"], table["fold"])}
-    ds = ds.map_batches(attach_labels, fn_kwargs={"lookup": lookup}, batch_format="numpy")
+    ds = ds.map_batches(attach_labels, fn_kwargs={"lookup": label_lookup(table)},
+                        batch_format="numpy")
 
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
@@ -226,7 +252,8 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     summary = getattr(result, "return_value", None) or {}
     metrics = {"model": tc.model, "features": features, "dims": dims,
                "n_labeled": int((table["fold"] >= 0).sum()),
-               "n_pseudo": int((table["fold"] < 0).sum()), "folds": tc.folds,
+               "n_pseudo": int(table.loc[table["fold"] < 0, schema.SAMPLE_ID].nunique()),
+               "pseudo_rows": int((table["fold"] < 0).sum()), "folds": tc.folds,
                "cv": report, "fit_seconds": round(seconds, 2), "ray_run": f"{storage}/{name}",
                "resumed_folds": summary.get("resumed_folds", []),
                "shard_rows": summary.get("shard_rows")}

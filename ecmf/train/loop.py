@@ -35,17 +35,20 @@ def arrays_from_batches(batches, features: list[str],
     An empty shard (a worker that got no rows) gives empty arrays of the right shapes when
     `dims` is given.
     """
-    keys = [schema.SAMPLE_ID, "y", "weight", "fold"]
+    keys = [schema.SAMPLE_ID, "y", "weight", "fold", "train_fold"]
     keys += [c for f in features for c in (schema.feature_column(f), schema.mask_column(f))]
     parts: dict[str, list] = {k: [] for k in keys}
     for b in batches:
         if len(b[schema.SAMPLE_ID]) == 0:
             continue
         for k in keys:
-            parts[k].append(np.asarray(b[k]))
+            # Batches without train_fold (tables of older runs): every row serves every fold.
+            parts[k].append(np.asarray(b[k]) if k in b or k != "train_fold"
+                            else np.full(len(b[schema.SAMPLE_ID]), -1, dtype=np.int64))
     if not parts[schema.SAMPLE_ID]:
         empty = {schema.SAMPLE_ID: np.zeros(0, dtype=object), "y": np.zeros(0, np.int64),
-                 "weight": np.zeros(0, np.float32), "fold": np.zeros(0, np.int64)}
+                 "weight": np.zeros(0, np.float32), "fold": np.zeros(0, np.int64),
+                 "train_fold": np.zeros(0, np.int64)}
         for f in features:
             empty[schema.feature_column(f)] = np.zeros((0, (dims or {}).get(f, 0)), np.float32)
             empty[schema.mask_column(f)] = np.zeros(0, dtype=bool)
@@ -151,6 +154,9 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
                    on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
 
+    Rows with a `train_fold` (`data["train_fold"]`, optional) of another fold than `fold` are
+    left out: pseudo-labels made by another fold's model of an earlier run.
+
     Under DDP every rank takes the same number of steps (the most any rank needs); a rank whose
     shard is shorter or empty fills its last steps with zero-weight rows, and the loss is the
     global weighted mean, so those rows change nothing. `on_epoch`, if given, is called with each
@@ -166,7 +172,11 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     torch.manual_seed(cfg.seed * 1000 + fold)  # identical initial weights on every rank
     model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_idx = np.flatnonzero(data["fold"] != fold)
+    train_rows = np.asarray(data["fold"]) != fold
+    if "train_fold" in data:
+        train_fold = np.asarray(data["train_fold"])
+        train_rows &= (train_fold < 0) | (train_fold == fold)
+    train_idx = np.flatnonzero(train_rows)
     val_idx = np.flatnonzero(data["fold"] == fold)
     rng = np.random.default_rng([cfg.seed, fold, dist.rank])
     num_classes = len(schema.LABELS)

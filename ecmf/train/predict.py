@@ -50,6 +50,11 @@ class FoldEnsemble:
         return self.fold_probs(feats, masks).mean(axis=0)
 
 
+def fold_prob_columns(fold: int) -> list[str]:
+    """Columns of fold `fold`'s own probabilities in per-fold predictions: f<k>_prob_<class>."""
+    return [f"f{fold}_{c}" for c in schema.PROB_COLUMNS]
+
+
 def prob_frame(ids, probs: np.ndarray) -> pd.DataFrame:
     """sample_id, prob_<class>..., pred (class name), confidence."""
     df = pd.DataFrame(probs, columns=list(schema.PROB_COLUMNS))
@@ -62,27 +67,36 @@ def prob_frame(ids, probs: np.ndarray) -> pd.DataFrame:
 class Predictor:
     """Callable class for `map_batches`: ensemble probabilities of a batch of store rows."""
 
-    def __init__(self, run_dir: str, threads: int = 1, use_gpu: bool = False):
+    def __init__(self, run_dir: str, threads: int = 1, use_gpu: bool = False,
+                 per_fold: bool = False):
         import torch
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.ensemble = FoldEnsemble(run_dir, device=device)
+        self.per_fold = per_fold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         feats = {f: np.stack(batch[schema.feature_column(f)]) for f in self.ensemble.features}
         masks = {f: batch[schema.mask_column(f)] for f in self.ensemble.features}
-        return prob_frame(batch[schema.SAMPLE_ID], self.ensemble.predict(feats, masks))
+        probs = self.ensemble.fold_probs(feats, masks)
+        df = prob_frame(batch[schema.SAMPLE_ID], probs.mean(axis=0))
+        if self.per_fold:
+            for k, p in zip(self.ensemble.folds, probs):
+                for c, col in enumerate(fold_prob_columns(k)):
+                    df[col] = p[:, c].astype(np.float32)
+        return df
 
 
 def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
                   ids: list[str] | None = None, batch_size: int = 1024,
                   pool_size: int = 1, num_cpus: float = 1.0,
-                  num_gpus: float = 0.0) -> pd.DataFrame:
+                  num_gpus: float = 0.0, per_fold: bool = False) -> pd.DataFrame:
     """Stream the store through the fold ensemble with Ray Data; write and return predictions.
 
     `batch_size` rows per call, `pool_size` predictor actors of `num_cpus`/`num_gpus` each (the
-    `predict:` section of the config).
+    `predict:` section of the config). `per_fold`: also each fold model's own probabilities
+    (`fold_prob_columns`), which fold-consistent pseudo-labels are chosen from.
     """
     import ray
 
@@ -91,7 +105,7 @@ def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
     ds = store_dataset(store, FoldEnsemble(run_dir).features, ids)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={
                             "run_dir": str(run_dir), "threads": int(num_cpus),
-                            "use_gpu": num_gpus > 0},
+                            "use_gpu": num_gpus > 0, "per_fold": per_fold},
                         batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=num_cpus,
                         num_gpus=num_gpus)

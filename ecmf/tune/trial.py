@@ -141,14 +141,13 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ecmf.features.store import store_dataset, store_dims
-    from ecmf.train.fit import attach_labels
+    from ecmf.train.fit import attach_labels, label_lookup
 
     # Set on the context the dataset captures, so a stalled read fails on any cluster.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s
     cfg = trial_config(TrainConfig(**base), config)
     features, dims = _features(cfg, store_dims(store))
-    lookup = {s: (int(y), float(w), int(k)) for s, y, w, k in
-              zip(table[schema.SAMPLE_ID], table["y"], table["weight"], table["fold"])}
+    lookup = label_lookup(table)
     ds = store_dataset(store, features, ids=list(lookup)).map_batches(
         attach_labels, fn_kwargs={"lookup": lookup}, batch_format="numpy")
     trainer = TorchTrainer(

@@ -160,3 +160,25 @@ def test_predict_writes_a_checked_submission_and_probabilities(reference, tmp_pa
     assert cv["waf"] == pytest.approx(f1_score(oof["label"], oof[schema.PRED], average="weighted"))
     assert set(cv["per_class_f1"]) == set(schema.LABELS)
     assert (wd / "evaluate" / cv["confusion_png"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_clip_pseudo_labeled_by_two_folds_trains_each_with_its_label():
+    from ecmf.train.fit import attach_labels, label_lookup, training_table
+
+    manifest = pd.DataFrame({schema.SAMPLE_ID: [f"l{i}" for i in range(6)] + ["u0", "u1"],
+                             schema.SPLIT: ["train"] * 6 + ["pool"] * 2,
+                             schema.LABEL: ["happy", "sad"] * 3 + [None, None]})
+    pseudo = pd.DataFrame({schema.SAMPLE_ID: ["u0", "u0", "u1"],
+                           schema.LABEL: ["angry", "worried", "sad"], "weight": 0.5,
+                           "train_fold": [0, 1, -1]})
+    table = training_table(manifest, 2, 0, pseudo=pseudo)
+    assert (table.loc[table["fold"] >= 0, "train_fold"] == -1).all()
+    batch = {schema.SAMPLE_ID: np.array(["u0", "x", "l1", "u1"]), "feat": np.arange(4)}
+    out = attach_labels(batch, label_lookup(table))
+    assert out[schema.SAMPLE_ID].tolist() == ["u0", "u0", "l1", "u1"]
+    assert out["feat"].tolist() == [0, 0, 2, 3]
+    assert [schema.LABELS[y] for y in out["y"]] == ["angry", "worried", "sad", "sad"]
+    assert out["train_fold"].tolist() == [0, 1, -1, -1]
+    assert out["fold"].tolist()[:2] == [-1, -1] and out["weight"].tolist()[:2] == [0.5, 0.5]
+    with pytest.raises(ValueError, match=r"fold\(s\) \[2\] of a 2-fold run.*'u0'"):
+        training_table(manifest, 2, 0, pseudo=pseudo.assign(train_fold=[2, 1, -1]))

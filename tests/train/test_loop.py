@@ -93,6 +93,27 @@ def test_empty_shard_arrays_keep_feature_shapes():
     assert joined[schema.SAMPLE_ID].tolist() == sorted(data()[schema.SAMPLE_ID].tolist())
 
 
+def _with_pseudo(d: dict, train_fold: int, n: int = 30, seed: int = 5) -> dict:
+    """`d` plus `n` pseudo-label rows (fold -1) of random labels for fold `train_fold`."""
+    extra = data(n, seed=seed)
+    extra[schema.SAMPLE_ID] = np.array([f"p{i:03d}" for i in range(n)])
+    extra["y"] = np.random.default_rng(seed).integers(0, 6, n)
+    extra["fold"] = np.full(n, -1)
+    out = {k: np.concatenate([v, extra[k]]) for k, v in d.items()}
+    out["train_fold"] = np.concatenate([np.full(len(d["y"]), -1), np.full(n, train_fold)])
+    return out
+
+
+def test_pseudo_labels_of_another_fold_change_nothing():
+    base = run(cfg())
+    assert same_state(base, run(cfg(), _with_pseudo(data(), train_fold=1)))  # fold 1's rows
+    assert not same_state(base, run(cfg(), _with_pseudo(data(), train_fold=0)))  # fold 0's
+    assert not same_state(base, run(cfg(), _with_pseudo(data(), train_fold=-1)))  # every fold's
+    # Batches without train_fold (tables of older runs): every row serves every fold.
+    joined = arrays_from_batches([data()], FEATURES)
+    assert (joined["train_fold"] == -1).all()
+
+
 def test_training_and_prediction_keys_are_checked():
     from ecmf.config import ConfigError, PredictConfig, load_config
 
