@@ -1,8 +1,10 @@
 """Weak classifiers per feature set (scikit-learn), one Ray task each: out-of-fold probabilities on
-the labeled set (the training folds) and fold-averaged probabilities on the unlabeled pool.
+the labeled set (the training folds) and fold-averaged probabilities on the unlabeled pool, with
+each fold model's own top class on the pool (fold-consistent pseudo-label agreement uses those).
 
 Results go to `<workdir>/refine/weak_probs.parquet` (long: sample_id, source, group, part
-"oof"|"pool", prob_*), reused while the classifiers, feature sets and folds are unchanged.
+"oof"|"pool", prob_*, top_f<k>), reused while the classifiers, feature sets and folds are
+unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from ecmf.workdir import Workdir, load_manifest
 
 log = logging.getLogger(__name__)
 WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
+# Bumped when the file's columns change, so that an older cache is fitted again: 2 added the
+# fold models' own top classes on the pool (`top_f<k>`).
+WEAK_FORMAT = 2
+
+
+def fold_top_column(fold: int) -> str:
+    """The column of fold `fold`'s model's top class on the pool (-1: none) in
+    weak_probs.parquet."""
+    return f"top_f{fold}"
 
 
 @WEAK_CLASSIFIERS.register("lr")
@@ -61,13 +72,16 @@ def design_matrix(feats: dict[str, np.ndarray], masks: dict[str, np.ndarray],
 
 
 def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                x_pool: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """OOF probabilities [N, C] (fold k predicted by the model fit without it) and the mean of
-    the fold models' probabilities on the pool [M, C]. Classes a fold never saw get 0."""
-    from sklearn.base import clone
-
+                x_pool: np.ndarray, num_classes: int,
+                num_folds: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OOF probabilities [N, C] (fold k predicted by the model fit without it), the mean of
+    the fold models' probabilities on the pool [M, C], and each fold model's top class on the
+    pool [K, M] (K = `num_folds`, default the folds present; -1: a tie at the top, or no model
+    for that fold). Classes a fold never saw get 0."""
     oof = np.full((len(y), num_classes), np.nan)
     pool = np.zeros((len(x_pool), num_classes))
+    k_max = int(num_folds if num_folds is not None else (folds.max() + 1 if len(folds) else 0))
+    tops = np.full((k_max, len(x_pool)), -1, dtype=np.int64)
     fitted = 0
     for k in np.unique(folds):
         tr, va = folds != k, folds == k
@@ -82,10 +96,14 @@ def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: n
         p[:, cls] = model.predict_proba(x[va])
         oof[va] = p
         if len(x_pool):
-            pool[:, cls] += model.predict_proba(x_pool)
+            pk = np.zeros((len(x_pool), num_classes))
+            pk[:, cls] = model.predict_proba(x_pool)
+            pool += pk
+            unique = (pk == pk.max(axis=1, keepdims=True)).sum(axis=1) == 1
+            tops[k] = np.where(unique, pk.argmax(axis=1), -1)
         fitted += 1
     pool = pool / fitted if fitted else np.full_like(pool, np.nan)
-    return oof, pool
+    return oof, pool, tops
 
 
 def _make(name: str, options: dict, y: np.ndarray):
@@ -108,14 +126,15 @@ def _task(name: str, options: dict, feature_set: list[str], data: dict, num_thre
     with threadpool_limits(num_threads):
         x, have = design_matrix(data["feats"], data["masks"], feature_set)
         xp, have_pool = design_matrix(data["pool_feats"], data["pool_masks"], feature_set)
-        y, folds = data["y"], data["folds"]
+        y, folds, k = data["y"], data["folds"], data["num_folds"]
         c = len(schema.LABELS)
         oof = np.full((len(y), c), np.nan)
         pool = np.full((len(xp), c), np.nan)
+        tops = np.full((k, len(xp)), -1, dtype=np.int64)
         if have.sum() >= 2:
-            oof[have], pool[have_pool] = fit_predict(name, options, x[have], y[have],
-                                                     folds[have], xp[have_pool], c)
-    return oof, pool
+            oof[have], pool[have_pool], tops[:, have_pool] = fit_predict(
+                name, options, x[have], y[have], folds[have], xp[have_pool], c, k)
+    return oof, pool, tops
 
 
 def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
@@ -157,7 +176,8 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
-    return {"classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
+    return {"format": WEAK_FORMAT,
+            "classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
             "folds": cfg.train.folds, "seed": cfg.train.seed,
             "samples_sha256": sha256_hex(rows.encode()),
             "store": store_fingerprint(Workdir.of(cfg).store)}
@@ -191,21 +211,24 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     pool = read_features(wd.store, needed, pool_ids)
     # One copy in the object store, shared (zero-copy) by every task.
     data = ray.put({"feats": lab.feats, "masks": lab.masks, "y": table["y"].to_numpy(),
-                    "folds": table["fold"].to_numpy(), "pool_feats": pool.feats,
-                    "pool_masks": pool.masks})
+                    "folds": table["fold"].to_numpy(), "num_folds": cfg.train.folds,
+                    "pool_feats": pool.feats, "pool_masks": pool.masks})
     task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
     threads = max(1, int(rc.cpus_per_task))
     jobs = {(clf, "+".join(s)): task.remote(clf, rc.options.get(clf, {}), s, data, threads)
             for clf in rc.classifiers for s in sets}
     frames = []
     for (clf, group), ref in jobs.items():
-        oof, pool_p = ray.get(ref)
-        for part, ids, p in (("oof", lab.ids, oof), ("pool", pool.ids, pool_p)):
+        oof, pool_p, tops = ray.get(ref)
+        no_tops = np.full((cfg.train.folds, len(lab.ids)), -1, dtype=np.int64)
+        for part, ids, p, t in (("oof", lab.ids, oof, no_tops), ("pool", pool.ids, pool_p, tops)):
             df = pd.DataFrame(p, columns=list(schema.PROB_COLUMNS))
             df.insert(0, schema.SAMPLE_ID, ids)
             df.insert(1, "source", f"{clf}:{group}")
             df.insert(2, "group", group)
             df.insert(3, "part", part)
+            for k, top in enumerate(t):
+                df[fold_top_column(k)] = top.astype(np.int8)
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     wd.refine.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,12 @@ def test_registry_lists_known_names_on_a_typo():
 def test_oof_probabilities_are_distributions_and_learn_separable_classes(name):
     x, y = clusters()
     folds = np.arange(len(y)) % 4
-    oof, pool = fit_predict(name, {}, x, y, folds, x[:10], num_classes=6)
+    oof, pool, tops = fit_predict(name, {}, x, y, folds, x[:10], num_classes=6)
     assert oof.shape == (120, 6) and pool.shape == (10, 6)
     assert np.allclose(oof.sum(1), 1.0) and np.allclose(pool.sum(1), 1.0)
     assert (oof[:, 3:] == 0).all()  # classes never seen get no mass
     assert (oof.argmax(1) == y).mean() > 0.95
+    assert tops.shape == (4, 10) and (tops == y[:10]).mean() > 0.95
 
 
 def test_oof_rows_come_from_models_that_never_saw_them():
@@ -38,15 +39,30 @@ def test_oof_rows_come_from_models_that_never_saw_them():
     x = rng.normal(size=(90, 4))
     y = rng.integers(0, 3, 90)
     folds = np.arange(90) % 3
-    oof, _ = fit_predict("knn", {"n_neighbors": 1}, x, y, folds, x[:0], num_classes=3)
+    oof, _, _ = fit_predict("knn", {"n_neighbors": 1}, x, y, folds, x[:0], num_classes=3)
     assert (oof.argmax(1) == y).mean() < 0.6
+
+
+def test_fold_tops_on_the_pool_come_from_each_fold_model_alone():
+    # The pool is the labeled set itself and the labels pure noise: fold k's 1-NN model repeats
+    # the label of every clip it was fit on (outside fold k) and guesses on fold k's clips.
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(90, 4))
+    y = rng.integers(0, 3, 90)
+    folds = np.arange(90) % 3
+    _, _, tops = fit_predict("knn", {"n_neighbors": 1}, x, y, folds, x, num_classes=3,
+                             num_folds=4)
+    for k in range(3):
+        assert (tops[k][folds != k] == y[folds != k]).all()
+        assert (tops[k][folds == k] == y[folds == k]).mean() < 0.6
+    assert (tops[3] == -1).all()  # a fold without labeled rows has no model
 
 
 def test_a_class_seen_once_does_not_break_calibration():
     x, y = clusters(n=30)
     y = y.copy()
     y[0] = 5  # one member only
-    oof, pool = fit_predict("svm", {}, x, y, np.arange(30) % 3, x[:4], num_classes=6)
+    oof, pool, _ = fit_predict("svm", {}, x, y, np.arange(30) % 3, x[:4], num_classes=6)
     assert np.isfinite(oof).all() and np.isfinite(pool).all()
 
 
