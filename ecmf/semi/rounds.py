@@ -6,6 +6,11 @@ round; a re-run resumes after the last finished round, refusing one made with ot
 Rounds stop early when validation WAF (out-of-fold, against the original labels) stops
 improving. Selection: fold-ensemble confidence after temperature calibration, agreement of
 the weak classifiers' pool predictions, class quotas, a cap per round (`ecmf.semi.select`).
+
+Pseudo-labels are fold-consistent: fold f's model of round k trains on labels chosen by fold
+f's models alone (the fusion fold model and the weak classifiers fit without fold f), so that
+the out-of-fold validation WAF that stops the rounds and picks the best one is not lifted by
+labels leaking back through the pool (`select_round`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from ecmf.config import Config
 from ecmf.workdir import Workdir, load_manifest, write_json
 
 log = logging.getLogger(__name__)
-LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round", "source",
-                 "agreed"]
-FUSION_SOURCE = "fusion-fold-ensemble"
+LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round",
+                 "train_fold", "source", "agreed"]
+FUSION_SOURCE = "fusion-fold-model"  # the fold's own model of the previous run
 KEY_FILE = "round_key.json"
 # Settings a resume may change: how many rounds run and on what resources.
 FREE_SETTINGS = {"pseudo": {"rounds", "patience"},
@@ -46,22 +51,35 @@ def val_waf(run_dir: Path, reference: pd.Series) -> float:
     return float(score(ref[keep], oof.loc[keep, schema.PRED])["waf"])
 
 
-def pool_agreement(preds: pd.DataFrame, weak_pool: pd.DataFrame | None,
-                   min_agree: int) -> tuple[np.ndarray | None, list[str]]:
-    """Per pool row: whether >= `min_agree` weak feature sets (groups) predict the fusion
-    model's class, and the agreeing sources (comma-joined); (None, []) when not asked for."""
+def pool_agreement(ids: np.ndarray, fusion: np.ndarray, weak_pool: pd.DataFrame | None,
+                   min_agree: int, fold: int) -> tuple[np.ndarray | None, list[str]]:
+    """Per pool row (`ids`): whether >= `min_agree` weak feature sets (groups) predict the
+    fusion model's class `fusion` [M] (indices), and the agreeing sources (comma-joined);
+    (None, []) when not asked for. Each weak classifier votes with its model of fold `fold`
+    (fit without that fold's labels), so the agreement, too, is blind to the labels the
+    fold's next model is validated on."""
+    from ecmf.semi.weak import fold_top_column
+
     if weak_pool is None or min_agree == 0:
-        return None, [FUSION_SOURCE] * len(preds)
+        return None, [FUSION_SOURCE] * len(ids)
     from ecmf.semi.select import agreeing_groups
 
-    ids = preds[schema.SAMPLE_ID].to_numpy()
+    column = fold_top_column(fold)
+    if column not in weak_pool:
+        raise ValueError(f"weak classifiers' pool predictions lack {column}: refit them "
+                         f"(remove refine/weak_probs.parquet)")
     names = sorted(weak_pool["source"].unique())
+    c = len(schema.LABELS)
     tops, groups = [], []
     for name in names:
         one = weak_pool[weak_pool["source"] == name].set_index(schema.SAMPLE_ID)
-        tops.append(one.reindex(ids)[list(schema.PROB_COLUMNS)].to_numpy(dtype=np.float64))
+        top = one[column].reindex(ids).fillna(-1).to_numpy(dtype=np.int64)
+        onehot = np.full((len(ids), c), np.nan)
+        voted = top >= 0
+        onehot[voted] = 0.0
+        onehot[np.flatnonzero(voted), top[voted]] = 1.0
+        tops.append(onehot)
         groups.append(one["group"].iloc[0])
-    fusion = np.array([schema.label_index(v) for v in preds[schema.PRED]])
     count, agreeing = agreeing_groups(fusion, tops, groups)
     agreed = [",".join([FUSION_SOURCE] + [names[j] for j in row]) for row in agreeing]
     return count >= min_agree, agreed
@@ -80,24 +98,43 @@ def calibration(run_dir: Path, reference: pd.Series) -> float:
 
 
 def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
-                 weak_pool: pd.DataFrame | None = None, temperature: float = 1.0) -> pd.DataFrame:
-    """The pseudo-labels one round adds, with their provenance (confidence after calibration)."""
+                 weak_pool: pd.DataFrame | None = None, temperature: float = 1.0,
+                 taken: dict[int, set] | None = None) -> pd.DataFrame:
+    """The pseudo-labels one round adds, with their provenance (confidence after calibration).
+
+    Fold-consistent: fold f's next model gets the labels that fold f's model of the previous
+    run chose (its per-fold probabilities in `preds`, `fold_prob_columns`), never the ensemble's,
+    which saw every labeled clip, fold f's validation clips included; otherwise a round's
+    out-of-fold validation WAF would score labels its models learnt through the pool and rise
+    whether or not the round helped. Each fold selects on its own (threshold, agreement,
+    quotas, `pseudo.max_per_round`) among the rows it has not taken before (`taken[f]`); a clip
+    may be taken by several folds, even with different labels: one row per fold (`train_fold`).
+    """
     from ecmf.semi.select import apply_temperature, select_pseudo_labels
+    from ecmf.train.predict import fold_prob_columns
 
     pc = cfg.pseudo
-    probs = apply_temperature(preds[list(schema.PROB_COLUMNS)].to_numpy(), temperature)
-    preds = preds.assign(**{schema.CONFIDENCE: probs.max(axis=1)})
-    agree, agreed = pool_agreement(preds, weak_pool, pc.min_agree)
-    idx = select_pseudo_labels(probs, pc.threshold, prior if pc.class_balance else None,
-                               pc.max_per_round, agree=agree)
-    chosen = preds.iloc[idx]
-    return pd.DataFrame({
-        schema.SAMPLE_ID: chosen[schema.SAMPLE_ID].values,
-        schema.LABEL: chosen[schema.PRED].values,
-        schema.CONFIDENCE: chosen[schema.CONFIDENCE].values,
-        "weight": pc.weight, "round": k, "source": FUSION_SOURCE,
-        "agreed": [agreed[i] for i in idx],
-    }, columns=LABEL_COLUMNS)
+    taken = taken or {}
+    frames = []
+    for f in range(cfg.train.folds):
+        cols = fold_prob_columns(f)
+        if cols[0] not in preds:
+            raise ValueError(f"pool predictions lack fold {f}'s probabilities ({cols[0]}...): "
+                             f"predict with per_fold=True")
+        rows = preds[~preds[schema.SAMPLE_ID].isin(taken.get(f, set()))]
+        ids = rows[schema.SAMPLE_ID].to_numpy()
+        probs = apply_temperature(rows[cols].to_numpy(dtype=np.float64), temperature)
+        agree, agreed = pool_agreement(ids, probs.argmax(axis=1), weak_pool, pc.min_agree, f)
+        idx = select_pseudo_labels(probs, pc.threshold, prior if pc.class_balance else None,
+                                   pc.max_per_round, agree=agree)
+        frames.append(pd.DataFrame({
+            schema.SAMPLE_ID: ids[idx],
+            schema.LABEL: np.array(schema.LABELS)[probs[idx].argmax(axis=1)],
+            schema.CONFIDENCE: probs[idx].max(axis=1),
+            "weight": pc.weight, "round": k, "train_fold": f, "source": FUSION_SOURCE,
+            "agreed": [agreed[i] for i in idx],
+        }, columns=LABEL_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
 
 
 def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
@@ -118,6 +155,8 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
     wd = Workdir.of(cfg)
     key = {section: {k: v for k, v in asdict(getattr(cfg, section)).items()
                      if k not in FREE_SETTINGS[section]} for section in ("pseudo", "train")}
+    # Pseudo-labels per fold (`select_round`); rounds of an older ecmf shared them.
+    key["pseudo_labels"] = "per-fold"
     key["labels_sha256"] = frame_sha256(train_labels.sort_values(schema.SAMPLE_ID))
     key["first_run"] = file_sha256(wd.train / "oof.parquet")
     if weak:
@@ -198,7 +237,7 @@ def run_rounds(cfg: Config) -> dict:
     unlabeled = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
                        & extracted)
     history = [{"round": 0, "run": str(wd.train), "val_waf": val_waf(wd.train, reference),
-                "pseudo_total": 0, "added": 0}]
+                "pseudo_total": 0, "pseudo_rows": 0, "added": 0}]
     selected = pd.DataFrame(columns=LABEL_COLUMNS)
     prev, best, stale = wd.train, history[0]["val_waf"], 0
     for k in range(1, cfg.pseudo.rounds + 1):
@@ -206,22 +245,29 @@ def run_rounds(cfg: Config) -> dict:
         if (rdir / "metrics.json").is_file() and (rdir / "labels.parquet").is_file():
             check_round_key(rdir, key)
             selected = pd.read_parquet(rdir / "labels.parquet")
+            if "train_fold" not in selected:  # an older ecmf's round: labels for every fold
+                selected["train_fold"] = -1
             log.info("round %d already finished: resuming after it", k)
         else:
-            taken = set(selected[schema.SAMPLE_ID])
-            remaining = [s for s in unlabeled if s not in taken]
+            taken = {f: set(selected.loc[selected["train_fold"].isin([f, -1]),
+                                         schema.SAMPLE_ID]) for f in range(cfg.train.folds)}
+            everywhere = set.intersection(*taken.values())
+            remaining = [s for s in unlabeled if s not in everywhere]
             pc = cfg.predict
             preds = predict_store(wd.store, prev, rdir / "pool_predictions", ids=remaining,
                                   batch_size=pc.batch_size, pool_size=pc.pool_size,
-                                  num_cpus=pc.num_cpus, num_gpus=pc.num_gpus)
+                                  num_cpus=pc.num_cpus, num_gpus=pc.num_gpus, per_fold=True)
             temperature = calibration(prev, reference) if cfg.pseudo.calibrate else 1.0
-            new = select_round(preds, cfg, prior, k, weak_pool, temperature)
+            new = select_round(preds, cfg, prior, k, weak_pool, temperature, taken)
             selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
             table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected,
                                    refined=refined)
             fit(cfg, table, rdir)
             write_json(rdir / "selection.json", {
                 "round": k, "candidates": len(remaining), "added": int(len(new)),
+                "added_clips": int(new[schema.SAMPLE_ID].nunique()),
+                "added_per_fold": {int(f): int(n) for f, n in
+                                   new["train_fold"].value_counts().sort_index().items()},
                 "threshold": cfg.pseudo.threshold, "min_agree": cfg.pseudo.min_agree,
                 "temperature": round(temperature, 4),
                 "added_per_class": new[schema.LABEL].value_counts().to_dict(),
@@ -232,9 +278,10 @@ def run_rounds(cfg: Config) -> dict:
         waf = val_waf(rdir, reference)
         added = int((selected["round"] == k).sum())
         history.append({"round": k, "run": str(rdir), "val_waf": waf,
-                        "pseudo_total": int(len(selected)), "added": added})
-        log.info("round %d: %d pseudo-labels added (%d in all), validation WAF %.4f",
-                 k, added, len(selected), waf)
+                        "pseudo_total": int(selected[schema.SAMPLE_ID].nunique()),
+                        "pseudo_rows": int(len(selected)), "added": added})
+        log.info("round %d: %d pseudo-labels added over %d folds (%d clips in all), validation "
+                 "WAF %.4f", k, added, cfg.train.folds, history[-1]["pseudo_total"], waf)
         prev = rdir
         if waf > best:
             best, stale = waf, 0

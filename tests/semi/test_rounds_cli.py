@@ -96,22 +96,47 @@ def test_two_rounds_train_on_refined_labels_and_pseudo_labels_with_provenance(ru
     r2 = pd.read_parquet(root / "rounds" / "2" / "labels.parquet")
     assert 0 < len(r1) <= len(r2)
     assert set(r1[schema.SAMPLE_ID]) <= set(r2[schema.SAMPLE_ID])
-    assert r2[schema.SAMPLE_ID].str.startswith("clip_").all() and r2[schema.SAMPLE_ID].is_unique
+    assert r2[schema.SAMPLE_ID].str.startswith("clip_").all()
+    # One label per fold that took a clip, never two for one fold.
+    assert set(r2["train_fold"]) <= {0, 1, 2}
+    assert not r2.duplicated([schema.SAMPLE_ID, "train_fold"]).any()
     pool = set(run["truth"][schema.SAMPLE_ID].iloc[N_TRAIN:])
     assert set(r2[schema.SAMPLE_ID]) <= pool
     assert (r1[schema.CONFIDENCE] >= 0.3).all()
-    assert r1["agreed"].str.startswith("fusion-fold-ensemble,").all()  # min_agree=1
+    assert r1["agreed"].str.startswith("fusion-fold-model,").all()  # min_agree=1
     table = pd.read_parquet(root / "rounds" / "1" / "training_table.parquet")
     refined = pd.read_parquet(root / "refine" / "labels.parquet").set_index(schema.SAMPLE_ID)
     lab = table[table["fold"] >= 0].set_index(schema.SAMPLE_ID)
     assert (np.array(schema.LABELS)[lab["y"]] == refined.loc[lab.index, "refined"]).all()
     assert (table["fold"] == -1).sum() == len(r1)
+    assert (table.loc[table["fold"] == -1, "train_fold"].sort_values().to_numpy() ==
+            r1["train_fold"].sort_values().to_numpy()).all()
     for k in ("1", "2"):
         for name in ("config.yaml", "metrics.json", "selection.json"):
             assert (root / "rounds" / k / name).is_file()
     summary = json.loads((root / "rounds" / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert summary["refined_labels"] is True
+
+
+def test_each_fold_trains_on_the_labels_its_own_model_chose(run):
+    """Round 1's labels for fold f are fold f's model's choice (not the ensemble's, which saw
+    fold f's validation clips) and agree with the weak classifiers' fold-f models."""
+    from ecmf.train.predict import fold_prob_columns
+
+    root = run["root"]
+    r1 = pd.read_parquet(root / "rounds" / "1" / "labels.parquet")
+    preds = pd.read_parquet(root / "rounds" / "1" / "pool_predictions").set_index(
+        schema.SAMPLE_ID)
+    weak = pd.read_parquet(root / "refine" / "weak_probs.parquet")
+    weak = weak[weak["part"] == "pool"]
+    for f, rows in r1.groupby("train_fold"):
+        own = preds.loc[rows[schema.SAMPLE_ID], fold_prob_columns(f)].to_numpy().argmax(axis=1)
+        assert (np.array(schema.LABELS)[own] == rows[schema.LABEL].to_numpy()).all()
+        for ids, agreed, label in zip(rows[schema.SAMPLE_ID], rows["agreed"], rows[schema.LABEL]):
+            for source in agreed.split(",")[1:]:
+                top = weak[(weak["source"] == source) & (weak[schema.SAMPLE_ID] == ids)]
+                assert schema.LABELS[int(top[f"top_f{f}"].iloc[0])] == label
 
 
 def test_rerun_resumes_after_the_last_finished_round(run):
