@@ -47,16 +47,18 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float, class_prior: np.nd
     """Indices (ascending) of pool rows whose predicted label is trusted as a pseudo-label.
 
     A row is a candidate when its top probability is >= `threshold` (and `agree[i]`, when given);
-    its pseudo-label is the argmax (lowest class on ties). Candidates then fill a budget
-    B = number of candidates, or `max_total` if that is smaller (0: no cap), split into per-class
-    quotas by `quotas(target, B)`. The target proportions are `class_prior` (the labeled set's)
-    when given, else the candidates' own, so a cap keeps the class mix either way. Each class takes
-    its most confident candidates (lower index first on ties) up to its quota.
+    its pseudo-label is the argmax (lowest class on ties). Each class takes its most confident
+    candidates (lower index first on ties) up to its quota.
 
-    Quotas are upper bounds: a class with fewer candidates than its quota takes all it has and
-    its unused slots are not handed to other classes. So a rare class cannot shrink the others to
-    nothing (as exact proportions would: one class without candidates would select nothing), and
-    no class ever exceeds its prior share of the budget; classes with zero prior get nothing.
+    With `class_prior` (the labeled set's proportions) the selection keeps that class mix: the
+    budget B is the largest number of rows of which every class can supply its exact share from
+    its own candidates (`mix_budget`), capped at `max_total` (0: no cap), and B splits into
+    per-class quotas `quotas(prior, B)`. A class
+    with a positive prior and no candidates therefore stops the selection (B = 0): pseudo-labels
+    of the classes the model is sure of alone would shift the training set's mix toward them,
+    which cost test WAF on the demo corpus (a round of 54 labels, none neutral or happy, took
+    4 points off). Classes with zero prior get nothing. Without `class_prior`, B is every
+    candidate (or `max_total`) in the candidates' own proportions.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
@@ -66,6 +68,11 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float, class_prior: np.nd
         raise ValueError(f"select_pseudo_labels: threshold {threshold} is outside [0, 1]")
     if max_total < 0:
         raise ValueError(f"select_pseudo_labels: max_total {max_total} must be >= 0 (0: no cap)")
+    if class_prior is not None:
+        target = np.asarray(class_prior, dtype=np.float64)
+        if target.shape != (c,) or (target < 0).any() or not target.sum() > 0:
+            raise ValueError(f"select_pseudo_labels: class_prior must be {c} non-negative "
+                             f"proportions with a positive sum, got {class_prior!r}")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if not np.isfinite(probs).all():
@@ -88,20 +95,32 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float, class_prior: np.nd
     counts = np.bincount(pred[idx], minlength=c)
     if class_prior is None:
         target = counts.astype(np.float64)
+        budget = idx.size
     else:
-        target = np.asarray(class_prior, dtype=np.float64)
-        if target.shape != (c,) or (target < 0).any() or not target.sum() > 0:
-            raise ValueError(f"select_pseudo_labels: class_prior must be {c} non-negative "
-                             f"proportions with a positive sum, got {class_prior!r}")
-    budget = idx.size if max_total == 0 else min(max_total, idx.size)
+        share = target / target.sum()
+        budget = mix_budget(share, counts)
+    if max_total:
+        budget = min(budget, max_total)
     quota = np.minimum(quotas(target, budget), counts)
 
     # Most confident first; among equal confidences the lower index, so the result is stable.
     order = idx[np.lexsort((idx, -conf[idx]))]
     picked = [order[pred[order] == k][:quota[k]] for k in range(c) if quota[k] > 0]
-    if not picked:  # every candidate is of a class with zero prior
+    if not picked:  # no budget, or every candidate is of a class with zero prior
         return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def mix_budget(share: np.ndarray, counts: np.ndarray) -> int:
+    """The largest B of which every class can supply its exact share: B <= counts / share for
+    every class with a positive share (`share`: proportions summing to 1; `counts`: candidates
+    per class). Its rounded quotas `quotas(share, B)` then fit within `counts` too (a quota is
+    at most ceil(share * B) <= count); the loop only guards against float rounding."""
+    pos = share > 0
+    budget = int(np.floor(np.min(counts[pos] / share[pos]) + _EPS))
+    while budget > 0 and (quotas(share, budget) > counts).any():
+        budget -= 1
+    return budget
 
 
 def agreeing_groups(pred: np.ndarray, sources: list[np.ndarray],

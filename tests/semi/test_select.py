@@ -44,16 +44,16 @@ def test_nothing_confident_and_empty_pool():
     assert empty.size == 0 and empty.dtype == np.int64
 
 
-def test_quota_caps_overrepresented_classes_with_the_most_confident():
+def test_quotas_keep_the_prior_mix_with_the_most_confident():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [50, 30, 20])
     conf = rng.uniform(0.85, 1.0, size=100)
     probs = confident(labels, conf)
     sel = select_pseudo_labels(probs, 0.8, class_prior=np.array([0.5, 0.25, 0.25]))
-    # Budget 100 -> quotas [50, 25, 25]; class 2 has only 20 and keeps them all.
-    assert per_class(sel, probs).tolist() == [50, 25, 20]
+    # Class 2's 20 candidates are a quarter of at most 80 rows: quotas [40, 20, 20].
+    assert per_class(sel, probs).tolist() == [40, 20, 20]
     ones = np.flatnonzero(labels == 1)
-    best = ones[np.argsort(-conf[ones])[:25]]
+    best = ones[np.argsort(-conf[ones])[:20]]
     assert set(sel[labels[sel] == 1]) == set(best)
 
 
@@ -70,11 +70,25 @@ def test_cap_without_prior_keeps_the_candidates_proportions():
     assert select_pseudo_labels(probs, 0.8).size == 100  # no prior, no cap: every candidate
 
 
-def test_class_without_candidates_does_not_starve_the_others():
+def test_a_class_without_candidates_stops_the_selection():
     probs = confident(np.repeat([0, 1], [40, 10]), np.full(50, 0.9))
-    sel = select_pseudo_labels(probs, 0.8, class_prior=np.ones(3) / 3)
-    # Budget 50 -> quotas 17, 17, 16; class 1 takes its 10, class 2 has none.
-    assert per_class(sel, probs).tolist() == [17, 10, 0]
+    # Class 2 has a third of the prior and no candidate: any selection would shift the mix.
+    assert select_pseudo_labels(probs, 0.8, class_prior=np.ones(3) / 3).size == 0
+    sel = select_pseudo_labels(probs, 0.8, class_prior=np.array([0.5, 0.5, 0.0]))
+    assert per_class(sel, probs).tolist() == [10, 10, 0]  # class 1's 10 bound the budget
+
+
+def test_mix_budget_is_what_the_scarcest_class_can_supply():
+    from ecmf.semi.select import mix_budget
+
+    share = np.array([0.5, 0.3, 0.2])
+    assert mix_budget(share, np.array([10, 6, 4])) == 20  # 6 / 0.3 is 19.999... in floats
+    assert mix_budget(share, np.array([100, 6, 100])) == 20
+    assert mix_budget(share, np.array([100, 100, 0])) == 0
+    assert mix_budget(np.array([0.5, 0.0, 0.5]), np.array([3, 0, 7])) == 6
+    thirds = np.ones(3) / 3
+    assert mix_budget(thirds, np.array([3, 3, 1])) == 3
+    assert quotas(thirds, 3).tolist() == [1, 1, 1]
 
 
 def test_zero_prior_class_gets_nothing():
@@ -151,8 +165,19 @@ def test_selection_invariants(pool):
     if not cand.any():
         assert sel.size == 0
         return
-    budget = cand.sum() if cap == 0 else min(cap, cand.sum())
-    target = np.bincount(pred[cand], minlength=c) if prior is None else prior
+    counts = np.bincount(pred[cand], minlength=c)
+    if prior is None:
+        target, budget = counts, cand.sum()
+    else:
+        from ecmf.semi.select import mix_budget
+
+        share = prior / prior.sum()
+        target, budget = prior, mix_budget(share, counts)
+        # The largest budget of which every class can supply its exact share (the cap aside).
+        pos = share > 0
+        assert (budget * share[pos] <= counts[pos] + 1e-9).all()
+        assert ((budget + 1) * share[pos] > counts[pos] - 1e-9).any()
+    budget = budget if cap == 0 else min(cap, budget)
     quota = quotas(target, budget)
     chosen = np.zeros(n, dtype=bool)
     chosen[sel] = True
