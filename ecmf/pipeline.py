@@ -116,6 +116,7 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
         "accuracy": {"single": {k: v["accuracy"] for k, v in single.items()},
                      "fused": fused["accuracy"], "rounds": [r["accuracy"] for r in rounds]},
         "pseudo_labels": [r["pseudo_total"] for r in rounds_summary["rounds"][1:]],
+        "rounds_stopped": rounds_summary.get("stopped", ""),
         "submission_test": evaluation.get("test", {}).get("waf"),
         "test_size": int(len(test)),
         "seconds": round(time.time() - start, 1),
@@ -158,4 +159,6 @@ def format_table(results: dict) -> str:
     lines = [f"Test set: {results['test_size']} clips with hidden truth",
              f"{'model':<{width}}  {'WAF':>6}  {'ACC':>6}", "-" * (width + 16)]
     lines += [f"{name:<{width}}  {100 * w:6.2f}  {100 * a:6.2f}" for name, w, a in rows]
+    if results.get("rounds_stopped"):
+        lines.append(f"pseudo-labeling stopped: {results['rounds_stopped']}")
     return "\n".join(lines)

@@ -240,6 +240,7 @@ def run_rounds(cfg: Config) -> dict:
                 "pseudo_total": 0, "pseudo_rows": 0, "added": 0}]
     selected = pd.DataFrame(columns=LABEL_COLUMNS)
     prev, best, stale = wd.train, history[0]["val_waf"], 0
+    stopped = f"all {cfg.pseudo.rounds} rounds ran"
     for k in range(1, cfg.pseudo.rounds + 1):
         rdir = wd.rounds / str(k)
         if (rdir / "metrics.json").is_file() and (rdir / "labels.parquet").is_file():
@@ -259,10 +260,6 @@ def run_rounds(cfg: Config) -> dict:
                                   num_cpus=pc.num_cpus, num_gpus=pc.num_gpus, per_fold=True)
             temperature = calibration(prev, reference) if cfg.pseudo.calibrate else 1.0
             new = select_round(preds, cfg, prior, k, weak_pool, temperature, taken)
-            selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
-            table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected,
-                                   refined=refined)
-            fit(cfg, table, rdir)
             write_json(rdir / "selection.json", {
                 "round": k, "candidates": len(remaining), "added": int(len(new)),
                 "added_clips": int(new[schema.SAMPLE_ID].nunique()),
@@ -272,6 +269,16 @@ def run_rounds(cfg: Config) -> dict:
                 "temperature": round(temperature, 4),
                 "added_per_class": new[schema.LABEL].value_counts().to_dict(),
                 "refined_labels": refined is not None})
+            if len(new) == 0 and (k > 1 or refined is None):
+                # The round would train on the previous run's table: the same models again.
+                stopped = f"round {k}: no pool clip passed the selection"
+                log.info("%s (%s): stopping before training it", stopped,
+                         rdir / "selection.json")
+                break
+            selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
+            table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected,
+                                   refined=refined)
+            fit(cfg, table, rdir)
             write_json(rdir / KEY_FILE, key)
             # Written last: its presence marks the round finished.
             selected.to_parquet(rdir / "labels.parquet", index=False)
@@ -288,13 +295,15 @@ def run_rounds(cfg: Config) -> dict:
         else:
             stale += 1
             if stale >= cfg.pseudo.patience:
-                log.info("validation WAF has not improved for %d round(s): stopping", stale)
+                stopped = f"validation WAF has not improved for {stale} round(s)"
+                log.info("%s: stopping", stopped)
                 break
         if added == 0:
-            log.info("no pool sample passed the selection: stopping")
+            stopped = f"round {k}: no pool clip passed the selection"
+            log.info("%s: stopping", stopped)
             break
     best_round = max(history, key=lambda h: h["val_waf"])
-    summary = {"rounds": history, "best": best_round,
+    summary = {"rounds": history, "best": best_round, "stopped": stopped,
                "validation_labels": "original", "refined_labels": refined is not None}
     write_json(wd.rounds / "summary.json", summary)
     return summary

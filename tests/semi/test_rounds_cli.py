@@ -232,3 +232,20 @@ def test_rounds_resume_only_over_rounds_made_with_the_same_settings(copy):
     with pytest.raises(ConfigError, match=r"rounds/1 was made with other settings.*"
                                           r"pseudo: threshold 0\.3 -> 0\.5"):
         run_rounds(cfg)
+
+
+def test_a_round_that_selects_nothing_is_not_trained(copy):
+    import shutil
+
+    from ecmf.semi.rounds import run_rounds
+
+    root, cfg = copy
+    shutil.rmtree(root / "rounds")
+    cfg.refine.enabled = False  # on original labels an empty round would repeat the first run
+    cfg.pseudo.threshold = 1.0
+    summary = run_rounds(cfg)
+    assert [r["round"] for r in summary["rounds"]] == [0]
+    assert summary["stopped"] == "round 1: no pool clip passed the selection"
+    assert json.loads((root / "rounds" / "1" / "selection.json").read_text())["added"] == 0
+    assert not (root / "rounds" / "1" / "models").exists()
+    assert summary["best"]["run"] == str(root / "train")
