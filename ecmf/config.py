@@ -283,8 +283,10 @@ class PseudoConfig:
     # Temperature-scale the pool probabilities, fitted on the previous run's out-of-fold
     # predictions against the original labels: later rounds' models grow over-confident.
     calibrate: bool = True
-    max_per_round: int = 0  # cap on selected samples per round; 0: no cap
-    class_balance: bool = True  # per-class quota in the labeled set's class proportions
+    max_per_round: int = 0  # cap on the labels each fold's model takes per round; 0: no cap
+    # Keep the labeled set's class mix: a round takes the most rows of which every class can
+    # supply its share (a class without candidates stops it); false: the candidates' own mix.
+    class_balance: bool = True
     weight: float = 0.7  # sample weight of a pseudo-label in training (labeled: 1.0)
     patience: int = 1  # stop when validation WAF has not improved for this many rounds
     # Feature sets of weak classifiers (refine.classifiers on refine.feature_sets) whose pool

@@ -53,12 +53,12 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float, class_prior: np.nd
     With `class_prior` (the labeled set's proportions) the selection keeps that class mix: the
     budget B is the largest number of rows of which every class can supply its exact share from
     its own candidates (`mix_budget`), capped at `max_total` (0: no cap), and B splits into
-    per-class quotas `quotas(prior, B)`. A class
-    with a positive prior and no candidates therefore stops the selection (B = 0): pseudo-labels
-    of the classes the model is sure of alone would shift the training set's mix toward them,
-    which cost test WAF on the demo corpus (a round of 54 labels, none neutral or happy, took
-    4 points off). Classes with zero prior get nothing. Without `class_prior`, B is every
-    candidate (or `max_total`) in the candidates' own proportions.
+    per-class quotas `quotas(prior, B)`. A class with a positive prior and no candidates
+    therefore stops the selection (B = 0): pseudo-labels of the classes the model is sure of
+    alone would shift the training set's mix toward them, which cost test WAF on the demo
+    corpus (74 labels, none neutral or happy, took 1.8 points off). Classes with zero prior get
+    nothing. Without `class_prior`, B is every candidate (or `max_total`) in the candidates'
+    own proportions.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:

@@ -12,7 +12,8 @@ the refined labels), then score against the hidden truth:
   counted per fold that took them (each fold model of a round trains on its own selection);
 - waf_gain: test WAF (x100) of the run `ecmf predict` would use (best round by validation WAF)
   minus the baseline's. Means over the seeds, and each seed's figures.
-Nothing is tuned here: every setting is the config default, except refinement switched on.
+Nothing is tuned here: every setting is the config default, except refinement switched on
+(`--set KEY=VALUE` changes one, to compare; the figures record it).
 Seed 0 was the development seed; the default seeds are 1, 2, 3.
 
 Scale: a generated pool of `--scale-rows` rows (four 256-d float32 features, classes as noisy
@@ -51,7 +52,7 @@ SCALE_DIM = 256
 # ------------------------------------------------------------------------------------ quality
 
 
-def quality_seed(seed: int, root: Path) -> dict:
+def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
     """One seed: corpus, features, baseline, refinement, rounds; figures against the truth."""
     import numpy as np
     import pandas as pd
@@ -71,7 +72,7 @@ def quality_seed(seed: int, root: Path) -> dict:
     # Fixed features (frames, audio, text), so figures do not move with the demo's defaults.
     cfg = demo_config(out, None, [f"demo.seed={seed}", "extract.encoders.enriched=null",
                                   "extract.encoders.faces=null", "train.features=frames,audio,text",
-                                  "refine.enabled=true"])
+                                  "refine.enabled=true", *sets])
     wd = Workdir.of(cfg)
     times = {}
     t = time.perf_counter()
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale-pool-size", type=int, default=2, help="inference actors")
     parser.add_argument("--scale-batch-size", type=int, default=2048)
     parser.add_argument("--workdir", help="keep outputs here (default: a temporary directory)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config setting on top of the defaults, for the quality runs "
+                             "(repeatable; the figures record them)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     load = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
-    figures: dict = {}
+    figures: dict = {"settings": args.set}
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2,
              log_to_driver=False)
     out = Path(args.out)
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         per_seed = []
         for s in seeds:
-            per_seed.append(quality_seed(s, root))
+            per_seed.append(quality_seed(s, root, args.set))
             for key in ("corrected_fraction", "clean_changed_fraction", "pseudo_precision",
                         "waf_gain"):
                 figures[key] = float(np.nanmean([f[key] for f in per_seed]))
