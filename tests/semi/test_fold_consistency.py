@@ -69,8 +69,9 @@ def out_of_fold_waf(world, pseudo: pd.DataFrame | None) -> float:
 
 
 def test_fold_consistent_pseudo_labels_keep_validation_blind(world):
+    # Every confident row, whatever its class (the class mix is not what this test is about).
     cfg = load_config(None, ["train.folds=3", "pseudo.threshold=0.5", "pseudo.min_agree=0",
-                             "pseudo.weight=1.0"])
+                             "pseudo.weight=1.0", "pseudo.class_balance=false"])
     prior = np.full(C, 1 / C)
     consistent = select_round(world["preds"], cfg, prior, 1)
     assert set(consistent["train_fold"]) == {0, 1, 2}
