@@ -65,7 +65,6 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     from ecmf.enrichment.stage import enrich_corpus
     from ecmf.features.extract import extract_features
     from ecmf.runtime import ray_session
-    from ecmf.semi.rounds import run_rounds
     from ecmf.train.evaluate import evaluate, predict_candidates, read_truth, score_run
     from ecmf.train.fit import fit, train_stage, training_table
     from ecmf.workdir import load_manifest
@@ -88,7 +87,7 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     timings = {}
     with ray_session(cfg.ray):
         for stage, fn in (("enrich", enrich_corpus), ("extract", extract_features),
-                          ("train", train_stage), ("pseudo-label", run_rounds),
+                          ("train", train_stage), ("pseudo-label", demo_rounds),
                           ("predict", predict_candidates)):
             t = time.time()
             log.info("demo: stage %s", stage)
@@ -125,6 +124,23 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     }
     write_json(out / "results.json", results)
     return results
+
+
+def demo_rounds(cfg: Config) -> dict:
+    """`run_rounds` for the demo, which retrains its first run on every call: rounds left in
+    the output directory by other settings or an older ecmf are moved aside (to
+    `rounds.stale-<time>`), not resumed, so that `ecmf demo` again on the same directory works."""
+    from ecmf.semi.rounds import StaleRoundsError, run_rounds
+
+    try:
+        return run_rounds(cfg)
+    except StaleRoundsError as e:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = e.rounds_dir.with_name(f"{e.rounds_dir.name}.stale-{stamp}")
+        log.warning("demo: %s; moving %s to %s and running the rounds again", e, e.rounds_dir,
+                    aside)
+        e.rounds_dir.rename(aside)
+        return run_rounds(cfg)
 
 
 def single_features(cfg: Config) -> list[str]:

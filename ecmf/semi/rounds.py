@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config
+from ecmf.config import Config, ConfigError
 from ecmf.workdir import Workdir, load_manifest, write_json
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,14 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
     return key
 
 
+class StaleRoundsError(ConfigError):
+    """Finished rounds on disk were made with other settings or inputs than this run's."""
+
+    def __init__(self, message: str, rounds_dir: Path):
+        super().__init__(message)
+        self.rounds_dir = rounds_dir
+
+
 def check_round_key(rdir: Path, key: dict) -> None:
     """Refuse to build on a finished round made with other settings or inputs.
 
@@ -173,7 +181,6 @@ def check_round_key(rdir: Path, key: dict) -> None:
     already on disk; resuming after them would mix two configurations in one run. A round
     written before rounds kept their key is resumed with a warning.
     """
-    from ecmf.config import ConfigError
     from ecmf.semi.keys import changed_keys
 
     path = rdir / KEY_FILE
@@ -185,10 +192,10 @@ def check_round_key(rdir: Path, key: dict) -> None:
     if old != key:
         changed = changed_keys(old, key)
         detail = "; ".join(f"{k}: {_diff(old.get(k), key.get(k))}" for k in changed)
-        raise ConfigError(
+        raise StaleRoundsError(
             f"{rdir} was made with other settings or inputs than this run's ({detail}). Rounds "
             f"never overwrite earlier ones: move {rdir.parent} aside (or remove it) to run the "
-            f"rounds again with these settings, or use another workdir")
+            f"rounds again with these settings, or use another workdir", rdir.parent)
 
 
 def _diff(old, new) -> str:

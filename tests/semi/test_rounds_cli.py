@@ -230,8 +230,23 @@ def test_rounds_resume_only_over_rounds_made_with_the_same_settings(copy):
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     cfg.pseudo.threshold = 0.5  # what a round selects: the finished rounds no longer match
     with pytest.raises(ConfigError, match=r"rounds/1 was made with other settings.*"
-                                          r"pseudo: threshold 0\.3 -> 0\.5"):
+                                          r"pseudo: threshold 0\.3 -> 0\.5") as err:
         run_rounds(cfg)
+    assert err.value.rounds_dir == root / "rounds"
+
+
+def test_the_demo_moves_stale_rounds_aside_instead_of_failing(copy):
+    from ecmf.pipeline import demo_rounds
+
+    root, cfg = copy
+    old = pd.read_parquet(root / "rounds" / "1" / "labels.parquet")
+    cfg.refine.enabled = False
+    cfg.pseudo.threshold = 1.0  # nothing passes: the new rounds train nothing
+    summary = demo_rounds(cfg)
+    assert [r["round"] for r in summary["rounds"]] == [0]
+    (aside,) = root.glob("rounds.stale-*")
+    pd.testing.assert_frame_equal(pd.read_parquet(aside / "1" / "labels.parquet"), old)
+    assert not (root / "rounds" / "1" / "labels.parquet").exists()
 
 
 def test_a_round_that_selects_nothing_is_not_trained(copy):
