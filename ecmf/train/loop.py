@@ -39,12 +39,13 @@ def arrays_from_batches(batches, features: list[str],
     keys += [c for f in features for c in (schema.feature_column(f), schema.mask_column(f))]
     parts: dict[str, list] = {k: [] for k in keys}
     for b in batches:
-        if len(b[schema.SAMPLE_ID]) == 0:
+        n = len(b[schema.SAMPLE_ID])
+        if n == 0:
             continue
+        if "train_fold" not in b:  # arrays built without it: every row serves every fold
+            b = {**b, "train_fold": np.full(n, -1, dtype=np.int64)}
         for k in keys:
-            # Batches without train_fold (tables of older runs): every row serves every fold.
-            parts[k].append(np.asarray(b[k]) if k in b or k != "train_fold"
-                            else np.full(len(b[schema.SAMPLE_ID]), -1, dtype=np.int64))
+            parts[k].append(np.asarray(b[k]))
     if not parts[schema.SAMPLE_ID]:
         empty = {schema.SAMPLE_ID: np.zeros(0, dtype=object), "y": np.zeros(0, np.int64),
                  "weight": np.zeros(0, np.float32), "fold": np.zeros(0, np.int64),

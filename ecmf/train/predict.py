@@ -81,10 +81,10 @@ class Predictor:
         masks = {f: batch[schema.mask_column(f)] for f in self.ensemble.features}
         probs = self.ensemble.fold_probs(feats, masks)
         df = prob_frame(batch[schema.SAMPLE_ID], probs.mean(axis=0))
-        if self.per_fold:
-            for k, p in zip(self.ensemble.folds, probs):
-                for c, col in enumerate(fold_prob_columns(k)):
-                    df[col] = p[:, c].astype(np.float32)
+        if self.per_fold:  # [K, N, C] -> N rows of K * C columns, fold by fold
+            cols = [c for k in self.ensemble.folds for c in fold_prob_columns(k)]
+            wide = probs.transpose(1, 0, 2).reshape(len(df), -1).astype(np.float32)
+            df = pd.concat([df, pd.DataFrame(wide, columns=cols, index=df.index)], axis=1)
         return df
 
 
