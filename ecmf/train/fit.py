@@ -55,13 +55,19 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
     carry k (a `train_fold` column in `pseudo`), so that no fold model learns, through them, the
     labels it is validated on; a clip may then appear once per fold, with that fold's label.
     `refined` (sample_id, refined, weight: ecmf.semi.refine) replaces the labeled clips' labels
-    and weights; folds stay those of the original labels, so every source shares them.
+    and weights; folds stay those of the original labels, so every source shares them. With a
+    `train_fold` column (fold-blind refinement: a label per fold model, voted by sources that
+    never saw that model's validation fold), a clip of fold m gets a row for each fold model
+    j != m with the label refined for j (`train_fold` j), and a validation row for model m with
+    its original label (`train_fold` m).
     """
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     y = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
     table = pd.DataFrame({schema.SAMPLE_ID: lab[schema.SAMPLE_ID].values, "y": y,
                           "weight": 1.0, "fold": assign_folds(y, folds, seed), "train_fold": -1})
-    if refined is not None:
+    if refined is not None and "train_fold" in refined:
+        table = _fold_blind_rows(table, refined, folds)
+    elif refined is not None:
         r = refined.set_index(schema.SAMPLE_ID).reindex(table[schema.SAMPLE_ID])
         absent = table.loc[r["refined"].isna().to_numpy(), schema.SAMPLE_ID].tolist()
         if absent:
@@ -84,6 +90,34 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
             "train_fold": train_fold})
         table = pd.concat([table, extra], ignore_index=True)
     return table
+
+
+def _fold_blind_rows(table: pd.DataFrame, refined: pd.DataFrame, folds: int) -> pd.DataFrame:
+    """The labeled rows of `training_table` with fold-blind refined labels (see there)."""
+    want = table[[schema.SAMPLE_ID, "fold"]].merge(
+        pd.DataFrame({"train_fold": np.arange(folds)}), how="cross")
+    want = want[want["fold"] != want["train_fold"]]
+    got = refined[[schema.SAMPLE_ID, "train_fold", "refined", "weight"]].astype(
+        {schema.SAMPLE_ID: str, "train_fold": int})
+    rows = want.astype({schema.SAMPLE_ID: str}).merge(
+        got, on=[schema.SAMPLE_ID, "train_fold"], how="left")
+    absent = rows[rows["refined"].isna()]
+    if len(absent) or len(got) != len(rows):
+        example = (absent[[schema.SAMPLE_ID, "train_fold"]].head(3).to_dict("records")
+                   if len(absent) else "rows for a clip's own fold, or repeated rows")
+        raise ValueError(f"fold-blind refined labels do not match a {folds}-fold split of the "
+                         f"labeled set (each clip needs a label for every other fold's model): "
+                         f"{len(absent)} missing, e.g. {example}, {len(got)} given for "
+                         f"{len(rows)} expected; run `ecmf refine` again")
+    train = pd.DataFrame({
+        schema.SAMPLE_ID: rows[schema.SAMPLE_ID].to_numpy(),
+        "y": [schema.label_index(v, "refined labels") for v in rows["refined"]],
+        "weight": rows["weight"].astype(float).to_numpy(), "fold": rows["fold"].to_numpy(),
+        "train_fold": rows["train_fold"].to_numpy()})
+    val = table.assign(train_fold=table["fold"])
+    return (pd.concat([val, train], ignore_index=True)
+            .sort_values([schema.SAMPLE_ID, "train_fold"], kind="stable")
+            .reset_index(drop=True))
 
 
 def label_lookup(table: pd.DataFrame) -> dict[str, list[tuple]]:
@@ -251,7 +285,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     report = classification_report(y_true, y_pred)
     summary = getattr(result, "return_value", None) or {}
     metrics = {"model": tc.model, "features": features, "dims": dims,
-               "n_labeled": int((table["fold"] >= 0).sum()),
+               "n_labeled": int(table.loc[table["fold"] >= 0, schema.SAMPLE_ID].nunique()),
                "n_pseudo": int(table.loc[table["fold"] < 0, schema.SAMPLE_ID].nunique()),
                "pseudo_rows": int((table["fold"] < 0).sum()), "folds": tc.folds,
                "cv": report, "fit_seconds": round(seconds, 2), "ray_run": f"{storage}/{name}",

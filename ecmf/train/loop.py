@@ -156,7 +156,8 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
 
     Rows with a `train_fold` (`data["train_fold"]`, optional) of another fold than `fold` are
-    left out: pseudo-labels made by another fold's model of an earlier run.
+    left out of both: pseudo-labels made by another fold's model of an earlier run, another
+    fold model's fold-blind refined labels (`ecmf.semi.refine`).
 
     Under DDP every rank takes the same number of steps (the most any rank needs); a rank whose
     shard is shorter or empty fills its last steps with zero-weight rows, and the loss is the
@@ -174,11 +175,14 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_rows = np.asarray(data["fold"]) != fold
+    val_rows = np.asarray(data["fold"]) == fold
     if "train_fold" in data:
-        train_fold = np.asarray(data["train_fold"])
-        train_rows &= (train_fold < 0) | (train_fold == fold)
+        mine = np.asarray(data["train_fold"])
+        mine = (mine < 0) | (mine == fold)
+        train_rows &= mine
+        val_rows &= mine
     train_idx = np.flatnonzero(train_rows)
-    val_idx = np.flatnonzero(data["fold"] == fold)
+    val_idx = np.flatnonzero(val_rows)
     rng = np.random.default_rng([cfg.seed, fold, dist.rank])
     num_classes = len(schema.LABELS)
     class_weight = None

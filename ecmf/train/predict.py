@@ -119,17 +119,29 @@ def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
 
 
 def oof_predictions(run_dir: str | Path, store: str | Path, table: pd.DataFrame) -> pd.DataFrame:
-    """Out-of-fold probabilities: each labeled sample predicted by the model that never saw it."""
-    from ecmf.features.store import read_features
+    """Out-of-fold probabilities: each labeled sample predicted by the model that never saw it.
+
+    The rows are the table's validation rows (fold k >= 0, `train_fold` -1 or k) with features
+    in the store, sorted by sample_id then fold: one per labeled clip, or one per fold model
+    that holds a clip out where a table gives it to several (the pair run of fold-blind
+    refinement)."""
+    from ecmf.features.store import ok_ids, read_features
 
     ens = FoldEnsemble(run_dir)
-    held = table[table["fold"] >= 0].sort_values(schema.SAMPLE_ID)
-    ft = read_features(store, ens.features, held[schema.SAMPLE_ID].tolist())
+    # A labeled clip whose extraction failed never reached the models (it is in the store's
+    # errors table): it has no out-of-fold prediction either.
+    held = table[(table["fold"] >= 0) & table[schema.SAMPLE_ID].isin(ok_ids(store))]
+    if "train_fold" in held:
+        held = held[(held["train_fold"] < 0) | (held["train_fold"] == held["fold"])]
+    held = held.sort_values([schema.SAMPLE_ID, "fold"], kind="stable")
+    ids = held[schema.SAMPLE_ID].astype(str).to_numpy()
+    unique, rows = np.unique(ids, return_inverse=True)
+    ft = read_features(store, ens.features, unique.tolist())
     probs = np.zeros((len(held), len(schema.LABELS)), dtype=np.float32)
     folds = held["fold"].to_numpy()
     for k, model_probs in zip(ens.folds, ens.fold_probs(ft.feats, ft.masks)):
-        probs[folds == k] = model_probs[folds == k]
-    df = prob_frame(ft.ids, probs)
+        probs[folds == k] = model_probs[rows[folds == k]]
+    df = prob_frame(ids, probs)
     df["label"] = np.array(schema.LABELS)[held["y"].to_numpy()]
     df["fold"] = folds
     return df

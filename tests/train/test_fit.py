@@ -182,3 +182,46 @@ def test_a_clip_pseudo_labeled_by_two_folds_trains_each_with_its_label():
     assert out["fold"].tolist()[:2] == [-1, -1] and out["weight"].tolist()[:2] == [0.5, 0.5]
     with pytest.raises(ValueError, match=r"fold\(s\) \[2\] of a 2-fold run.*'u0'"):
         training_table(manifest, 2, 0, pseudo=pseudo.assign(train_fold=[2, 1, -1]))
+
+
+def test_fold_blind_refined_labels_give_each_fold_model_its_own_and_validate_on_originals():
+    from ecmf.train.fit import training_table
+
+    manifest = pd.DataFrame({schema.SAMPLE_ID: [f"l{i}" for i in range(6)],
+                             schema.SPLIT: ["train"] * 6,
+                             schema.LABEL: ["happy", "sad"] * 3})
+    plain = training_table(manifest, 3, 0)
+    fold = plain.set_index(schema.SAMPLE_ID)["fold"]
+    rows = [(s, j) for s in fold.index for j in range(3) if j != fold[s]]
+    refined = pd.DataFrame({schema.SAMPLE_ID: [s for s, _ in rows],
+                            "train_fold": [j for _, j in rows],
+                            "refined": ["angry" if j == 0 else "worried" for _, j in rows],
+                            "weight": 0.5})
+    table = training_table(manifest, 3, 0, refined=refined)
+    assert len(table) == 6 * 3
+    val = table[table["train_fold"] == table["fold"]].set_index(schema.SAMPLE_ID)
+    assert len(val) == 6 and (val["weight"] == 1.0).all()
+    assert (val["y"] == plain.set_index(schema.SAMPLE_ID).loc[val.index, "y"]).all()
+    train = table[table["train_fold"] != table["fold"]]
+    assert [schema.LABELS[y] for y in train["y"]] == [
+        "angry" if j == 0 else "worried" for j in train["train_fold"]]
+    assert (train["fold"].to_numpy() == fold.loc[train[schema.SAMPLE_ID]].to_numpy()).all()
+    # A label for a clip's own fold, or a missing one, is a split that does not match.
+    own = refined.iloc[:1].assign(train_fold=fold[refined[schema.SAMPLE_ID].iloc[0]])
+    with pytest.raises(ValueError, match="do not match a 3-fold split"):
+        training_table(manifest, 3, 0, refined=pd.concat([refined.iloc[1:], own]))
+    first_l0 = refined.index[refined[schema.SAMPLE_ID] == "l0"][0]
+    with pytest.raises(ValueError, match=r"1 missing, e.g. \[\{'sample_id': 'l0'"):
+        training_table(manifest, 3, 0, refined=refined.drop(index=first_l0))
+
+
+def test_out_of_fold_predictions_skip_a_labeled_clip_without_features(reference):
+    """A labeled clip whose extraction failed (absent from the store's rows) never reached the
+    fold models: it gets no out-of-fold row, and the others keep theirs."""
+    from ecmf.train.predict import oof_predictions
+
+    run = reference / "train"
+    table = pd.read_parquet(run / "training_table.parquet")
+    broken = table.iloc[:1].assign(**{schema.SAMPLE_ID: "not_extracted"})
+    oof = oof_predictions(run, reference / "features" / "store", pd.concat([table, broken]))
+    pd.testing.assert_frame_equal(oof, pd.read_parquet(run / "oof.parquet"))

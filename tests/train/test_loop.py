@@ -127,3 +127,17 @@ def test_training_and_prediction_keys_are_checked():
         PredictConfig(batch_size=0)
     cfg = load_config(None, ["predict.pool_size=3", "train.class_weights=balanced"])
     assert cfg.predict.pool_size == 3 and cfg.train.class_weights == "balanced"
+
+
+def test_rows_of_another_fold_model_neither_train_nor_validate_this_one():
+    """Fold-blind refined labels: a fold-0 clip's row for fold model 1 (fold 0, train_fold 1)
+    must not enter fold 0's validation, whatever its label."""
+    d = data()
+    base = run(cfg())
+    rows = np.flatnonzero(d["fold"] == 0)
+    extra = {k: v[rows] for k, v in d.items()}
+    extra["y"] = (extra["y"] + 1) % 6  # wrong labels: they would lower fold 0's validation WAF
+    both = {k: np.concatenate([v, extra[k]]) for k, v in d.items()}
+    both["train_fold"] = np.r_[np.full(len(d["y"]), -1), np.full(len(rows), 1)]
+    other = run(cfg(), both)
+    assert same_state(base, other) and other["history"] == base["history"]
