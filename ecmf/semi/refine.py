@@ -3,6 +3,11 @@ the fusion model's out-of-fold predictions and LLM votes gives each labeled samp
 
 `combine` is the pure rule (NumPy arrays in, arrays out); `refine_labels` is the stage that gathers
 the sources and writes `<workdir>/refine/labels.parquet` with the original label kept beside.
+
+Fold-blind refinement (`refine.fold_blind`, the default) also writes `fold_labels.parquet`, what
+training uses: for fold model j, each labeled clip outside fold j relabeled by sources fit
+without fold j and the clip's own fold (weak classifiers and a fusion run over pairs of folds),
+so that no model learns, through a refined label, the labels it is validated on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ LLM = "llm"
 KEY_FILE = "refine_key.json"
 LABEL_COLUMNS = [schema.SAMPLE_ID, "original", "refined", schema.CONFIDENCE, "agreed", "changed",
                  "weight"]
+FOLD_LABEL_COLUMNS = [schema.SAMPLE_ID, "train_fold", *LABEL_COLUMNS[1:]]
+PAIRS_RUN = "pairs"  # <workdir>/refine/pairs: the fusion model fit over pairs of folds
 
 
 @dataclass
@@ -145,8 +152,15 @@ def _frame_probs(df: pd.DataFrame, ids: np.ndarray, columns: list[str]) -> np.nd
     return got
 
 
-def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
-    """Probabilities [N, C] per source for the labeled `ids`, their weights and groups."""
+def gather_sources(cfg: Config, ids: np.ndarray, train_fold: int = -1,
+                   weak: pd.DataFrame | None = None,
+                   fusion: pd.DataFrame | None = None) -> tuple[dict, dict, dict]:
+    """Probabilities [N, C] per source for the labeled `ids`, their weights and groups.
+
+    `train_fold` -1: out-of-fold sources (each fit without the sample's fold). k >= 0: fold
+    model k's fold-blind sources (fit without fold k and the sample's fold). `weak`, `fusion`:
+    the weak classifiers' table and the fusion source's out-of-fold frame when the caller has
+    them (a frame with a `train_fold` column: its rows for `train_fold`)."""
     from ecmf.semi.weak import weak_probabilities
 
     rc = cfg.refine
@@ -156,21 +170,27 @@ def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
     groups: dict[str, str] = {}
     probs = list(schema.PROB_COLUMNS)
     if rc.weights.get("weak", 0.0) > 0 and rc.classifiers:
-        weak = weak_probabilities(cfg)
-        oof = weak[weak["part"] == "oof"]
-        names = sorted(oof["source"].unique())
+        weak = weak_probabilities(cfg) if weak is None else weak
+        if train_fold < 0:
+            oof = weak[weak["part"] == "oof"]
+        else:
+            oof = weak[(weak["part"] == "pair") & (weak["train_fold"] == train_fold)]
+        names = sorted(weak["source"].unique())
         for name in names:
             one = oof[oof["source"] == name].set_index(schema.SAMPLE_ID)
             sources[name] = _frame_probs(one, ids, probs)
             weights[name] = rc.weights["weak"] / len(names)  # the weak sources share one weight
-            groups[name] = one["group"].iloc[0]
+            groups[name] = weak.loc[weak["source"] == name, "group"].iloc[0]
     if rc.weights.get(FUSION, 0.0) > 0:
-        path = wd.train / "oof.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: the fusion source needs a trained run; run "
-                                    "`ecmf train` first (or set refine.weights.fusion=0)")
-        sources[FUSION] = _frame_probs(pd.read_parquet(path).set_index(schema.SAMPLE_ID), ids,
-                                       probs)
+        if fusion is None:
+            path = wd.train / "oof.parquet"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: the fusion source needs a trained run; run "
+                                        "`ecmf train` first (or set refine.weights.fusion=0)")
+            fusion = pd.read_parquet(path)
+        if "train_fold" in fusion:
+            fusion = fusion[fusion["train_fold"] == train_fold]
+        sources[FUSION] = _frame_probs(fusion.set_index(schema.SAMPLE_ID), ids, probs)
         weights[FUSION] = rc.weights[FUSION]
     votes_path = wd.enrich / "votes.parquet"
     if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0 and votes_path.is_file():
@@ -180,10 +200,95 @@ def gather_sources(cfg: Config, ids: np.ndarray) -> tuple[dict, dict, dict]:
     return sources, weights, groups
 
 
+def pair_table(table: pd.DataFrame, folds: int) -> pd.DataFrame:
+    """The training table of the fusion source of fold-blind refinement: one model per pair of
+    folds (`fold_pairs`), trained on the other folds and validated on the pair's two.
+
+    `table`: the labeled rows of `training_table` (original labels). A clip of fold m gets a row
+    per pair p: a validation row (fold p, train_fold p) when m is in p, else a training row of
+    model p alone (fold -1, train_fold p); `train_one_fold` does the rest."""
+    from ecmf.semi.weak import fold_pairs
+
+    lab = table[table["fold"] >= 0]
+    parts = []
+    for p, (a, b) in enumerate(fold_pairs(folds)):
+        held = lab["fold"].isin([a, b]).to_numpy()
+        parts.append(pd.DataFrame({
+            schema.SAMPLE_ID: lab[schema.SAMPLE_ID].to_numpy(), "y": lab["y"].to_numpy(),
+            "weight": lab["weight"].to_numpy(), "fold": np.where(held, p, -1),
+            "train_fold": p}))
+    return (pd.concat(parts, ignore_index=True)
+            .sort_values([schema.SAMPLE_ID, "train_fold"], kind="stable").reset_index(drop=True))
+
+
+def _pairs_setup(cfg: Config):
+    """The pair run's config (train.folds = the number of pairs), features, dims and table."""
+    from dataclasses import replace
+
+    from ecmf.semi.weak import fold_pairs
+    from ecmf.train.fit import resolve_features, training_table
+
+    folds = cfg.train.folds
+    table = pair_table(training_table(load_manifest(cfg), folds, cfg.train.seed), folds)
+    pcfg = replace(cfg, train=replace(cfg.train, folds=len(fold_pairs(folds))))
+    features, dims = resolve_features(cfg)
+    return pcfg, features, dims, table
+
+
+def pair_run_record(cfg: Config) -> dict:
+    """What the fusion pair run depends on (`ecmf.train.fit.run_record` of it)."""
+    from ecmf.train.fit import run_record
+
+    pcfg, features, dims, table = _pairs_setup(cfg)
+    return run_record(pcfg, features, dims, table)
+
+
+def fusion_pair_probs(cfg: Config) -> pd.DataFrame:
+    """Fold-blind fusion probabilities: sample_id, train_fold j, prob_* for every labeled clip
+    outside fold j, from the fusion model fit without fold j and the clip's fold.
+
+    Trains `<workdir>/refine/pairs` with Ray Train (one fold model per pair of folds) unless a
+    finished run there has the same settings, features and table."""
+    import json
+
+    from ecmf.semi.weak import fold_pairs
+    from ecmf.train.fit import RUN_FILE, fit, run_record
+
+    pcfg, features, dims, table = _pairs_setup(cfg)
+    out = Workdir.of(cfg).refine / PAIRS_RUN
+    record = run_record(pcfg, features, dims, table)
+    done = ((out / "metrics.json").is_file() and (out / "oof.parquet").is_file()
+            and (out / RUN_FILE).is_file()
+            and json.loads((out / RUN_FILE).read_text()).get("record") == record)
+    if done:
+        log.info("refine: reusing the fusion pair run %s", out)
+    else:
+        log.info("refine: fitting the fusion model over %d pairs of folds into %s",
+                 pcfg.train.folds, out)
+        fit(pcfg, table, out)
+    oof = pd.read_parquet(out / "oof.parquet")  # a row per (clip, pair that holds it out)
+    pairs = np.array(fold_pairs(cfg.train.folds))
+    # The clip's own fold m is one of its validation pair's two; fold j is the other.
+    m = oof[schema.SAMPLE_ID].map(training_fold_of(cfg)).to_numpy()
+    a, b = pairs[oof["fold"].to_numpy(), 0], pairs[oof["fold"].to_numpy(), 1]
+    frame = oof[[schema.SAMPLE_ID, *schema.PROB_COLUMNS]].copy()
+    frame.insert(1, "train_fold", np.where(m == a, b, a))
+    return frame
+
+
+def training_fold_of(cfg: Config) -> dict[str, int]:
+    """sample_id -> the fold of each labeled clip (the split every training run shares)."""
+    from ecmf.train.fit import training_table
+
+    t = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed)
+    return dict(zip(t[schema.SAMPLE_ID].astype(str), t["fold"].astype(int)))
+
+
 def refine_key(cfg: Config) -> dict:
     """What the refined labels depend on: the refine settings (not resources), the labeled
     set, and every source they were voted from: the weak classifiers' inputs (`weak_key`),
-    the fusion run's out-of-fold predictions and the LLM votes (their files' digests)."""
+    the fusion run's out-of-fold predictions, the fusion pair run's settings and table
+    (fold-blind) and the LLM votes (their files' digests)."""
     from dataclasses import asdict
 
     from ecmf.semi.keys import file_sha256, frame_sha256
@@ -199,16 +304,53 @@ def refine_key(cfg: Config) -> dict:
         key["weak"] = weak_key(cfg, *weak_inputs(cfg))
     if rc.weights.get(FUSION, 0.0) > 0:
         key[FUSION] = file_sha256(wd.train / "oof.parquet")
+        if rc.fold_blind:
+            key["fusion_pairs"] = pair_run_record(cfg)
     if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0:
         key[LLM] = file_sha256(wd.enrich / "votes.parquet")
     return key
 
 
+def _vote(cfg: Config, ids: np.ndarray, original: np.ndarray, sources: dict, weights: dict,
+          groups: dict) -> pd.DataFrame:
+    """`combine` and `sample_weights` over one set of sources, as rows of LABEL_COLUMNS."""
+    rc = cfg.refine
+    ref = combine(sources, weights, original, rc.threshold, rc.min_agree,
+                  rc.weights.get(ORIGINAL, 1.0), groups)
+    weight = sample_weights(ref.confidence, ref.changed, rc.min_weight, rc.weight_by_confidence)
+    labels = np.array(schema.LABELS)
+    return pd.DataFrame({
+        schema.SAMPLE_ID: ids, "original": labels[original], "refined": labels[ref.label],
+        schema.CONFIDENCE: ref.confidence, "agreed": [",".join(a) for a in ref.agreed],
+        "changed": ref.changed, "weight": weight})
+
+
+def fold_blind_labels(cfg: Config, ids: np.ndarray, original: np.ndarray,
+                      weak: pd.DataFrame | None) -> pd.DataFrame:
+    """FOLD_LABEL_COLUMNS: for each fold model j, the clips outside fold j voted by fold-blind
+    sources (weak "pair" rows, `fusion_pair_probs`, the LLM votes, which saw no label)."""
+    rc = cfg.refine
+    fusion = fusion_pair_probs(cfg) if rc.weights.get(FUSION, 0.0) > 0 else None
+    fold = pd.Series(training_fold_of(cfg)).reindex(ids).to_numpy()
+    parts = []
+    for j in range(cfg.train.folds):
+        out_j = fold != j
+        sources, weights, groups = gather_sources(cfg, ids[out_j], j, weak, fusion)
+        part = _vote(cfg, ids[out_j], original[out_j], sources, weights, groups)
+        part.insert(1, "train_fold", j)
+        parts.append(part)
+    return (pd.concat(parts, ignore_index=True)
+            .sort_values([schema.SAMPLE_ID, "train_fold"], kind="stable").reset_index(drop=True))
+
+
 def refine_labels(cfg: Config, key: dict | None = None) -> dict:
-    """`ecmf refine`: refined labels of the labeled set into `<workdir>/refine/`.
+    """`ecmf refine`: refined labels of the labeled set into `<workdir>/refine/`:
+    `labels.parquet` (one per clip, from the out-of-fold sources) and, fold-blind,
+    `fold_labels.parquet` (one per clip and fold model that trains on it).
 
     `key`: `refine_key(cfg)` when the caller has it already (it reads the manifest and the
     store's ids)."""
+    from ecmf.semi.weak import weak_probabilities
     from ecmf.train.metrics import classification_report
 
     rc = cfg.refine
@@ -220,15 +362,10 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     ids = lab[schema.SAMPLE_ID].to_numpy().astype(str)
     original = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
-    sources, weights, groups = gather_sources(cfg, ids)
-    ref = combine(sources, weights, original, rc.threshold, rc.min_agree,
-                  rc.weights.get(ORIGINAL, 1.0), groups)
-    weight = sample_weights(ref.confidence, ref.changed, rc.min_weight, rc.weight_by_confidence)
-    labels = np.array(schema.LABELS)
-    table = pd.DataFrame({
-        schema.SAMPLE_ID: ids, "original": labels[original], "refined": labels[ref.label],
-        schema.CONFIDENCE: ref.confidence, "agreed": [",".join(a) for a in ref.agreed],
-        "changed": ref.changed, "weight": weight})
+    weak = (weak_probabilities(cfg) if rc.weights.get("weak", 0.0) > 0 and rc.classifiers
+            else None)
+    sources, weights, groups = gather_sources(cfg, ids, -1, weak)
+    table = _vote(cfg, ids, original, sources, weights, groups)
     table.to_parquet(out / "labels.parquet", index=False)
 
     per_source = {}
@@ -242,22 +379,38 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     transitions = (table[table["changed"]].groupby(["original", "refined"]).size()
                    .sort_values(ascending=False))
     metrics = {
-        "n_labeled": int(len(table)), "changed": int(ref.changed.sum()),
-        "changed_fraction": round(float(ref.changed.mean()) if len(table) else 0.0, 4),
+        "n_labeled": int(len(table)), "changed": int(table["changed"].sum()),
+        "changed_fraction": round(float(table["changed"].mean()) if len(table) else 0.0, 4),
         "threshold": rc.threshold, "min_agree": rc.min_agree, "sources": per_source,
         "transitions": {f"{a}->{b}": int(v) for (a, b), v in transitions.items()},
         "refined_classes": table["refined"].value_counts().to_dict(),
-        "mean_weight": round(float(weight.mean()) if len(weight) else 0.0, 4),
+        "mean_weight": round(float(table["weight"].mean()) if len(table) else 0.0, 4),
+        "fold_blind": rc.fold_blind,
     }
+    fold_path = out / "fold_labels.parquet"
+    if rc.fold_blind:
+        folded = fold_blind_labels(cfg, ids, original, weak)
+        folded.to_parquet(fold_path, index=False)
+        mine = table.set_index(schema.SAMPLE_ID)["refined"].reindex(folded[schema.SAMPLE_ID])
+        metrics["fold_labels"] = {
+            "rows": int(len(folded)), "changed": int(folded["changed"].sum()),
+            "changed_fraction": round(float(folded["changed"].mean()) if len(folded) else 0, 4),
+            # How often a fold model's label is the one the out-of-fold sources gave.
+            "same_as_labels": round(float((mine.to_numpy() == folded["refined"].to_numpy())
+                                          .mean()) if len(folded) else 0.0, 4)}
+    elif fold_path.is_file():
+        fold_path.unlink()  # from a fold-blind refinement before: not what training uses now
     write_json(out / "metrics.json", metrics)
     write_json(out / KEY_FILE, key or refine_key(cfg))  # last: labels without it are redone
-    log.info("refine: %d of %d labels changed by %d sources", metrics["changed"], len(table),
-             len(sources))
+    log.info("refine: %d of %d labels changed by %d sources%s", metrics["changed"], len(table),
+             len(sources), f"; fold-blind: {metrics['fold_labels']['changed']} of "
+             f"{metrics['fold_labels']['rows']} fold labels" if rc.fold_blind else "")
     return metrics
 
 
 def refined_labels(cfg: Config) -> pd.DataFrame | None:
-    """The refined labels the training table should use, or None when refinement is off.
+    """The refined labels the training table should use, or None when refinement is off:
+    `fold_labels.parquet` (a `train_fold` column) when fold-blind, else `labels.parquet`.
 
     Refines first when there are none yet, or when they are stale: the refine settings, the
     labels or a source changed since `ecmf refine` wrote them (a retrained fusion model, a
@@ -270,7 +423,8 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     if not cfg.refine.enabled:
         return None
     wd = Workdir.of(cfg)
-    path, key_path = wd.refine / "labels.parquet", wd.refine / KEY_FILE
+    path = wd.refine / ("fold_labels.parquet" if cfg.refine.fold_blind else "labels.parquet")
+    key_path = wd.refine / KEY_FILE
     if not path.is_file() or not key_path.is_file():
         refine_labels(cfg)
     else:

@@ -157,7 +157,8 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
                      if k not in FREE_SETTINGS[section]} for section in ("pseudo", "train")}
     # Pseudo-labels per fold (`select_round`); rounds of an older ecmf shared them.
     key["pseudo_labels"] = "per-fold"
-    key["labels_sha256"] = frame_sha256(train_labels.sort_values(schema.SAMPLE_ID))
+    order = [c for c in (schema.SAMPLE_ID, "train_fold") if c in train_labels]
+    key["labels_sha256"] = frame_sha256(train_labels.sort_values(order, kind="stable"))
     key["first_run"] = file_sha256(wd.train / "oof.parquet")
     if weak:
         rc = cfg.refine
@@ -209,9 +210,10 @@ def _diff(old, new) -> str:
 def run_rounds(cfg: Config) -> dict:
     """Run the configured pseudo-label rounds on top of the workdir's `train` run.
 
-    With `refine.enabled`, the labeled set is refined first (once; `ecmf refine`), using the
-    `train` run's out-of-fold predictions as the fusion source, and every round trains on the
-    refined labels. With `pseudo.min_agree` > 0, the weak classifiers' pool predictions vote on
+    With `refine.enabled`, the labeled set is refined first (once; `ecmf refine`), and every
+    round trains on the refined labels: fold-blind ones by default (fold model k's from sources
+    that never saw fold k), else one per clip voted with the `train` run's out-of-fold
+    predictions. With `pseudo.min_agree` > 0, the weak classifiers' pool predictions vote on
     which pseudo-labels to trust.
     """
     from ecmf.features.store import ok_ids
@@ -235,8 +237,9 @@ def run_rounds(cfg: Config) -> dict:
     if cfg.pseudo.min_agree > 0 and cfg.refine.classifiers:
         weak = weak_probabilities(cfg)
         weak_pool = weak[weak["part"] == "pool"]
-    if refined is not None:
-        trained_on = refined[[schema.SAMPLE_ID, "refined", "weight"]]
+    if refined is not None:  # fold-blind: a label per fold model (a train_fold column)
+        trained_on = refined[[c for c in (schema.SAMPLE_ID, "train_fold", "refined", "weight")
+                              if c in refined]]
     else:
         trained_on = labeled[[schema.SAMPLE_ID, schema.LABEL]]
     key = rounds_key(cfg, trained_on, weak=weak_pool is not None)
@@ -311,7 +314,8 @@ def run_rounds(cfg: Config) -> dict:
             break
     best_round = max(history, key=lambda h: h["val_waf"])
     summary = {"rounds": history, "best": best_round, "stopped": stopped,
-               "validation_labels": "original", "refined_labels": refined is not None}
+               "validation_labels": "original", "refined_labels": refined is not None,
+               "fold_blind": refined is not None and "train_fold" in refined}
     write_json(wd.rounds / "summary.json", summary)
     return summary
 

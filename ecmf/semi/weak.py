@@ -2,9 +2,12 @@
 the labeled set (the training folds) and fold-averaged probabilities on the unlabeled pool, with
 each fold model's own top class on the pool (fold-consistent pseudo-label agreement uses those).
 
+With `refine.fold_blind`, also fold-blind probabilities on the labeled set: for fold model j,
+each sample outside fold j predicted by the model fit without fold j and the sample's own fold.
+
 Results go to `<workdir>/refine/weak_probs.parquet` (long: sample_id, source, group, part
-"oof"|"pool", prob_*, top_f<k>), reused while the classifiers, feature sets and folds are
-unchanged.
+"oof"|"pool"|"pair", train_fold, prob_*, top_f<k>), reused while the classifiers, feature sets
+and folds are unchanged.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from ecmf.workdir import Workdir, load_manifest
 log = logging.getLogger(__name__)
 WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
 # Bumped when the file's columns change, so that an older cache is fitted again: 2 added the
-# fold models' own top classes on the pool (`top_f<k>`).
-WEAK_FORMAT = 2
+# fold models' own top classes on the pool (`top_f<k>`), 3 the fold-blind "pair" rows.
+WEAK_FORMAT = 3
 
 
 def fold_top_column(fold: int) -> str:
@@ -106,6 +109,36 @@ def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: n
     return oof, pool, tops
 
 
+def fold_pairs(num_folds: int) -> list[tuple[int, int]]:
+    """Every unordered pair of folds (j < m), in a fixed order: the held-out folds of the
+    source models of fold-blind refinement."""
+    return [(j, m) for j in range(num_folds) for m in range(j + 1, num_folds)]
+
+
+def pair_oof(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+             num_classes: int, num_folds: int) -> np.ndarray:
+    """Fold-blind out-of-fold probabilities [K, N, C]: entry [j, i], for a sample i of fold
+    m != j, comes from the model fit without folds j and m, so it knows neither the sample's
+    label nor those fold j's model is validated on. NaN where m == j, and where a pair's
+    remaining folds hold fewer than two classes."""
+    out = np.full((num_folds, len(y), num_classes), np.nan)
+    for j, m in fold_pairs(num_folds):
+        tr = (folds != j) & (folds != m)
+        if name == "svm":  # calibration splits every class: a class seen once is left out
+            tr &= np.bincount(y[tr], minlength=num_classes)[y] >= 2
+        held = (folds == j) | (folds == m)
+        if len(np.unique(y[tr])) < 2 or not held.any():
+            continue
+        model = _make(name, options, y[tr])
+        model.fit(x[tr], y[tr])
+        p = np.zeros((held.sum(), num_classes))
+        p[:, model.classes_] = model.predict_proba(x[held])
+        for this, other in ((j, m), (m, j)):  # fold m's samples, for fold j's model; and back
+            rows = folds[held] == other
+            out[this, np.flatnonzero(held)[rows]] = p[rows]
+    return out
+
+
 def _make(name: str, options: dict, y: np.ndarray):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -131,10 +164,13 @@ def _task(name: str, options: dict, feature_set: list[str], data: dict, num_thre
         oof = np.full((len(y), c), np.nan)
         pool = np.full((len(xp), c), np.nan)
         tops = np.full((k, len(xp)), -1, dtype=np.int64)
+        pairs = np.full((k, len(y), c), np.nan) if data["pairs"] else None
         if have.sum() >= 2:
             oof[have], pool[have_pool], tops[:, have_pool] = fit_predict(
                 name, options, x[have], y[have], folds[have], xp[have_pool], c, k)
-    return oof, pool, tops
+            if pairs is not None:
+                pairs[:, have] = pair_oof(name, options, x[have], y[have], folds[have], c, k)
+    return oof, pool, tops, pairs
 
 
 def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
@@ -176,16 +212,23 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
-    return {"format": WEAK_FORMAT,
+    return {"format": WEAK_FORMAT, "pairs": fold_blind(cfg),
             "classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
             "folds": cfg.train.folds, "seed": cfg.train.seed,
             "samples_sha256": sha256_hex(rows.encode()),
             "store": store_fingerprint(Workdir.of(cfg).store)}
 
 
+def fold_blind(cfg: Config) -> bool:
+    """Whether refinement votes a label per fold model from sources blind to its fold."""
+    return bool(cfg.refine.fold_blind)
+
+
 def weak_probabilities(cfg: Config) -> pd.DataFrame:
     """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks;
-    reused from `refine/weak_probs.parquet` while `weak_key` is unchanged."""
+    reused from `refine/weak_probs.parquet` while `weak_key` is unchanged. With
+    `refine.fold_blind`, also rows of part "pair": fold model j's fold-blind probabilities
+    (`pair_oof`) on the labeled samples outside fold j, `train_fold` j (-1 on other rows)."""
     import ray
 
     from ecmf.features.store import read_features
@@ -212,21 +255,28 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     # One copy in the object store, shared (zero-copy) by every task.
     data = ray.put({"feats": lab.feats, "masks": lab.masks, "y": table["y"].to_numpy(),
                     "folds": table["fold"].to_numpy(), "num_folds": cfg.train.folds,
-                    "pool_feats": pool.feats, "pool_masks": pool.masks})
+                    "pool_feats": pool.feats, "pool_masks": pool.masks,
+                    "pairs": fold_blind(cfg)})
     task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
     threads = max(1, int(rc.cpus_per_task))
     jobs = {(clf, "+".join(s)): task.remote(clf, rc.options.get(clf, {}), s, data, threads)
             for clf in rc.classifiers for s in sets}
     frames = []
+    folds = table["fold"].to_numpy()
     for (clf, group), ref in jobs.items():
-        oof, pool_p, tops = ray.get(ref)
+        oof, pool_p, tops, pairs = ray.get(ref)
         no_tops = np.full((cfg.train.folds, len(lab.ids)), -1, dtype=np.int64)
-        for part, ids, p, t in (("oof", lab.ids, oof, no_tops), ("pool", pool.ids, pool_p, tops)):
+        parts = [("oof", lab.ids, oof, no_tops, -1), ("pool", pool.ids, pool_p, tops, -1)]
+        for j in range(cfg.train.folds if pairs is not None else 0):
+            out_j = folds != j
+            parts.append(("pair", lab.ids[out_j], pairs[j][out_j], no_tops[:, out_j], j))
+        for part, ids, p, t, train_fold in parts:
             df = pd.DataFrame(p, columns=list(schema.PROB_COLUMNS))
             df.insert(0, schema.SAMPLE_ID, ids)
             df.insert(1, "source", f"{clf}:{group}")
             df.insert(2, "group", group)
             df.insert(3, "part", part)
+            df.insert(4, "train_fold", np.int8(train_fold))
             for k, top in enumerate(t):
                 df[fold_top_column(k)] = top.astype(np.int8)
             frames.append(df)

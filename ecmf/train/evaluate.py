@@ -112,7 +112,7 @@ def evaluate(cfg: Config, truth_path: str | Path | None = None) -> dict:
     if (wd.refine / "metrics.json").is_file():
         refine = json.loads((wd.refine / "metrics.json").read_text())
         result["refine"] = {k: refine[k] for k in ("n_labeled", "changed", "changed_fraction",
-                                                   "transitions")}
+                                                   "transitions", "fold_labels") if k in refine}
     if truth_path:
         truth = read_truth(truth_path)
         sub_path = wd.predict / "submission.csv"

@@ -7,7 +7,11 @@ Quality, per seed: generate the demo corpus and its features, train the fusion m
 labeled set alone (the baseline), refine the labels, run the pseudo-label rounds (training on
 the refined labels), then score against the hidden truth:
 - corrected_fraction: corrupted training labels whose refined label is the true one;
-- clean_changed_fraction: clean training labels that refinement changed;
+- clean_changed_fraction: clean training labels that refinement changed (both from
+  refine/labels.parquet, one refined label per clip voted by the out-of-fold sources);
+- fold_blind_corrected_fraction, fold_blind_clean_changed_fraction: the same over the labels
+  the fold models train on (refine/fold_labels.parquet, a label per clip and fold model, voted
+  by sources fit without that model's fold), when refinement is fold-blind (the default);
 - pseudo_precision: selected pseudo-labels (every round, default threshold) that are true,
   counted per fold that took them (each fold model of a round trains on its own selection);
 - waf_gain: test WAF (x100) of the run `ecmf predict` would use (best round by validation WAF)
@@ -101,6 +105,17 @@ def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
     chosen = best_run(cfg)
     after = score_run(chosen, wd.store, test)["waf"]
     rounds_waf = [score_run(r["run"], wd.store, test)["waf"] for r in summary["rounds"][1:]]
+    folded_path = wd.refine / "fold_labels.parquet"
+    blind = {}
+    if folded_path.is_file():  # what the fold models trained on: a label per (clip, fold model)
+        folded = pd.read_parquet(folded_path)
+        f_noisy = (truth.loc[folded[schema.SAMPLE_ID], "is_noisy"].str.lower() == "true")
+        f_noisy = f_noisy.to_numpy()
+        f_right = (folded["refined"].to_numpy() ==
+                   truth.loc[folded[schema.SAMPLE_ID], "discrete"].to_numpy())
+        blind = {"fold_blind_corrected_fraction": float(f_right[f_noisy].mean()),
+                 "fold_blind_clean_changed_fraction":
+                     float(folded["changed"].to_numpy()[~f_noisy].mean())}
     fig = {
         "seed": seed,
         "corrected_fraction": float(right[noisy].mean()),
@@ -113,12 +128,14 @@ def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
         "chosen_run": str(Path(chosen).relative_to(wd.root)),
         "rounds_test_waf": rounds_waf,
         "rounds_val_waf": [r["val_waf"] for r in summary["rounds"]],
+        **blind,
         "noisy_labels": int(noisy.sum()), "changed": int(labels["changed"].sum()),
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }
     print(f"seed {seed}: corrected {fig['corrected_fraction']:.3f}, clean changed "
           f"{fig['clean_changed_fraction']:.3f}, pseudo precision {fig['pseudo_precision']:.3f} "
-          f"({len(pseudo)} labels of {fig['pseudo_clips']} clips), test WAF {100 * base:.2f} -> {100 * after:.2f} "
+          f"({len(pseudo)} labels of {fig['pseudo_clips']} clips), test WAF {100 * base:.2f} -> "
+          f"{100 * after:.2f} "
           f"({fig['chosen_run']}), {sum(times.values()):.0f} s", flush=True)
     return fig
 
@@ -263,8 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
         for s in seeds:
             per_seed.append(quality_seed(s, root, args.set))
             for key in ("corrected_fraction", "clean_changed_fraction", "pseudo_precision",
-                        "waf_gain"):
-                figures[key] = float(np.nanmean([f[key] for f in per_seed]))
+                        "waf_gain", "fold_blind_corrected_fraction",
+                        "fold_blind_clean_changed_fraction"):
+                if all(key in f for f in per_seed):
+                    figures[key] = float(np.nanmean([f[key] for f in per_seed]))
             figures["seeds"] = per_seed
             # After every seed, so that an interrupted run still leaves its figures.
             out.write_text(json.dumps({**figures, "complete": False}, indent=2) + "\n")

@@ -5,7 +5,9 @@ model that memorised its training folds labels the copies of those folds' clips 
 on the rest. A pseudo-label taken from the fold ensemble then tells fold k's next model the label
 of (a copy of) every clip it is validated on, and its out-of-fold WAF soars on noise; the
 fold-consistent selection of the rounds (fold k's labels from fold k's teacher) keeps it at
-chance. Plain `train_one_fold`, no Ray.
+chance. Refined labels leak the same way when the sources that vote them saw every other fold;
+fold-blind refinement (sources fit without the model's fold and the clip's) does not. Plain
+`train_one_fold`, no Ray.
 """
 
 from __future__ import annotations
@@ -86,3 +88,66 @@ def test_fold_consistent_pseudo_labels_keep_validation_blind(world):
     alone = out_of_fold_waf(world, None)
     assert out_of_fold_waf(world, leaky) > 0.8  # the leak: validation labels learnt via the pool
     assert out_of_fold_waf(world, consistent) < alone + 0.15  # noise stays noise
+
+
+def _val_waf(manifest: pd.DataFrame, feats: dict, row: dict, refined: pd.DataFrame | None
+             ) -> float:
+    """Mean validation WAF (against the original labels) of fold models trained on `refined`."""
+    table = training_table(manifest, FOLDS, 0, refined=refined)
+    rows = np.array([row[s] for s in table[schema.SAMPLE_ID]])
+    data = {schema.SAMPLE_ID: table[schema.SAMPLE_ID].to_numpy(), "y": table["y"].to_numpy(),
+            "weight": table["weight"].to_numpy(np.float32), "fold": table["fold"].to_numpy(),
+            "train_fold": table["train_fold"].to_numpy()}
+    for f in DIMS:
+        data[schema.feature_column(f)] = feats[f][rows]
+        data[schema.mask_column(f)] = np.ones(len(rows), dtype=bool)
+    tc = TrainConfig(folds=FOLDS, epochs=40, hidden=32, heads=2, batch_size=16, lr=1e-2,
+                     dropout=0.0, modality_dropout=0.0, weight_decay=0.0)
+    return float(np.mean([train_one_fold(tc, data, list(DIMS), DIMS, k)["val_waf"]
+                          for k in range(FOLDS)]))
+
+
+def test_fold_blind_refined_labels_keep_validation_blind():
+    """Every labeled clip has a twin (a near-copy) among the labeled clips, labels pure noise,
+    and a 1-NN weak source that outvotes the original label. Refined out of fold, a clip's
+    label is its twin's whenever the twin lies in another fold: fold k's model then trains on
+    the labels of its own validation clips. Fold-blind, fold k's labels come from sources that
+    never saw fold k."""
+    from ecmf.semi.refine import combine
+    from ecmf.semi.weak import fit_predict, pair_oof
+
+    rng = np.random.default_rng(5)
+    half = N // 2
+    ids = np.array([f"t{i:03d}" for i in range(N)])
+    y = rng.integers(0, C, N)
+    manifest = pd.DataFrame({schema.SAMPLE_ID: ids, schema.SPLIT: "train",
+                             schema.LABEL: np.array(schema.LABELS)[y]})
+    feats = {}
+    for f, d in DIMS.items():
+        x = rng.normal(0, 1, (half, d)).astype(np.float32)
+        feats[f] = np.concatenate([x, x + rng.normal(0, 0.01, x.shape).astype(np.float32)])
+    row = {s: i for i, s in enumerate(ids)}
+    fold = training_table(manifest, FOLDS, 0).set_index(schema.SAMPLE_ID).loc[ids, "fold"]
+    fold = fold.to_numpy()
+    x = np.concatenate([feats[f] for f in DIMS], axis=1)
+    knn = {"n_neighbors": 1}
+
+    def vote(probs: np.ndarray) -> np.ndarray:
+        ref = combine({"knn": probs}, {"knn": 2.0}, y, threshold=0.5, min_agree=1)
+        return np.array(schema.LABELS)[ref.label]
+
+    def per_fold(labels_for) -> pd.DataFrame:  # the fold-blind table format, fold by fold
+        parts = [pd.DataFrame({schema.SAMPLE_ID: ids[fold != j], "train_fold": j,
+                               "refined": labels_for(j)[fold != j], "weight": 1.0})
+                 for j in range(FOLDS)]
+        return pd.concat(parts, ignore_index=True)
+
+    oof, _, _ = fit_predict("knn", knn, x, y, fold, x[:0], C)
+    pairs = pair_oof("knn", knn, x, y, fold, C, FOLDS)
+    out_of_fold = vote(oof)
+    leaky = per_fold(lambda j: out_of_fold)  # the same label for every fold model
+    blind = per_fold(lambda j: vote(np.nan_to_num(pairs[j], nan=1.0 / C)))
+
+    alone = _val_waf(manifest, feats, row, None)
+    assert _val_waf(manifest, feats, row, leaky) > alone + 0.25
+    assert _val_waf(manifest, feats, row, blind) < alone + 0.15

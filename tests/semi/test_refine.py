@@ -130,3 +130,30 @@ def test_random_votes_never_change_a_label_without_enough_agreement():
     assert (backing[r.changed] >= 3).all()
     assert (r.label[~r.changed] == original[~r.changed]).all()
     assert (r.confidence[r.changed] >= 0.3).all()
+
+
+def test_pair_table_trains_each_pair_model_without_both_of_its_folds():
+    import pandas as pd
+
+    from ecmf import schema
+    from ecmf.semi.refine import pair_table
+    from ecmf.semi.weak import fold_pairs
+
+    folds = 4
+    table = pd.DataFrame({schema.SAMPLE_ID: [f"c{i:02d}" for i in range(20)],
+                          "y": np.arange(20) % 6, "weight": 1.0, "fold": np.arange(20) % folds,
+                          "train_fold": -1})
+    pt = pair_table(table, folds)
+    assert len(pt) == 20 * len(fold_pairs(folds))
+    fold_of = table.set_index(schema.SAMPLE_ID)["fold"]
+    for p, (a, b) in enumerate(fold_pairs(folds)):
+        mine = pt[pt["train_fold"] == p]
+        own = fold_of.loc[mine[schema.SAMPLE_ID]].to_numpy()
+        # What train_one_fold(fold=p) trains on, and validates on.
+        train = mine[mine["fold"] != p]
+        val = mine[mine["fold"] == p]
+        assert not fold_of.loc[train[schema.SAMPLE_ID]].isin([a, b]).any()
+        assert set(fold_of.loc[val[schema.SAMPLE_ID]]) == {a, b}
+        assert len(train) + len(val) == 20 and (np.isin(own, [a, b]) == (mine["fold"] == p)).all()
+    # Labels and weights are the table's own (original labels).
+    assert (pt.groupby(schema.SAMPLE_ID)["y"].nunique() == 1).all()

@@ -84,10 +84,43 @@ def test_refine_writes_labels_with_provenance_and_keeps_the_original(run):
     weak = pd.read_parquet(root / "refine" / "weak_probs.parquet")
     # 3 classifiers x (a, b, a+b), on the labeled set (OOF) and the pool.
     assert weak["source"].nunique() == 9
-    assert sorted(weak["part"].unique()) == ["oof", "pool"]
+    assert sorted(weak["part"].unique()) == ["oof", "pair", "pool"]
     metrics = json.loads((root / "refine" / "metrics.json").read_text())
     assert metrics["changed"] == len(changed)
     assert "fusion" in metrics["sources"]
+
+
+def test_fold_blind_labels_come_from_sources_blind_to_the_fold(run):
+    """Each clip has a label for every fold model but its own fold's, voted by the weak
+    classifiers' and the fusion pair run's models fit without both folds."""
+    from ecmf.semi.refine import FOLD_LABEL_COLUMNS
+    from ecmf.semi.weak import fold_pairs
+
+    root = run["root"]
+    folded = pd.read_parquet(root / "refine" / "fold_labels.parquet")
+    assert list(folded.columns) == FOLD_LABEL_COLUMNS
+    table = pd.read_parquet(root / "train" / "training_table.parquet")
+    fold = table.set_index(schema.SAMPLE_ID)["fold"]
+    assert len(folded) == N_TRAIN * 2  # 3 folds: two other fold models per clip
+    assert (folded["train_fold"].to_numpy() != fold.loc[folded[schema.SAMPLE_ID]].to_numpy()
+            ).all()
+    assert (folded["changed"] == (folded["original"] != folded["refined"])).all()
+    # The fusion source: a fold model per pair of folds, none trained on either of its folds.
+    pairs = root / "refine" / "pairs"
+    assert len(list((pairs / "models").glob("fold_*.pt"))) == len(fold_pairs(3)) == 3
+    pt = pd.read_parquet(pairs / "training_table.parquet")
+    for p, (a, b) in enumerate(fold_pairs(3)):
+        trained = pt[(pt["train_fold"] == p) & (pt["fold"] != p)]
+        assert len(trained) and not fold.loc[trained[schema.SAMPLE_ID]].isin([a, b]).any()
+    oof = pd.read_parquet(pairs / "oof.parquet")
+    assert len(oof) == N_TRAIN * 2  # each clip held out by the two pairs with its fold
+    metrics = json.loads((root / "refine" / "metrics.json").read_text())
+    assert metrics["fold_blind"] is True and metrics["fold_labels"]["rows"] == len(folded)
+    # Separable clusters: fold-blind votes fix what the out-of-fold ones fix, nearly.
+    truth = run["truth"].set_index(schema.SAMPLE_ID)["truth"]
+    right = folded["refined"].to_numpy() == truth.loc[folded[schema.SAMPLE_ID]].to_numpy()
+    orig_right = folded["original"].to_numpy() == truth.loc[folded[schema.SAMPLE_ID]].to_numpy()
+    assert right.mean() > orig_right.mean()
 
 
 def test_two_rounds_train_on_refined_labels_and_pseudo_labels_with_provenance(run):
@@ -105,9 +138,17 @@ def test_two_rounds_train_on_refined_labels_and_pseudo_labels_with_provenance(ru
     assert (r1[schema.CONFIDENCE] >= 0.3).all()
     assert r1["agreed"].str.startswith("fusion-fold-model,").all()  # min_agree=1
     table = pd.read_parquet(root / "rounds" / "1" / "training_table.parquet")
-    refined = pd.read_parquet(root / "refine" / "labels.parquet").set_index(schema.SAMPLE_ID)
-    lab = table[table["fold"] >= 0].set_index(schema.SAMPLE_ID)
-    assert (np.array(schema.LABELS)[lab["y"]] == refined.loc[lab.index, "refined"]).all()
+    # Fold model k trains on its fold-blind labels and validates on the original ones.
+    folded = pd.read_parquet(root / "refine" / "fold_labels.parquet").set_index(
+        [schema.SAMPLE_ID, "train_fold"])
+    lab = table[table["fold"] >= 0]
+    train = lab[lab["train_fold"] != lab["fold"]].set_index([schema.SAMPLE_ID, "train_fold"])
+    assert len(train) == len(folded)
+    assert (np.array(schema.LABELS)[train["y"]] == folded.loc[train.index, "refined"]).all()
+    val = lab[lab["train_fold"] == lab["fold"]].set_index(schema.SAMPLE_ID)
+    manifest = pd.read_parquet(root / "manifest.parquet").set_index(schema.SAMPLE_ID)
+    assert len(val) == N_TRAIN
+    assert (np.array(schema.LABELS)[val["y"]] == manifest.loc[val.index, schema.LABEL]).all()
     assert (table["fold"] == -1).sum() == len(r1)
     assert (table.loc[table["fold"] == -1, "train_fold"].sort_values().to_numpy() ==
             r1["train_fold"].sort_values().to_numpy()).all()
@@ -116,7 +157,7 @@ def test_two_rounds_train_on_refined_labels_and_pseudo_labels_with_provenance(ru
             assert (root / "rounds" / k / name).is_file()
     summary = json.loads((root / "rounds" / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
-    assert summary["refined_labels"] is True
+    assert summary["refined_labels"] is True and summary["fold_blind"] is True
 
 
 def test_each_fold_trains_on_the_labels_its_own_model_chose(run):
@@ -264,3 +305,16 @@ def test_a_round_that_selects_nothing_is_not_trained(copy):
     assert json.loads((root / "rounds" / "1" / "selection.json").read_text())["added"] == 0
     assert not (root / "rounds" / "1" / "models").exists()
     assert summary["best"]["run"] == str(root / "train")
+
+
+def test_out_of_fold_refinement_still_available_and_replaces_fold_labels(copy):
+    from ecmf.semi.refine import refined_labels
+
+    root, cfg = copy
+    assert "train_fold" in refined_labels(cfg)
+    cfg.refine.fold_blind = False
+    plain = refined_labels(cfg)
+    assert "train_fold" not in plain and len(plain) == N_TRAIN
+    assert not (root / "refine" / "fold_labels.parquet").exists()
+    weak = pd.read_parquet(root / "refine" / "weak_probs.parquet")
+    assert "pair" not in set(weak["part"])  # refitted without the fold-blind rows

@@ -74,3 +74,37 @@ def test_design_matrix_appends_masks_for_several_features():
     x, have = design_matrix(feats, masks, ["a", "b"])
     assert x.shape == (3, 8) and x[:, -2:].tolist() == [[1, 0], [0, 0], [0, 1]]
     assert have.tolist() == [True, False, True]
+
+
+def test_fold_pairs_are_every_unordered_pair_once():
+    from ecmf.semi.weak import fold_pairs
+
+    assert fold_pairs(3) == [(0, 1), (0, 2), (1, 2)]
+    assert len(fold_pairs(5)) == 10 and len(set(fold_pairs(5))) == 10
+
+
+def test_pair_probabilities_come_from_models_blind_to_both_folds():
+    # Every clip has a twin (a near-copy) in the set and the labels are pure noise. A 1-NN model
+    # that saw the twin repeats the twin's label. Fold j's entry for a clip of fold m comes from
+    # the model fit without folds j and m: it never repeats a twin that lies in fold j or m.
+    from ecmf.semi.weak import pair_oof
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(60, 4))
+    x = np.concatenate([base, base + rng.normal(0, 1e-3, base.shape)])
+    y = rng.integers(0, 3, 120)
+    twin = np.r_[np.arange(60, 120), np.arange(60)]
+    folds = rng.integers(0, 4, 120)
+    pairs = pair_oof("knn", {"n_neighbors": 1}, x, y, folds, num_classes=3, num_folds=4)
+    assert pairs.shape == (4, 120, 3)
+    for j in range(4):
+        assert np.isnan(pairs[j, folds == j]).all()
+        outside = folds != j
+        assert np.allclose(pairs[j, outside].sum(1), 1.0)
+        top = pairs[j].argmax(1)
+        seen = outside & (folds[twin] != j) & (folds[twin] != folds)
+        blind = outside & ~seen
+        assert (top[seen] == y[twin][seen]).all()  # the twin was fit on: repeated
+        assert seen.sum() > 20 and blind.sum() > 10
+        # Twins in fold j (or the clip's own fold) were never seen: no better than chance.
+        assert (top[blind] == y[twin][blind]).mean() < 0.6
