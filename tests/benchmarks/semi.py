@@ -12,6 +12,11 @@ the refined labels), then score against the hidden truth:
 - fold_blind_corrected_fraction, fold_blind_clean_changed_fraction: the same over the labels
   the fold models train on (refine/fold_labels.parquet, a label per clip and fold model, voted
   by sources fit without that model's fold), when refinement is fold-blind (the default);
+- frontier_fusion_corrected, frontier_oracle_corrected: ceilings of the correction bar, the
+  most corrupted labels one source corrects at 5% of the clean ones changed (the best
+  threshold on its margin over the given label, chosen with the truth): the fusion model's
+  out-of-fold predictions, and those of the same model trained on the hidden true labels
+  (`oracle_test_waf`: its test WAF, what clean labels are worth);
 - pseudo_precision: selected pseudo-labels (every round, default threshold) that are true,
   counted per fold that took them (each fold model of a round trains on its own selection);
 - waf_gain: test WAF (x100) of the run `ecmf predict` would use (best round by validation WAF)
@@ -56,6 +61,30 @@ SCALE_DIM = 256
 # ------------------------------------------------------------------------------------ quality
 
 
+def correction_frontier(probs, given, truth, noisy, max_clean: float = 0.05) -> float:
+    """The most corrupted labels one source can correct while changing at most `max_clean` of
+    the clean ones: labels whose top class differs are changed in order of the top class's
+    margin over the given label, and the best prefix is taken (an upper bound for any
+    threshold on that margin)."""
+    import numpy as np
+
+    probs = np.asarray(probs, dtype=np.float64)
+    rows = np.arange(len(given))
+    top = probs.argmax(axis=1)
+    margin = probs[rows, top] - probs[rows, given]
+    order = [i for i in np.argsort(-margin, kind="stable") if top[i] != given[i]]
+    n_clean, n_noisy = int((~noisy).sum()), int(noisy.sum())
+    best = corrected = changed = 0
+    for i in order:
+        if noisy[i]:
+            corrected += int(top[i] == truth[i])
+        else:
+            changed += 1
+        if changed <= max_clean * n_clean:
+            best = max(best, corrected)
+    return best / n_noisy if n_noisy else float("nan")
+
+
 def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
     """One seed: corpus, features, baseline, refinement, rounds; figures against the truth."""
     import numpy as np
@@ -68,8 +97,8 @@ def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
     from ecmf.semi.refine import refine_labels
     from ecmf.semi.rounds import best_run, run_rounds
     from ecmf.train.evaluate import score_run
-    from ecmf.train.fit import train_stage
-    from ecmf.workdir import Workdir
+    from ecmf.train.fit import fit, train_stage, training_table
+    from ecmf.workdir import Workdir, load_manifest
 
     out = root / f"seed{seed}"
     # The enriched text of the demo comes from a random LM: neither extracted nor voted here.
@@ -99,6 +128,25 @@ def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
     last = summary["rounds"][-1]
     pseudo = (pd.read_parquet(Path(last["run"]) / "labels.parquet") if last["round"] > 0
               else pd.DataFrame(columns=[schema.SAMPLE_ID, schema.LABEL]))
+    # Ceilings: how much one source could correct (the fusion model's out-of-fold predictions,
+    # and those of a fusion model trained on the hidden true labels), and the test WAF of that
+    # model: what perfectly clean labels would give.
+    t = time.perf_counter()
+    table = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed)
+    truth_idx = np.array([schema.label_index(v) for v in
+                          truth.loc[table[schema.SAMPLE_ID], "discrete"]])
+    oracle_dir = out / "oracle"
+    if not (oracle_dir / "oof.parquet").is_file():
+        fit(cfg, table.assign(y=truth_idx), oracle_dir)
+    times["oracle"] = time.perf_counter() - t
+    t_noisy = (truth.loc[table[schema.SAMPLE_ID], "is_noisy"].str.lower() == "true").to_numpy()
+    frontier = {}
+    for name, run in (("fusion", wd.train), ("oracle", oracle_dir)):
+        oof = pd.read_parquet(run / "oof.parquet").set_index(schema.SAMPLE_ID)
+        oof = oof.reindex(table[schema.SAMPLE_ID])[list(schema.PROB_COLUMNS)].to_numpy()
+        have = np.isfinite(oof).all(axis=1)  # clips without features have no prediction
+        frontier[name] = correction_frontier(oof[have], table["y"].to_numpy()[have],
+                                             truth_idx[have], t_noisy[have])
     pseudo_right = (pseudo[schema.LABEL].to_numpy() ==
                     truth.loc[pseudo[schema.SAMPLE_ID], "discrete"].to_numpy())
     base = score_run(wd.train, wd.store, test)["waf"]
@@ -129,6 +177,9 @@ def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
         "rounds_test_waf": rounds_waf,
         "rounds_val_waf": [r["val_waf"] for r in summary["rounds"]],
         **blind,
+        "frontier_fusion_corrected": frontier["fusion"],
+        "frontier_oracle_corrected": frontier["oracle"],
+        "oracle_test_waf": score_run(oracle_dir, wd.store, test)["waf"],
         "noisy_labels": int(noisy.sum()), "changed": int(labels["changed"].sum()),
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }
@@ -281,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
             per_seed.append(quality_seed(s, root, args.set))
             for key in ("corrected_fraction", "clean_changed_fraction", "pseudo_precision",
                         "waf_gain", "fold_blind_corrected_fraction",
-                        "fold_blind_clean_changed_fraction"):
+                        "fold_blind_clean_changed_fraction", "frontier_fusion_corrected",
+                        "frontier_oracle_corrected", "oracle_test_waf"):
                 if all(key in f for f in per_seed):
                     figures[key] = float(np.nanmean([f[key] for f in per_seed]))
             figures["seeds"] = per_seed
