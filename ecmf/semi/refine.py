@@ -243,9 +243,10 @@ def pair_run_record(cfg: Config) -> dict:
     return run_record(pcfg, features, dims, table)
 
 
-def fusion_pair_probs(cfg: Config) -> pd.DataFrame:
+def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
     """Fold-blind fusion probabilities: sample_id, train_fold j, prob_* for every labeled clip
-    outside fold j, from the fusion model fit without fold j and the clip's fold.
+    outside fold j, from the fusion model fit without fold j and the clip's fold (`fold_of`:
+    `training_fold_of`).
 
     Trains `<workdir>/refine/pairs` with Ray Train (one fold model per pair of folds) unless a
     finished run there has the same settings, features and table."""
@@ -269,7 +270,7 @@ def fusion_pair_probs(cfg: Config) -> pd.DataFrame:
     oof = pd.read_parquet(out / "oof.parquet")  # a row per (clip, pair that holds it out)
     pairs = np.array(fold_pairs(cfg.train.folds))
     # The clip's own fold m is one of its validation pair's two; fold j is the other.
-    m = oof[schema.SAMPLE_ID].map(training_fold_of(cfg)).to_numpy()
+    m = oof[schema.SAMPLE_ID].map(fold_of).to_numpy()
     a, b = pairs[oof["fold"].to_numpy(), 0], pairs[oof["fold"].to_numpy(), 1]
     frame = oof[[schema.SAMPLE_ID, *schema.PROB_COLUMNS]].copy()
     frame.insert(1, "train_fold", np.where(m == a, b, a))
@@ -330,8 +331,9 @@ def fold_blind_labels(cfg: Config, ids: np.ndarray, original: np.ndarray,
     """FOLD_LABEL_COLUMNS: for each fold model j, the clips outside fold j voted by fold-blind
     sources (weak "pair" rows, `fusion_pair_probs`, the LLM votes, which saw no label)."""
     rc = cfg.refine
-    fusion = fusion_pair_probs(cfg) if rc.weights.get(FUSION, 0.0) > 0 else None
-    fold = pd.Series(training_fold_of(cfg)).reindex(ids).to_numpy()
+    fold_of = training_fold_of(cfg)
+    fusion = fusion_pair_probs(cfg, fold_of) if rc.weights.get(FUSION, 0.0) > 0 else None
+    fold = pd.Series(fold_of).reindex(ids).to_numpy()
     parts = []
     for j in range(cfg.train.folds):
         out_j = fold != j

@@ -212,16 +212,11 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
-    return {"format": WEAK_FORMAT, "pairs": fold_blind(cfg),
+    return {"format": WEAK_FORMAT, "pairs": rc.fold_blind,
             "classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
             "folds": cfg.train.folds, "seed": cfg.train.seed,
             "samples_sha256": sha256_hex(rows.encode()),
             "store": store_fingerprint(Workdir.of(cfg).store)}
-
-
-def fold_blind(cfg: Config) -> bool:
-    """Whether refinement votes a label per fold model from sources blind to its fold."""
-    return bool(cfg.refine.fold_blind)
 
 
 def weak_probabilities(cfg: Config) -> pd.DataFrame:
@@ -256,7 +251,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     data = ray.put({"feats": lab.feats, "masks": lab.masks, "y": table["y"].to_numpy(),
                     "folds": table["fold"].to_numpy(), "num_folds": cfg.train.folds,
                     "pool_feats": pool.feats, "pool_masks": pool.masks,
-                    "pairs": fold_blind(cfg)})
+                    "pairs": rc.fold_blind})
     task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
     threads = max(1, int(rc.cpus_per_task))
     jobs = {(clf, "+".join(s)): task.remote(clf, rc.options.get(clf, {}), s, data, threads)
