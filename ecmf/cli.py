@@ -122,6 +122,9 @@ def cmd_submit(args):
     address = jobs.resolve_address(args.address)
     sid = args.submission_id or spec.submission_id or jobs.new_submission_id(spec.name)
     print(f"equivalent: {jobs.ray_job_submit_command(spec, address, sid)}")
+    if spec.hidden_names():
+        print(f"ecmf submit: {', '.join(spec.hidden_names())} shown as {jobs.MASK}; the job gets "
+              "the real values", file=sys.stderr)
     if args.dry_run:
         return None
     client = jobs.connect(address)
@@ -182,8 +185,10 @@ def _add_job_arguments(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("job", help="job spec, e.g. jobs/train.yaml (format: jobs/README.md)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="config override added to every step (repeatable)")
-        p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                       help="env var of the job's runtime environment (repeatable)")
+        p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                       help="env var of the job's runtime environment; NAME alone takes its "
+                       "value from this shell, keeping a secret off the command line; values "
+                       "are printed as *** (repeatable)")
         p.add_argument("--submission-id", help="default: the spec's, else <name>-<time>-<hex>")
         p.add_argument("--dry-run", action="store_true",
                        help="print the equivalent `ray job submit` line and stop")

@@ -31,6 +31,12 @@ SPEC_KEYS = {"name", "description", "config", "steps", "set", "entrypoint", "run
              "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
              "submission_id", "metadata"}
 NOT_A_STEP = {"submit", "jobs"}  # commands that talk to a cluster cannot run inside a job
+# An env var with a word of its name ending in one of these (any case, plural too) carries a
+# secret: HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, OPENAI_APIKEY; not
+# TOKENIZERS_PARALLELISM. Its value is sent to the cluster but never printed.
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+_SECRET_NAME = re.compile(rf"(?:^|[^A-Z0-9])[A-Z0-9]*(?:{'|'.join(SECRET_WORDS)})S?(?:[^A-Z0-9]|$)")
+MASK = "***"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
@@ -50,12 +56,43 @@ class JobSpec:
     path: Path
     name: str
     entrypoint: str
-    runtime_env: dict[str, Any]
+    runtime_env: dict[str, Any] = field(repr=False)  # real secret values: show masked_runtime_env()
     entrypoint_num_cpus: float = 1.0
     entrypoint_num_gpus: float = 0.0
     entrypoint_memory: int = 0
     submission_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    secret_names: frozenset[str] = frozenset()  # given through --env: masked whatever their name
+
+    def hidden_names(self) -> list[str]:
+        """The env_vars whose values ecmf never prints: secret-looking names and every --env."""
+        env = self.runtime_env.get("env_vars") or {}
+        return sorted(k for k in env if k in self.secret_names or is_secret_name(k))
+
+    def masked_runtime_env(self) -> dict[str, Any]:
+        """The runtime env as ecmf prints it: every hidden env var's value is ***."""
+        if "env_vars" not in self.runtime_env:
+            return dict(self.runtime_env)
+        return {**self.runtime_env,
+                "env_vars": masked_env(self.runtime_env["env_vars"], self.secret_names)}
+
+    def redact(self, text: str) -> str:
+        """`text` (an error from the cluster, say) with every hidden env var's value as ***."""
+        env = self.runtime_env.get("env_vars") or {}
+        for value in sorted((env[k] for k in self.hidden_names()), key=len, reverse=True):
+            if value:
+                text = text.replace(value, MASK)
+        return text
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an env var's name looks like a token, key, password or credential."""
+    return bool(_SECRET_NAME.search(name.upper()))
+
+
+def masked_env(env_vars: dict[str, str], secret_names=()) -> dict[str, str]:
+    """`env_vars` with the value of each name in `secret_names` or looking secret shown as ***."""
+    return {k: MASK if k in secret_names or is_secret_name(k) else v for k, v in env_vars.items()}
 
 
 def parse_memory(value: Any, where: str) -> int:
@@ -68,13 +105,19 @@ def parse_memory(value: Any, where: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
-def _pairs(items, where: str) -> dict[str, str]:
+def env_pairs(items) -> dict[str, str]:
+    """`--env NAME=VALUE`, or `--env NAME` for NAME's value in this shell (off the command line)."""
     out = {}
     for item in items:
-        if "=" not in item:
-            raise JobError(f"{where} {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not name:  # never quote the item: its value may be a secret
+            raise JobError("--env: expected NAME=VALUE or NAME, got no NAME before the =")
+        if not eq:
+            if name not in os.environ:
+                raise JobError(f"--env {name}: {name} is not set in this shell; export it first")
+            value = os.environ[name]
+        out[name] = value
     return out
 
 
@@ -134,7 +177,8 @@ def load_job_spec(path: str | Path, sets: list[str] = (), env: list[str] = ()) -
     bad = [k for k, v in env_vars.items() if v is None or isinstance(v, (dict, list))]
     if bad:
         raise JobError(f"{path}: runtime_env.env_vars {bad}: expected plain string values")
-    renv["env_vars"] = {k: str(v) for k, v in {**env_vars, **_pairs(env, "--env")}.items()}
+    cli_env = env_pairs(env)
+    renv["env_vars"] = {k: str(v) for k, v in {**env_vars, **cli_env}.items()}
 
     all_sets = [*(raw.get("set") or []), *sets]
     config = raw.get("config")
@@ -170,6 +214,7 @@ def load_job_spec(path: str | Path, sets: list[str] = (), env: list[str] = ()) -
                                        f"{path}: entrypoint_memory"),
         submission_id=raw.get("submission_id"),
         metadata={"ecmf_job": name, "ecmf_spec": str(path), **meta},
+        secret_names=frozenset(cli_env),
     )
 
 
@@ -186,9 +231,9 @@ def resolve_address(address: str | None) -> str:
 
 
 def ray_job_submit_command(spec: JobSpec, address: str, submission_id: str) -> str:
-    """The plain `ray job submit` line that submits the same job."""
+    """The plain `ray job submit` line that submits the same job, hidden env values as ***."""
     words = ["ray", "job", "submit", "--address", address, "--submission-id", submission_id,
-             "--runtime-env-json", json.dumps(spec.runtime_env, sort_keys=True),
+             "--runtime-env-json", json.dumps(spec.masked_runtime_env(), sort_keys=True),
              "--metadata-json", json.dumps(spec.metadata, sort_keys=True),
              "--entrypoint-num-cpus", f"{spec.entrypoint_num_cpus:g}"]
     if spec.entrypoint_num_gpus:
@@ -230,12 +275,18 @@ def _about(job_id: str):
 def submit(client, spec: JobSpec, submission_id: str | None = None) -> str:
     """Submit the spec; returns the submission id."""
     sid = submission_id or spec.submission_id or new_submission_id(spec.name)
-    with _about(sid):
-        return client.submit_job(
-            entrypoint=spec.entrypoint, submission_id=sid, runtime_env=spec.runtime_env,
-            metadata=spec.metadata, entrypoint_num_cpus=spec.entrypoint_num_cpus,
-            entrypoint_num_gpus=spec.entrypoint_num_gpus,
-            entrypoint_memory=spec.entrypoint_memory)
+    try:
+        with _about(sid):
+            return client.submit_job(
+                entrypoint=spec.entrypoint, submission_id=sid, runtime_env=spec.runtime_env,
+                metadata=spec.metadata, entrypoint_num_cpus=spec.entrypoint_num_cpus,
+                entrypoint_num_gpus=spec.entrypoint_num_gpus,
+                entrypoint_memory=spec.entrypoint_memory)
+    except Exception as e:  # Ray may quote the runtime env back: never with its secret values
+        message = spec.redact(str(e))
+        if message == str(e):
+            raise
+        raise JobError(message) from None
 
 
 def _iso(ms: int | None) -> str | None:

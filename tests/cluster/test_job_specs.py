@@ -177,3 +177,99 @@ def test_unreachable_cluster_and_missing_id_are_named(capsys):
     assert f"cannot reach the Ray Jobs API at {address}" in capsys.readouterr().err
     assert main(["jobs", "status", "--address", address]) == 2
     assert "give the job's submission id" in capsys.readouterr().err
+
+
+class _Client:
+    """Stands in for a JobSubmissionClient: records what would be sent, or fails like Ray."""
+
+    def __init__(self, error: str | None = None):
+        self.sent, self.error = {}, error
+
+    def submit_job(self, **kwargs):
+        if self.error:  # the Jobs API quoting the runtime env back, as its errors can
+            raise RuntimeError(f"{self.error}: {kwargs['runtime_env']}")
+        self.sent = kwargs
+        return kwargs["submission_id"]
+
+
+def _runtime_env_printed(out: str) -> dict:
+    words = shlex.split(out.splitlines()[0].removeprefix("equivalent: "))
+    return json.loads(words[words.index("--runtime-env-json") + 1])
+
+
+@pytest.mark.parametrize("name,secret", [
+    ("HF_TOKEN", True), ("AWS_SECRET_ACCESS_KEY", True), ("WANDB_API_KEY", True),
+    ("RAY_AUTH_TOKEN", True), ("db_password", True), ("SMTP_PASSWD", True),
+    ("GOOGLE_APPLICATION_CREDENTIALS", True), ("OPENAI_APIKEY", True), ("hfToken", True),
+    ("RAY_AUTH_MODE", True), ("OMP_NUM_THREADS", False), ("HF_HOME", False),
+    ("HF_HUB_OFFLINE", False), ("ECMF_DEMO_OUT", False), ("TOKENIZERS_PARALLELISM", False),
+    ("AUTHOR", False)])
+def test_secret_names(name, secret):
+    assert jobs.is_secret_name(name) is secret
+
+
+def test_masked_env_hides_secret_names_and_the_given_ones():
+    env = {"HF_TOKEN": "t", "OMP_NUM_THREADS": "4", "ECMF_DEMO_OUT": "/x"}
+    assert jobs.masked_env(env) == {"HF_TOKEN": "***", "OMP_NUM_THREADS": "4",
+                                    "ECMF_DEMO_OUT": "/x"}
+    assert jobs.masked_env(env, {"ECMF_DEMO_OUT"})["ECMF_DEMO_OUT"] == "***"
+    assert env["HF_TOKEN"] == "t"  # pure: the caller's dict keeps its values
+
+
+def test_submit_env_value_is_never_printed_but_is_sent(monkeypatch, capsys):
+    spec = str(REPO / "jobs" / "train.yaml")
+    assert main(["submit", spec, "--env", "HF_TOKEN=abc", "--env", "ECMF_X=plain-value",
+                 "--dry-run", "--submission-id", "dry-1"]) == 0
+    printed = capsys.readouterr()
+    assert "abc" not in printed.out + printed.err
+    assert "plain-value" not in printed.out + printed.err  # every --env value, whatever its name
+    env = _runtime_env_printed(printed.out)["env_vars"]
+    assert env["HF_TOKEN"] == env["ECMF_X"] == "***" and env["HF_HUB_OFFLINE"] == "1"
+    assert "ECMF_X, HF_TOKEN shown as ***" in printed.err
+
+    client = _Client()
+    monkeypatch.setattr(jobs, "connect", lambda address: client)
+    assert main(["submit", spec, "--env", "HF_TOKEN=abc", "--submission-id", "sent-1"]) == 0
+    printed = capsys.readouterr()
+    assert "abc" not in printed.out + printed.err and "submitted sent-1" in printed.out
+    assert client.sent["runtime_env"]["env_vars"]["HF_TOKEN"] == "abc"
+
+
+def test_a_cluster_error_quoting_the_runtime_env_is_redacted(monkeypatch, capsys):
+    monkeypatch.setattr(jobs, "connect", lambda address: _Client("runtime_env rejected"))
+    assert main(["submit", str(REPO / "jobs" / "train.yaml"), "--env", "HF_TOKEN=hf_s3cr3t",
+                 "--submission-id", "bad-1"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime_env rejected" in err and "'HF_TOKEN': '***'" in err
+    assert "hf_s3cr3t" not in err
+
+
+def test_secret_looking_env_vars_of_a_spec_file_are_masked(tmp_path, capsys):
+    path = _spec(tmp_path, steps=["train"], runtime_env={
+        "working_dir": str(REPO),
+        "env_vars": {"WANDB_API_KEY": "wandb-s3cr3t", "OMP_NUM_THREADS": "4"}})
+    assert main(["submit", str(path), "--dry-run", "--submission-id", "dry-2"]) == 0
+    printed = capsys.readouterr()
+    assert "wandb-s3cr3t" not in printed.out + printed.err
+    assert _runtime_env_printed(printed.out)["env_vars"] == {"WANDB_API_KEY": "***",
+                                                             "OMP_NUM_THREADS": "4"}
+    spec = jobs.load_job_spec(path)
+    assert spec.runtime_env["env_vars"]["WANDB_API_KEY"] == "wandb-s3cr3t"
+    assert "wandb-s3cr3t" not in repr(spec) and "wandb-s3cr3t" not in str(spec)
+
+
+def test_env_name_alone_takes_the_value_from_the_shell(monkeypatch, capsys):
+    spec = str(REPO / "jobs" / "train.yaml")
+    monkeypatch.setenv("HF_TOKEN", "from-the-shell")
+    assert jobs.load_job_spec(spec, env=["HF_TOKEN"]).runtime_env["env_vars"]["HF_TOKEN"] == (
+        "from-the-shell")
+    assert main(["submit", spec, "--env", "HF_TOKEN", "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert "from-the-shell" not in printed.out + printed.err
+
+    monkeypatch.delenv("HF_TOKEN")
+    assert main(["submit", spec, "--env", "HF_TOKEN", "--dry-run"]) == 2
+    assert "--env HF_TOKEN: HF_TOKEN is not set in this shell" in capsys.readouterr().err
+    assert main(["submit", spec, "--env", "=abc", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--env: expected NAME=VALUE or NAME" in err and "abc" not in err
