@@ -15,10 +15,14 @@ def _config(args, extra: list[str] = ()):
     return load_config(args.config, [*extra, *args.set])
 
 
-def _with_ray(args, fn, extra: list[str] = ()):
+def _with_ray(args, fn, extra: list[str] = (), needs_store: bool = True):
+    """Load the config, check the stage's inputs (the corpus reads; the feature store, where
+    the stage reads it, exists) before Ray starts, then run `fn(cfg)` inside a Ray session."""
     from ecmf.runtime import ray_session
+    from ecmf.workdir import check_inputs
 
     cfg = _config(args, extra)
+    check_inputs(cfg, needs_store)
     with ray_session(cfg.ray):
         return fn(cfg)
 
@@ -40,9 +44,11 @@ def cmd_extract(args):
         s = extract_features(cfg, manifest)
     # One line a person reads after the progress bars; the full summary follows as JSON.
     rate = f", {s['clips_per_s']} clips/s" if s.get("clips_per_s") else ""
-    failed = f" (see {s['errors']})" if s.get("failed") else ""
+    partial = s.get("with_failed_modality", 0)
+    partial_txt = f", {partial} with a modality that failed" if partial else ""
+    failed = f" (see {s['errors']})" if s.get("failed") or partial else ""
     print(f"ecmf extract: {s['done']} of {s['clips']} clips in the store, {s['skipped']} skipped "
-          f"as already done, {s['failed']} failed{failed}{rate}", file=sys.stderr)
+          f"as already done, {s['failed']} failed{partial_txt}{failed}{rate}", file=sys.stderr)
     return s
 
 
@@ -63,7 +69,7 @@ def cmd_export_features(args):
 def cmd_enrich(args):
     from ecmf.enrichment.stage import enrich_corpus
 
-    return _with_ray(args, enrich_corpus)
+    return _with_ray(args, enrich_corpus, needs_store=False)
 
 
 def cmd_train(args):

@@ -40,7 +40,7 @@ class CorpusConfig:
     text_column: str = "english"  # subtitle_chieng.csv column: "english" or "chinese"
     # layout csv: columns path[,text,label,name,split,audio_path]; paths relative to the CSV
     manifest: str = ""
-    encoding: str = "utf-8"  # of the csv manifest, e.g. "gbk"
+    encoding: str = "utf-8"  # of the corpus' CSV files (either layout), e.g. "gbk"
 
     def __post_init__(self):
         import codecs

@@ -24,9 +24,17 @@ MASK_PREFIX = "mask_"
 # fixed-size list of steps * dim values (row-major [steps, dim]); the field metadata holds
 # b"steps" and b"dim". Clips of any length are pooled to `steps` equal time segments.
 SEQUENCE_PREFIX = "seq_"
+# Per feature, "status_<name>": "" where the modality was encoded or is absent by nature (mask
+# tells which), else "<stage>: <reason>" for a modality that could not be read (its mask is False
+# and the clip keeps its other modalities). "error" is non-empty only for a clip of which no
+# modality could be read: readers skip such rows.
+STATUS_PREFIX = "status_"
+ERROR = "error"
+# Free-form notes on a clip's decoding that are not failures (audio cut, audio from the video).
+NOTES = "notes"
 
-# Errors table: one row per sample and stage that failed.
-ERROR_COLUMNS = ("sample_id", "stage", "reason")
+# Errors table: one row per sample and failed modality (`feature` empty for a whole clip).
+ERROR_COLUMNS = ("sample_id", "feature", "stage", "reason")
 
 # Enrichment output.
 ENRICHED_TEXT = "enriched_text"
@@ -48,6 +56,15 @@ def mask_column(name: str) -> str:
 
 def sequence_column(name: str) -> str:
     return SEQUENCE_PREFIX + name
+
+
+def status_column(name: str) -> str:
+    return STATUS_PREFIX + name
+
+
+def decode_error_column(input_column: str) -> str:
+    """Where extraction's decoding says why an input (frames, audio) could not be read."""
+    return f"_error_{input_column}"
 
 
 def feature_names(columns) -> list[str]:

@@ -53,6 +53,17 @@ def load_manifest(cfg: Config) -> pd.DataFrame:
     return build_manifest(cfg)
 
 
+def check_inputs(cfg: Config, needs_store: bool = True) -> pd.DataFrame:
+    """What a stage checks before Ray starts: the corpus reads (its manifest is returned) and,
+    where the stage reads features, the store holds some; the error names the command to run."""
+    manifest = load_manifest(cfg)
+    store = Workdir.of(cfg).store
+    if needs_store and not any(store.glob("*.parquet")):
+        raise FileNotFoundError(f"feature store {store} holds no features: run `ecmf extract` "
+                                f"(or `ecmf import-features`) with this config first")
+    return manifest
+
+
 def write_json(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

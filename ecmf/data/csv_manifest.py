@@ -22,8 +22,13 @@ COLUMNS = ("path", "text", "label", "name", "split", "audio_path")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
 
 
-def _decode(path: Path, encoding: str) -> str:
-    """The file's text; bytes that are not `encoding` fail naming the file and every bad line."""
+# Tried, in order, to suggest an encoding when a CSV is not the one configured.
+LIKELY_ENCODINGS = ("utf-8", "gbk", "gb18030", "big5", "shift_jis", "cp1252")
+
+
+def decode_text(path: Path, encoding: str) -> str:
+    """The file's text; bytes that are not `encoding` fail naming the file, every bad line and
+    an encoding that reads the whole file."""
     raw = path.read_bytes()
     if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
         encoding = "utf-8-sig"  # a BOM from Excel is not part of the first column's name
@@ -39,12 +44,23 @@ def _decode(path: Path, encoding: str) -> str:
             bad.append((n, e))
     n, first = bad[0]
     lines = ", ".join(str(b[0]) for b in bad[:10]) + (", ..." if len(bad) > 10 else "")
-    # Guessing the encoding would embed mojibake as subtitles; the user knows what it is.
+    name = encoding.removesuffix("-sig")
+    fits = [e for e in LIKELY_ENCODINGS if e != name and _decodes(raw, e)]
+    # Guessing silently would embed mojibake as subtitles: name a candidate, the user decides.
+    hint = (f"the whole file reads as {fits[0]}: try --set corpus.encoding={fits[0]}" if fits
+            else "name its encoding with --set corpus.encoding=...")
     raise ValueError(
-        f"{path}: {len(bad)} line(s) are not valid {encoding.removesuffix('-sig')} (line(s) "
-        f"{lines}; line {n}: byte {first.object[first.start:first.start + 1]!r} at column "
-        f"{first.start + 1}); save the manifest as UTF-8, or name its encoding with "
-        f"--set corpus.encoding=gbk (or whichever it is)")
+        f"{path}: {len(bad)} line(s) are not valid {name} (line(s) {lines}; line {n}: byte "
+        f"{first.object[first.start:first.start + 1]!r} at column {first.start + 1}); {hint}, "
+        f"or save the file as UTF-8")
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -94,7 +110,7 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus manifest {path} does not exist (config corpus.manifest)")
-    _, rows = _rows(path, _decode(path, encoding))
+    _, rows = _rows(path, decode_text(path, encoding))
     base = path.resolve().parent
     seen: dict[str, int] = {}
     out = []

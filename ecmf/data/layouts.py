@@ -23,7 +23,7 @@ def _mer2025(corpus: "CorpusConfig") -> "pd.DataFrame":
     if not corpus.root:
         raise ValueError("config corpus.root is empty: point it at a MER2025-layout directory "
                          "(e.g. --set corpus.root=demo-out/corpus)")
-    return read_mer2025(corpus.root, corpus.text_column)
+    return read_mer2025(corpus.root, corpus.text_column, corpus.encoding)
 
 
 @LAYOUTS.register("csv")

@@ -15,11 +15,15 @@ MANIFEST_COLUMNS = [schema.SAMPLE_ID, schema.VIDEO, schema.AUDIO, schema.TEXT, s
                     schema.SPLIT]
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
+    import io
+
+    from ecmf.data.csv_manifest import decode_text
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; MER2025's release layout has this file")
     # Subtitles may be missing for a clip: keep empty strings rather than NaN.
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    df = pd.read_csv(io.StringIO(decode_text(path, encoding)), dtype=str, keep_default_na=False)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}, "
@@ -30,8 +34,10 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
-def read_mer2025(root: str | Path, text_column: str = "english") -> pd.DataFrame:
+def read_mer2025(root: str | Path, text_column: str = "english",
+                 encoding: str = "utf-8") -> pd.DataFrame:
     """Manifest of every clip under `root`: the pool is every video, audio file or listed name.
+    Its CSVs are read as `encoding` (corpus.encoding).
 
     split is "train" for clips with a label in track1_train_disdim.csv, "candidate" for the
     names a submission must cover, "pool" for the remaining unlabeled clips.
@@ -39,9 +45,9 @@ def read_mer2025(root: str | Path, text_column: str = "english") -> pd.DataFrame
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus root {root} is not a directory")
-    subs = _read_csv(root / SUBTITLES, ["name", text_column])
-    labels = _read_csv(root / TRAIN_LABELS, ["name", "discrete"])
-    cands = _read_csv(root / CANDIDATES, ["name"])
+    subs = _read_csv(root / SUBTITLES, ["name", text_column], encoding)
+    labels = _read_csv(root / TRAIN_LABELS, ["name", "discrete"], encoding)
+    cands = _read_csv(root / CANDIDATES, ["name"], encoding)
 
     bad = labels[~labels["discrete"].isin(schema.LABELS)]
     if len(bad):
@@ -73,6 +79,6 @@ def read_mer2025(root: str | Path, text_column: str = "english") -> pd.DataFrame
     return df[MANIFEST_COLUMNS]
 
 
-def candidate_names(root: str | Path) -> list[str]:
+def candidate_names(root: str | Path, encoding: str = "utf-8") -> list[str]:
     """The names a submission must cover, in the release file's order."""
-    return _read_csv(Path(root) / CANDIDATES, ["name"])["name"].tolist()
+    return _read_csv(Path(root) / CANDIDATES, ["name"], encoding)["name"].tolist()

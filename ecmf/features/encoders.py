@@ -1,8 +1,9 @@
 """Feature encoders: callable classes for `Dataset.map_batches`, one per modality, by name.
 
-Each reads one input column of a batch and adds `feat_<feature>` (float32 [B, D]) and
-`mask_<feature>` (False where the modality is missing). A sample whose input failed to decode
-(non-empty `error`) gets zeros and mask False without touching the model.
+Each reads one input column of a batch and adds `feat_<feature>` (float32 [B, D]),
+`mask_<feature>` (False where the modality is missing) and `status_<feature>` (why it could not be
+read, else ""). A sample whose input failed to decode (`_error_<input>`), or that failed as a
+whole (`error`), gets zeros and mask False without touching the model; its other modalities go on.
 """
 
 from __future__ import annotations
@@ -86,16 +87,23 @@ class Encoder:
         from ecmf.features.sequence import pool_steps
 
         n = len(batch[schema.SAMPLE_ID])
-        errors = np.array(batch["error"], dtype=object)
+        errors = batch[schema.ERROR]
+        status = np.full(n, "", dtype=object)
+        decode_errors = batch.get(schema.decode_error_column(self.input))
         values = batch[self.input]
         keep, inputs = [], []
         for i in range(n):
-            if errors[i] or not self.present(values[i]):
+            if errors[i]:
+                continue
+            if decode_errors is not None and decode_errors[i]:
+                status[i] = decode_errors[i]
+                continue
+            if not self.present(values[i]):
                 continue
             try:
                 x = self.prepare(values[i], batch, i)
             except (ValueError, RuntimeError, OSError) as e:
-                errors[i] = f"{self.feature}: sample {batch[schema.SAMPLE_ID][i]}: {e}"
+                status[i] = f"encode: sample {batch[schema.SAMPLE_ID][i]}: {e}"
                 continue
             if x is not None:
                 keep.append(i)
@@ -112,18 +120,18 @@ class Encoder:
         bad = ~np.isfinite(feats).all(axis=1)
         if seq is not None:
             bad |= ~np.isfinite(seq).all(axis=(1, 2))
-        for i in np.flatnonzero(bad):
-            errors[i] = f"{self.feature}: encoder produced non-finite values"
+        status[bad] = "encode: the encoder produced non-finite values"
         feats[bad] = 0.0
         mask[bad] = False
-        batch["error"] = errors
         batch[schema.feature_column(self.feature)] = feats
         batch[schema.mask_column(self.feature)] = mask
+        batch[schema.status_column(self.feature)] = status
         if seq is not None:
             seq[bad] = 0.0
             batch[schema.sequence_column(self.feature)] = seq
         if self.drop_input:
             batch.pop(self.input)
+            batch.pop(schema.decode_error_column(self.input), None)
         return batch
 
 

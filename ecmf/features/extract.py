@@ -16,7 +16,9 @@ import pyarrow as pa
 
 from ecmf import schema
 from ecmf.config import Config, EncoderConfig, save_config
-from ecmf.features.store import ok_ids
+from ecmf.features.store import (check_one_row_per_sample, compact_store, complete_ids,
+                                  error_rows, heal_store, mask_columns, modality_counts, run_stamp,
+                                  status_table)
 from ecmf.workdir import Workdir, build_manifest, write_json
 
 log = logging.getLogger(__name__)
@@ -31,32 +33,40 @@ ROWS_PER_BLOCK = 16
 
 def decode_batch(batch: dict[str, np.ndarray], num_frames: int, sample_rate: int,
                  max_audio_s: float, frames: bool, audio: bool) -> dict[str, np.ndarray]:
-    """Decode frames and audio of each clip; a failure is recorded in `error`, never raised."""
+    """Decode frames and audio of each clip, each on its own: a modality that fails is
+    recorded in its `_error_<input>` column (the encoders mask it), never raised, and the
+    clip's other modalities go on. Audio the wav cannot give comes from the video's track."""
     from ecmf.data.media import MediaError, read_audio, sample_frames
 
     n = len(batch[schema.SAMPLE_ID])
-    out_frames, out_audio, errors = [], [], []
+    out = {"frames": [], "audio": []}
+    errs = {"frames": [""] * n, "audio": [""] * n}
+    notes = []
     for i in range(n):
-        err = ""
         f = np.zeros((0, 1, 1, 3), np.uint8)
         a = np.zeros(0, np.float32)
-        try:
-            if frames:
-                f = sample_frames(str(batch[schema.VIDEO][i]), num_frames)
-            if audio:
+        clip_notes: list[str] = []
+        if frames:
+            try:
+                f = sample_frames(str(batch[schema.VIDEO][i]), num_frames, notes=clip_notes)
+            except MediaError as e:
+                errs["frames"][i] = f"decode: {e}"
+        if audio:
+            try:
                 a = read_audio(str(batch[schema.AUDIO][i]), str(batch[schema.VIDEO][i]),
-                               sample_rate, max_audio_s)
-        except MediaError as e:
-            err = f"decode: {e}"
-        out_frames.append(f)
-        out_audio.append(a)
-        errors.append(err)
+                               sample_rate, max_audio_s, notes=clip_notes)
+            except MediaError as e:
+                errs["audio"][i] = f"decode: {e}"
+        out["frames"].append(f)
+        out["audio"].append(a)
+        notes.append("; ".join(clip_notes))
     batch = dict(batch)
-    if frames:
-        batch["frames"] = _ragged(out_frames)
-    if audio:
-        batch["audio"] = _ragged(out_audio)
-    batch["error"] = np.array(errors, dtype=object)
+    for name, wanted in (("frames", frames), ("audio", audio)):
+        if wanted:
+            batch[name] = _ragged(out[name])
+            batch[schema.decode_error_column(name)] = np.array(errs[name], dtype=object)
+    batch[schema.NOTES] = np.array(notes, dtype=object)
+    batch[schema.ERROR] = np.array([""] * n, dtype=object)
     return batch
 
 
@@ -69,25 +79,36 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table:
-    """Keep sample_id, features (fixed-size lists, dimension in the schema), masks, the
-    sequences encoders emitted (`seq_<name>`, steps and dim in the field metadata) and error."""
+    """Keep sample_id, features (fixed-size lists, dimension in the schema), masks, statuses,
+    the sequences encoders emitted (`seq_<name>`, steps and dim in the field metadata), notes
+    and error: a clip whose every modality failed gets the reasons as its error."""
     from ecmf.features.sequence import sequence_array, sequence_field
 
+    n = len(batch[schema.SAMPLE_ID])
     fields = [pa.field(schema.SAMPLE_ID, pa.string())]
     arrays = [pa.array(batch[schema.SAMPLE_ID].astype(str))]
+    statuses = {}
     for name in features:
         x = np.ascontiguousarray(batch[schema.feature_column(name)], dtype=np.float32)
+        statuses[name] = [str(v) for v in batch[schema.status_column(name)]]
         fields += [pa.field(schema.feature_column(name), pa.list_(pa.float32(), x.shape[1])),
-                   pa.field(schema.mask_column(name), pa.bool_())]
+                   pa.field(schema.mask_column(name), pa.bool_()),
+                   pa.field(schema.status_column(name), pa.string())]
         arrays += [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]),
-                   pa.array(batch[schema.mask_column(name)].astype(bool))]
+                   pa.array(batch[schema.mask_column(name)].astype(bool)),
+                   pa.array(statuses[name], pa.string())]
         seq_col = schema.sequence_column(name)
         if seq_col in batch:
             seq = np.asarray(batch[seq_col], dtype=np.float32)
             fields.append(sequence_field(name, seq.shape[1], seq.shape[2]))
             arrays.append(sequence_array(seq))
-    fields.append(pa.field("error", pa.string()))
-    arrays.append(pa.array([str(e) for e in batch["error"]], pa.string()))
+    errors = [str(e) for e in batch[schema.ERROR]]
+    for i in range(n):
+        if not errors[i] and features and all(statuses[f][i] for f in features):
+            errors[i] = "; ".join(f"{f}: {statuses[f][i]}" for f in features)
+    notes = batch.get(schema.NOTES, np.full(n, "", dtype=object))
+    fields += [pa.field(schema.NOTES, pa.string()), pa.field(schema.ERROR, pa.string())]
+    arrays += [pa.array([str(v) for v in notes], pa.string()), pa.array(errors, pa.string())]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -123,7 +144,9 @@ def preflight(cfg: Config) -> pd.DataFrame:
     """What `extract_features` checks before any work, without Ray: the corpus reads (its
     manifest is returned) and the store, if any, holds the configured features."""
     manifest = build_manifest(cfg)
-    check_store_matches(Workdir.of(cfg).store, cfg.extract.encoders)
+    store = Workdir.of(cfg).store
+    heal_store(store)
+    check_store_matches(store, cfg.extract.encoders)
     return manifest
 
 
@@ -135,6 +158,7 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
     import ray
 
     from ecmf.features.encoders import ENCODERS, EncoderGroup
+    from ecmf.features.sink import StoreSink
 
     wd = Workdir.of(cfg)
     ex = cfg.extract
@@ -143,8 +167,10 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
     if needs_enriched and not wd.enriched.is_file():
         raise FileNotFoundError(f"{wd.enriched}: an encoder reads enriched_text; run `ecmf enrich`"
                                 " first or drop that encoder from extract.encoders")
+    heal_store(wd.store)
     check_store_matches(wd.store, ex.encoders)
-    done = ok_ids(wd.store)
+    compact_store(wd.store)  # a run killed between writing and compacting left two rows
+    done = complete_ids(wd.store)
     todo = inputs[~inputs[schema.SAMPLE_ID].isin(done)].reset_index(drop=True)
     save_config(cfg, wd.features)
     log.info("extract: %d clips, %d already in the store, %d to do", len(inputs),
@@ -178,9 +204,11 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
                 fn_constructor_kwargs=kwargs)
         ds = ds.map_batches(to_store_rows, batch_format="numpy", batch_size=ROWS_PER_BLOCK,
                             fn_kwargs=dict(features=list(ex.encoders)))
-        ds.write_parquet(str(wd.store))
+        ds.write_datasink(StoreSink(wd.store, run_stamp()))
+        compact_store(wd.store)  # a retried clip's new row replaces its old one
+    check_one_row_per_sample(wd.store)
     seconds = time.time() - start
-    return _summarise(wd, inputs, done, len(todo), seconds)
+    return _summarise(wd, inputs, done, len(todo), seconds, ex.max_audio_s)
 
 
 def check_store_matches(store, encoders: dict[str, EncoderConfig]) -> None:
@@ -262,25 +290,33 @@ def _check_cpu_budget(stages: list[list[dict]]) -> None:
 
 
 def _summarise(wd: Workdir, inputs: pd.DataFrame, skipped: set, attempted: int,
-               seconds: float) -> dict:
-    import pyarrow.dataset as pads
-
-    table = pads.dataset(str(wd.store), format="parquet").to_table(
-        columns=[schema.SAMPLE_ID, "error"]).to_pandas()
-    latest = table.drop_duplicates(schema.SAMPLE_ID, keep="last")
-    failed = latest[latest["error"] != ""]
-    errors = pd.DataFrame({
-        schema.SAMPLE_ID: failed[schema.SAMPLE_ID].values,
-        "stage": [e.split(":", 1)[0] for e in failed["error"]],
-        "reason": [e.split(":", 1)[-1].strip() for e in failed["error"]],
-    })
+               seconds: float, max_audio_s: float) -> dict:
+    table = status_table(wd.store, extra=(schema.NOTES, *mask_columns(wd.store)))
+    table = table[table[schema.SAMPLE_ID].isin(inputs[schema.SAMPLE_ID])].fillna("")
+    errors = error_rows(table)
     errors.to_parquet(wd.errors, index=False)
+    failed = table[schema.ERROR] != ""
+    features = modality_counts(table)
+    some_failed = pd.Series(False, index=table.index)
+    for c in (c for c in table.columns if c.startswith(schema.STATUS_PREFIX)):
+        some_failed |= table[c] != ""
+    notes = table.get(schema.NOTES, pd.Series("", index=table.index)).astype(str)
+    cut = int(notes.str.contains("audio cut at").sum())
+    if cut:
+        log.warning("extract: %d clip(s) had audio longer than extract.max_audio_s = %g s and "
+                    "were cut to it (their `notes` in the store say by how much)", cut,
+                    max_audio_s)
     summary = {
         "clips": int(len(inputs)),
-        "done": int((latest["error"] == "").sum()),
+        "done": int((~failed).sum()),
+        "with_failed_modality": int((~failed & some_failed).sum()),
         "skipped": int(len(skipped)),
-        "failed": int(len(failed)),
+        "failed": int(failed.sum()),
+        "not_stored": int(len(inputs) - len(table)),
         "attempted": int(attempted),
+        "features": features,
+        "audio_cut": cut,
+        "audio_from_video": int(notes.str.contains("video's track").sum()),
         "seconds": round(seconds, 2),
         "clips_per_s": round(attempted / seconds, 2) if attempted and seconds > 0 else None,
         "store": str(wd.store),

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from ecmf import schema
 from ecmf.features.sequence import pool_steps, sequence_field, sequence_shape, sequence_to_numpy
-from ecmf.features.store import _dataset, list_to_numpy
+from ecmf.features.store import _dataset, check_one_row_per_sample, error_rows, list_to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ UTT, FRA = "utt", "fra"
 STAGE = "import"
 DEFAULT_STEPS = 16  # sequence steps of a FRA folder when neither the call nor the config says
 CHUNK_ROWS = 4096  # rows per Parquet file of the store: the most held in memory at once
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 PROBE_FILES = 32  # files read to find a folder's dimension (the most common one wins)
 
 
@@ -59,8 +60,17 @@ class Source:
         if path is None:
             return None
         try:
+            with open(path, "rb") as f:
+                head = f.read(len(NPY_MAGIC))
+        except OSError as e:
+            raise BadFeatureFile(f"{path}: cannot be opened ({e})") from None
+        if head != NPY_MAGIC:  # np.load would call it pickled data, which misleads
+            raise BadFeatureFile(f"{path}: not a NumPy .npy file (it starts with {head!r}, not "
+                                 f"{NPY_MAGIC!r}); expected a float array of shape "
+                                 f"{self.expected()} saved with numpy.save")
+        try:
             x = np.load(path, allow_pickle=False)
-        except Exception as e:  # truncated, not .npy, pickled objects: all unreadable to us
+        except Exception as e:  # truncated, pickled objects: all unreadable to us
             raise BadFeatureFile(f"{path}: unreadable ({type(e).__name__}: {e}); expected a "
                                  f"float array of shape {self.expected()}") from None
         ok = np.issubdtype(x.dtype, np.number) and x.shape[-1:] == (self.dim,)
@@ -147,6 +157,7 @@ def _store_schema(sources: dict[str, dict[str, Source]], steps: dict[str, int]) 
         dim = (kinds.get(UTT) or kinds[FRA]).dim
         fields.append(pa.field(schema.feature_column(feature), pa.list_(pa.float32(), dim)))
         fields.append(pa.field(schema.mask_column(feature), pa.bool_()))
+        fields.append(pa.field(schema.status_column(feature), pa.string()))
         if FRA in kinds:
             fields.append(sequence_field(feature, steps[feature], kinds[FRA].dim))
     fields.append(pa.field("error", pa.string()))
@@ -156,24 +167,22 @@ def _store_schema(sources: dict[str, dict[str, Source]], steps: dict[str, int]) 
 def _chunk_table(names: list[str], sources, steps, sch: pa.Schema, pool: ThreadPoolExecutor,
                  counts: dict) -> pa.Table:
     n = len(names)
-    cols: dict[str, tuple] = {}  # feature -> (feat, mask, seq or None)
-    errors = [""] * n
-    found = np.zeros(n, dtype=bool)
+    cols: dict[str, tuple] = {}  # feature -> (feat, mask, status, seq or None)
     for feature, kinds in sources.items():
         feat = np.zeros((n, (kinds.get(UTT) or kinds[FRA]).dim), np.float32)
         seq = np.zeros((n, steps[feature], kinds[FRA].dim), np.float32) if FRA in kinds else None
         mask = np.ones(n, dtype=bool)
         bad_file = np.zeros(n, dtype=bool)
+        status = [""] * n
         for kind, src in kinds.items():
             for i, x in enumerate(pool.map(lambda s, src=src: _try_load(src, s), names)):
                 if isinstance(x, BadFeatureFile):
-                    errors[i] = errors[i] or f"{STAGE}: {x}"
+                    status[i] = status[i] or f"{STAGE}: {x}"
                     bad_file[i] = True
                     mask[i] = False
                 elif x is None:
                     mask[i] = False
                 else:
-                    found[i] = True
                     if kind == FRA:
                         seq[i] = pool_steps(x, steps[feature])
                         if UTT not in kinds:
@@ -184,20 +193,22 @@ def _chunk_table(names: list[str], sources, steps, sch: pa.Schema, pool: ThreadP
         feat[~mask] = 0.0
         if seq is not None:
             seq[~mask] = 0.0
-        cols[feature] = (feat, mask, seq)
+        cols[feature] = (feat, mask, status, seq)
         counts[feature]["present"] += int(mask.sum())
         counts[feature]["bad"] += int(bad_file.sum())
         counts[feature]["missing"] += int((~mask & ~bad_file).sum())
-    for i in np.flatnonzero(~found):
-        errors[i] = errors[i] or f"{STAGE}: no .npy file for this sample in any feature folder"
-    bad = np.array([bool(e) for e in errors])
+    # A clip is an error row only when no feature of it could be read; a bad file of one
+    # feature masks that feature alone (its status says why).
+    errors = [""] * n
+    for i in np.flatnonzero(~(np.any([c[1] for c in cols.values()], axis=0))):
+        reasons = [f"{f}: {c[2][i]}" for f, c in cols.items() if c[2][i]]
+        errors[i] = "; ".join(reasons) or f"{STAGE}: no .npy file for this sample in any " \
+                                           f"feature folder"
     arrays = [pa.array(names, pa.string())]
-    for feature, (feat, mask, seq) in cols.items():
-        feat[bad], mask[bad] = 0.0, False
+    for feature, (feat, mask, status, seq) in cols.items():
         arrays += [pa.FixedSizeListArray.from_arrays(pa.array(feat.reshape(-1)), feat.shape[1]),
-                   pa.array(mask)]
+                   pa.array(mask), pa.array(status, pa.string())]
         if seq is not None:
-            seq[bad] = 0.0
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(seq.reshape(-1)),
                                                             seq.shape[1] * seq.shape[2]))
     arrays.append(pa.array(errors, pa.string()))
@@ -239,21 +250,22 @@ def import_mertools(folders: dict[str, str | Path | list], store: str | Path,
     tmp = store.with_name(store.name + ".importing")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    errors = []
+    errors, failed = [], 0
     with ThreadPoolExecutor(8) as pool:  # file reads wait on the disk, not the GIL
         for k, s in enumerate(range(0, len(names), chunk_rows)):
             table = _chunk_table(names[s:s + chunk_rows], sources, steps, sch, pool, counts)
             pq.write_table(table, tmp / f"part-{k:05d}.parquet")
-            err = table.filter(pc.not_equal(table.column("error"), ""))
-            errors += list(zip(err.column(schema.SAMPLE_ID).to_pylist(),
-                               err.column("error").to_pylist()))
+            status = table.select([c for c in table.column_names if c == schema.SAMPLE_ID
+                                   or c == schema.ERROR or c.startswith(schema.STATUS_PREFIX)])
+            errors.append(error_rows(status.to_pandas()))
+            failed += int(pc.sum(pc.not_equal(table.column(schema.ERROR), "")).as_py() or 0)
             log.info("import: %d of %d samples", min(s + chunk_rows, len(names)), len(names))
+    check_one_row_per_sample(tmp)
     if store.exists():
         shutil.rmtree(store)
     tmp.rename(store)
-    table = pd.DataFrame({schema.SAMPLE_ID: [e[0] for e in errors], "stage": STAGE,
-                          "reason": [e[1].split(":", 1)[1].strip() for e in errors]},
-                         columns=list(schema.ERROR_COLUMNS))
+    table = pd.concat(errors, ignore_index=True) if errors else error_rows(pd.DataFrame(
+        columns=[schema.SAMPLE_ID, schema.ERROR]))
     features = {}
     for f, kinds in sources.items():
         features[f] = {"dim": (kinds.get(UTT) or kinds[FRA]).dim,
@@ -261,8 +273,8 @@ def import_mertools(folders: dict[str, str | Path | list], store: str | Path,
                        "steps": steps[f] if FRA in kinds else None,
                        "present": counts[f]["present"], "bad_files": counts[f]["bad"],
                        "missing": counts[f]["missing"]}
-    summary = {"samples": len(names), "imported": len(names) - len(errors),
-               "failed": len(errors), "features": features,
+    summary = {"samples": len(names), "imported": len(names) - failed,
+               "failed": failed, "features": features,
                "not_in_ids": len(set(names_found) - set(names)) if ids is not None else 0,
                "seconds": round(time.time() - start, 2), "store": str(store)}
     return {"summary": summary, "errors": table}

@@ -1,10 +1,17 @@
 """The Parquet feature store: one row per clip keyed by `sample_id`, a fixed-size list per feature.
 
-Rows whose `error` is non-empty failed a stage; readers skip them and a re-run retries them.
+Rows whose `error` is non-empty (no modality could be read) are skipped by readers; a modality
+that failed alone has mask False and its reason in `status_<name>`. A re-run retries both.
+Files appear whole (written under a hidden temporary name, then renamed); `heal_store` sets aside
+a file that cannot be read, and `compact_store` keeps exactly one row per sample.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +20,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ecmf import schema
+
+log = logging.getLogger(__name__)
+QUARANTINE = "quarantine"  # <store>/../store-quarantine: files set aside by heal_store
 
 
 @dataclass
@@ -39,7 +49,34 @@ def _dataset(store: str | Path) -> pads.Dataset:
     path = Path(store)
     if not path.is_dir() or not any(path.glob("*.parquet")):
         raise FileNotFoundError(f"feature store {path} holds no Parquet files; run `ecmf extract`")
-    return pads.dataset(str(path), format="parquet")
+    try:
+        return pads.dataset(str(path), format="parquet")
+    except pa.ArrowInvalid as e:
+        raise StoreFileError(_unreadable(path) or str(e)) from None
+
+
+class StoreFileError(ValueError):
+    """A store file that cannot be read; the message names it and what mends it."""
+
+
+def _to_table(ds: pads.Dataset, store: str | Path, **kwargs) -> pa.Table:
+    """`ds.to_table(**kwargs)`, an unreadable file named in the error."""
+    try:
+        return ds.to_table(**kwargs)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreFileError(_unreadable(Path(store)) or f"feature store {store}: {e}") from None
+
+
+def _unreadable(store: Path) -> str:
+    import pyarrow.parquet as pq
+
+    for f in sorted(store.glob("*.parquet")):
+        try:
+            pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as e:
+            return (f"feature store file {f} cannot be read ({e}); `ecmf extract` sets it "
+                    f"aside and extracts its samples again")
+    return ""
 
 
 def store_dims(store: str | Path) -> dict[str, int]:
@@ -58,13 +95,195 @@ def list_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def ok_ids(store: str | Path) -> set[str]:
-    """Samples the store holds without error (what a resumed extraction skips)."""
+    """Samples the store holds without error: at least one modality of theirs was read."""
     if not Path(store).is_dir() or not any(Path(store).glob("*.parquet")):
         return set()
-    t = _dataset(store).to_table(columns=[schema.SAMPLE_ID, "error"])
+    t = _to_table(_dataset(store), store, columns=[schema.SAMPLE_ID, "error"])
     ids = t.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False)
     err = t.column("error").to_numpy(zero_copy_only=False)
     return {i for i, e in zip(ids, err) if not e}
+
+
+def complete_ids(store: str | Path) -> set[str]:
+    """Samples stored with every modality read or absent by nature: what a resumed extraction
+    skips. A clip with a failed modality (e.g. an unreadable wav) is tried again."""
+    t = status_table(store)
+    if t is None:
+        return set()
+    bad = t["error"] != ""
+    for c in t.columns:
+        if c.startswith(schema.STATUS_PREFIX):
+            bad |= t[c].fillna("") != ""
+    return set(t.loc[~bad, schema.SAMPLE_ID])
+
+
+def status_table(store: str | Path, extra: tuple[str, ...] = ()):
+    """sample_id, error, every status_<name> column (and `extra` ones where stored) of every
+    row as a DataFrame, over files written with or without them; None for an empty store."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(store).glob("*.parquet"))
+    if not files:
+        return None
+    try:
+        sch = pa.unify_schemas([pq.read_schema(f) for f in files])
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreFileError(_unreadable(Path(store)) or f"feature store {store}: {e}") from None
+    cols = [c for c in sch.names if c in (schema.SAMPLE_ID, "error", *extra)
+            or c.startswith(schema.STATUS_PREFIX)]
+    ds = pads.dataset([str(f) for f in files], schema=sch, format="parquet")
+    return _to_table(ds, store, columns=cols).to_pandas()
+
+
+def error_rows(table: "pd.DataFrame") -> "pd.DataFrame":
+    """The errors table (schema.ERROR_COLUMNS) of a store's rows (`status_table`): a row per
+    failed modality, and one with no feature for a failed clip that names none."""
+    import pandas as pd
+
+    rows = []
+    status_cols = [c for c in table.columns if c.startswith(schema.STATUS_PREFIX)]
+    table = table.fillna({c: "" for c in (*status_cols, schema.ERROR)})
+    for rec in table.to_dict("records"):
+        failed = [(c[len(schema.STATUS_PREFIX):], rec[c]) for c in status_cols if rec[c]]
+        if rec[schema.ERROR] and not failed:
+            failed = [("", rec[schema.ERROR])]
+        for feature, status in failed:
+            stage, _, reason = str(status).partition(":")
+            rows.append((rec[schema.SAMPLE_ID], feature, stage.strip(), reason.strip()))
+    return pd.DataFrame(rows, columns=list(schema.ERROR_COLUMNS))
+
+
+def modality_counts(table: "pd.DataFrame") -> dict[str, dict[str, int]]:
+    """Per feature, over the usable rows (no clip error) of a `status_table` read with its mask
+    columns: how many have the modality (`present`), lack it by nature (`absent`: silent audio,
+    no face, empty subtitle) or could not read it (`failed`)."""
+    import pandas as pd
+
+    table = table[table[schema.ERROR].fillna("") == ""]
+    out = {}
+    for mask in (c for c in table.columns if c.startswith(schema.MASK_PREFIX)):
+        name = mask[len(schema.MASK_PREFIX):]
+        status = table.get(schema.status_column(name), pd.Series("", index=table.index))
+        failed = status.fillna("") != ""
+        present = table[mask].fillna(False).astype(bool)
+        out[name] = {"present": int(present.sum()), "absent": int((~present & ~failed).sum()),
+                     "failed": int(failed.sum())}
+    return out
+
+
+def mask_columns(store: str | Path) -> tuple[str, ...]:
+    """The `mask_<name>` columns over every file of the store."""
+    import pyarrow.parquet as pq
+
+    return tuple(sorted({c for f in Path(store).glob("*.parquet") for c in pq.read_schema(f).names
+                         if c.startswith(schema.MASK_PREFIX)}))
+
+
+def usage_counts(store: str | Path, ids) -> dict:
+    """What a stage really uses of the clips `ids`: how many have features in the store, how
+    many do not (no row, or no modality read), and `modality_counts` over the former."""
+    ids = set(map(str, ids))
+    table = status_table(store, extra=mask_columns(store))
+    if table is None:
+        return {"with_features": 0, "without_features": len(ids), "modalities": {}}
+    table = table[table[schema.SAMPLE_ID].isin(ids)]
+    usable = int((table[schema.ERROR].fillna("") == "").sum())
+    return {"with_features": usable, "without_features": len(ids) - usable,
+            "modalities": modality_counts(table)}
+
+
+def part_name(run: str, index: int) -> str:
+    """A store file's name: runs sort in time order (`run_stamp`), so a later row is newer."""
+    return f"part-{run}-{index:06d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def run_stamp() -> str:
+    """A sortable stamp of this run for `part_name`."""
+    return time.strftime("%Y%m%dT%H%M%S") + f"{time.time_ns() % 10**9:09d}"
+
+
+def write_part(table: pa.Table, path: Path) -> Path:
+    """Write `table` to `path` so that the file appears whole or not at all: under a hidden
+    temporary name first (readers ignore names starting with "."), then renamed."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def heal_store(store: str | Path) -> list[Path]:
+    """Remove temporary files a killed writer left, and set aside every Parquet file that
+    cannot be read (truncated, not Parquet) into `<store>-quarantine/`, naming it in a warning;
+    its samples are then missing from the store and the next extraction redoes them.
+    Returns where the set-aside files went."""
+    import pyarrow.parquet as pq
+
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    for tmp in store.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    moved = []
+    for path in sorted(store.glob("*.parquet")):
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as e:
+            aside = store.with_name(f"{store.name}-{QUARANTINE}")
+            aside.mkdir(exist_ok=True)
+            target = aside / path.name
+            os.replace(path, target)
+            log.warning("feature store: %s cannot be read (%s); moved to %s, its samples will "
+                        "be extracted again", path, e, target)
+            moved.append(target)
+    return moved
+
+
+def compact_store(store: str | Path) -> int:
+    """Keep one row per sample: its newest (files in name order, rows in file order). Files
+    that hold superseded rows are rewritten without them (atomically), or removed when nothing
+    is left. Returns the number of rows dropped."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(store).glob("*.parquet"))
+    if not files:
+        return 0
+    ids = [pq.read_table(f, columns=[schema.SAMPLE_ID]).column(0).to_numpy(
+        zero_copy_only=False).astype(str) for f in files]
+    flat = np.concatenate(ids)
+    _, last = np.unique(flat[::-1], return_index=True)
+    keep = np.zeros(len(flat), dtype=bool)
+    keep[len(flat) - 1 - last] = True
+    dropped, start = 0, 0
+    for path, file_ids in zip(files, ids):
+        k = keep[start:start + len(file_ids)]
+        start += len(file_ids)
+        if k.all():
+            continue
+        dropped += int((~k).sum())
+        if k.any():
+            write_part(pq.read_table(path).filter(pa.array(k)), path)
+        else:
+            path.unlink()
+    if dropped:
+        log.info("feature store: %d superseded row(s) replaced by newer ones", dropped)
+    return dropped
+
+
+def check_one_row_per_sample(store: str | Path) -> int:
+    """The store's invariant: each sample_id appears once. Returns the row count."""
+    t = status_table(store)
+    if t is None:
+        return 0
+    dup = t[schema.SAMPLE_ID][t[schema.SAMPLE_ID].duplicated()].unique().tolist()
+    if dup:
+        raise RuntimeError(f"feature store {store}: {len(dup)} sample(s) stored more than once, "
+                           f"e.g. {dup[:5]}; this is a bug in ecmf, please report it")
+    return len(t)
 
 
 def store_fingerprint(store: str | Path) -> str:
@@ -101,7 +320,7 @@ def _error_free_rows(ds: pads.Dataset, columns: list[str], ids, store, what: str
     flt = pads.field("error") == ""
     if ids is not None:
         flt = flt & pads.field(schema.SAMPLE_ID).isin(list(ids))
-    table = ds.to_table(columns=columns, filter=flt)
+    table = _to_table(ds, store, columns=columns, filter=flt)
     got = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
     _, last = np.unique(got[::-1], return_index=True)
     order = np.sort(len(got) - 1 - last)

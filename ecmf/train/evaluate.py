@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
     """Fold-ensemble predictions for every candidate; `predict/submission.csv` beside them."""
-    from ecmf.features.store import ok_ids
+    from ecmf.features.store import ok_ids, usage_counts
     from ecmf.semi.rounds import best_run
     from ecmf.train.predict import predict_store
     from ecmf.train.submission import check_submission, write_submission
@@ -50,7 +50,9 @@ def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
     path = write_submission(full, cands, wd.predict / "submission.csv")
     check_submission(path, cands)
     summary = {"run": str(run), "candidates": len(cands), "predicted": int(len(preds)),
-               "fallbacks": len(missing), "submission": str(path),
+               "fallbacks": len(missing),
+               "candidate_modalities": usage_counts(wd.store, cands)["modalities"],
+               "submission": str(path),
                "probabilities": str(wd.predict / "probabilities")}
     write_json(wd.predict / "summary.json", summary)
     return summary

@@ -231,7 +231,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ecmf.features.store import store_dataset
+    from ecmf.features.store import store_dataset, usage_counts
     from ecmf.train.metrics import classification_report
     from ecmf.train.predict import oof_predictions
 
@@ -284,8 +284,16 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     y_pred = np.array([schema.label_index(v) for v in oof[schema.PRED]])
     report = classification_report(y_true, y_pred)
     summary = getattr(result, "return_value", None) or {}
+    labeled = table.loc[table["fold"] >= 0, schema.SAMPLE_ID].unique()
+    used = usage_counts(wd.store, labeled)
+    if used["without_features"]:
+        log.warning("%s: %d of %d labeled clip(s) have no features (see %s) and were not "
+                    "trained on", out.name, used["without_features"], len(labeled), wd.errors)
     metrics = {"model": tc.model, "features": features, "dims": dims,
-               "n_labeled": int(table.loc[table["fold"] >= 0, schema.SAMPLE_ID].nunique()),
+               "n_labeled": used["with_features"],
+               "n_labeled_without_features": used["without_features"],
+               "labeled_modalities": {f: used["modalities"][f] for f in features
+                                      if f in used["modalities"]},
                "n_pseudo": int(table.loc[table["fold"] < 0, schema.SAMPLE_ID].nunique()),
                "pseudo_rows": int((table["fold"] < 0).sum()), "folds": tc.folds,
                "cv": report, "fit_seconds": round(seconds, 2), "ray_run": f"{storage}/{name}",

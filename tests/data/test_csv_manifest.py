@@ -103,7 +103,7 @@ def test_not_utf8_names_the_lines_and_the_way_out(tmp_path):
     text = "path,text\na.mp4,fine\nb.mp4,你好\nc.mp4,再见\n"
     csv = _csv(tmp_path / "gbk.csv", text, encoding="gbk")
     with pytest.raises(ValueError, match=r"gbk\.csv: 2 line\(s\) are not valid utf-8 \(line\(s\) "
-                                         r"3, 4; .*corpus\.encoding=gbk"):
+                                         r"3, 4; .*reads as gbk: try --set corpus\.encoding=gbk"):
         read_csv_manifest(csv)
     m = read_csv_manifest(csv, encoding="gbk")
     assert m[schema.TEXT].tolist() == ["fine", "你好", "再见"]
@@ -155,15 +155,25 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
     assert main(["extract", *[a for s in sets for a in ("--set", s)]]) == 0
     out, err = capsys.readouterr()
     summary = json.loads(out)
-    assert summary["done"] == 4 and summary["failed"] == 1
-    assert "ecmf extract: 4 of 5 clips in the store, 0 skipped as already done, 1 failed" in err
+    # The clip whose file is gone keeps its text: only its audio failed.
+    assert summary["done"] == 5 and summary["failed"] == 0
+    assert summary["with_failed_modality"] == 1
+    assert summary["features"]["audio"]["failed"] == 1
+    assert ("ecmf extract: 5 of 5 clips in the store, 0 skipped as already done, 0 failed, "
+            "1 with a modality that failed") in err
     ft = read_features(tmp_path / "run" / "features" / "store")
-    assert sorted(ft.ids) == sorted(m[schema.SAMPLE_ID][:4]) and ft.masks["text"].all()
+    assert sorted(ft.ids) == sorted([*m[schema.SAMPLE_ID][:4], "gone"]) and ft.masks["text"].all()
     import pandas as pd
 
+    errors = pd.read_parquet(tmp_path / "run" / "features" / "errors.parquet")
+    assert errors[["sample_id", "feature", "stage"]].values.tolist() == [["gone", "audio",
+                                                                         "decode"]]
+    assert "gone.mp4" in errors["reason"].iloc[0]
     truth = pd.read_csv(tiny_corpus / "hidden_truth.csv", dtype=str).set_index("name")
-    silent = (truth.loc[ft.ids, "silent"].str.lower() == "true").to_numpy()
-    assert set(ft.feats) == {"audio", "text"} and (ft.masks["audio"] == ~silent).all()
+    have = ft.ids != "gone"
+    silent = (truth.loc[ft.ids[have], "silent"].str.lower() == "true").to_numpy()
+    assert set(ft.feats) == {"audio", "text"} and (ft.masks["audio"][have] == ~silent).all()
+    assert not ft.masks["audio"][~have].any()
 
 
 def test_extract_refuses_a_bad_manifest_before_starting_ray(tmp_path, monkeypatch, capsys):

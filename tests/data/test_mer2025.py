@@ -57,3 +57,19 @@ def test_labeled_candidate_is_rejected(tmp_path):
     pd.DataFrame({"name": ["a"]}).to_csv(tmp_path / "track_all_candidates.csv", index=False)
     with pytest.raises(ValueError, match="both labeled and candidates"):
         read_mer2025(tmp_path)
+
+
+def test_gbk_subtitles_read_with_corpus_encoding_and_fail_clearly_without(tmp_path):
+    _corpus(tmp_path)
+    subs = tmp_path / "subtitle_chieng.csv"
+    pd.DataFrame({"name": ["a", "b", "c", "d"], "chinese": ["", "", "", "你好吗"],
+                  "english": ["", "", "", "how are you"]}).to_csv(subs, index=False,
+                                                                   encoding="gbk")
+    with pytest.raises(ValueError) as e:
+        read_mer2025(tmp_path, "chinese")
+    message = str(e.value)
+    # The file, the line (header is line 1, d is line 5), and an encoding that reads it.
+    assert str(subs) in message and "line 5" in message and "not valid utf-8" in message
+    assert "--set corpus.encoding=gbk" in message
+    zh = read_mer2025(tmp_path, "chinese", encoding="gbk").set_index(schema.SAMPLE_ID)
+    assert zh.loc["d", schema.TEXT] == "你好吗"

@@ -184,9 +184,9 @@ def test_provided_crops_corrupt_file_is_its_own_error_and_the_batch_is_stored(ti
              "frames": np.zeros((4, 8, 16, 16, 3), np.uint8)}  # 8 sampled frames: 8 crops
     out = enc(batch)
     assert out["mask_faces"].tolist() == [True, False, False, True]
-    err = out["error"].tolist()
-    assert err[0] == err[2] == err[3] == ""
-    assert err[1].startswith("faces: sample corrupt:") and "corrupt.npy" in err[1]
+    status = out["status_faces"].tolist()
+    assert status[0] == status[2] == status[3] == ""  # no face is absent, not failed
+    assert status[1].startswith("encode: sample corrupt:") and "corrupt.npy" in status[1]
     seq = out["seq_faces"]
     assert seq.shape == (4, 4, 128) and np.abs(seq[1:3]).sum() == 0
     # 8 of the 12 crops, 2 per step: the steps' mean is the clip's mean feature.
@@ -199,6 +199,9 @@ def test_provided_crops_corrupt_file_is_its_own_error_and_the_batch_is_stored(ti
     pq.write_table(to_store_rows(out, ["faces"]), store / "part.parquet")
     field = pq.read_schema(store / "part.parquet").field("seq_faces")
     assert field.metadata == {b"steps": b"4", b"dim": b"128"}
+    # Faces are this batch's only feature: a clip without them has nothing read, and fails.
+    rows = pq.read_table(store / "part.parquet", columns=["sample_id", "error"]).to_pylist()
+    assert [r["sample_id"] for r in rows if r["error"]] == ["corrupt"]
     ft = read_features(store)
     assert ft.ids.tolist() == ["good", "noface", "gray"]
     ids, got = read_sequences(store, "faces", ids=["gray", "good"])
@@ -216,7 +219,7 @@ def test_provided_without_an_openface_folder_is_an_error_naming_it(tiny, tmp_pat
                "error": np.array([""], dtype=object),
                "frames": _ragged([np.zeros((2, 8, 8, 3), np.uint8)])})
     assert not out["mask_faces"][0]
-    assert str(tmp_path / "openface_face") in out["error"][0]
+    assert str(tmp_path / "openface_face") in out["status_faces"][0]
     with pytest.raises(FileNotFoundError, match="encoder.faces_dir"):
         ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"], detector="provided",
                                                      faces_dir=str(tmp_path / "nowhere")))

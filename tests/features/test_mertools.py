@@ -44,11 +44,13 @@ def test_import_masks_missing_and_lists_bad_files(tmp_path):
     store = tmp_path / "store"
     res = import_mertools({"audio": a, "frames": v}, store, steps=3, chunk_rows=2)
     s = res["summary"]
-    assert s["samples"] == 7 and s["failed"] == 2 and s["imported"] == 5
+    # A bad audio file masks audio alone: the clip keeps its frames and is imported.
+    assert s["samples"] == 7 and s["failed"] == 0 and s["imported"] == 7
     assert s["features"]["audio"]["bad_files"] == 2 and s["features"]["audio"]["missing"] == 1
     assert s["features"]["frames"]["missing"] == 1 and s["features"]["frames"]["steps"] == 3
     errors = res["errors"].set_index(schema.SAMPLE_ID)
     assert sorted(errors.index) == ["s3", "s4"] and (errors["stage"] == "import").all()
+    assert (errors["feature"] == "audio").all()
     assert "s3.npy: unreadable" in errors.loc["s3", "reason"]
     assert "s4.npy: shape (7,)" in errors.loc["s4", "reason"]
     assert "expected shape (5,) or (1, 5)" in errors.loc["s4", "reason"]
@@ -58,8 +60,16 @@ def test_import_masks_missing_and_lists_bad_files(tmp_path):
     sch = pads.dataset(str(store), format="parquet").schema
     assert sequence_shape(sch.field("seq_frames")) == (3, 4)
     ft = read_features(store)
-    assert ft.ids.tolist() == ["s0", "s1", "s2", "s5", "s6"]  # error rows are skipped
+    assert ft.ids.tolist() == names
     m = dict(zip(ft.ids, range(len(ft))))
+    for bad in ("s3", "s4"):
+        assert not ft.masks["audio"][m[bad]] and not ft.feats["audio"][m[bad]].any()
+        assert ft.masks["frames"][m[bad]]
+    status = pads.dataset(str(store), format="parquet").to_table(
+        columns=["sample_id", "status_audio", "status_frames"]).to_pandas().set_index("sample_id")
+    assert status.loc["s3", "status_audio"].startswith("import: ") and not status.loc["s3",
+                                                                                    "status_frames"]
+    assert status.loc["s2", "status_audio"] == ""  # missing is not broken
     assert np.array_equal(ft.feats["audio"][m["s1"]], utt["s1"][0])
     assert not ft.masks["audio"][m["s2"]] and not ft.feats["audio"][m["s2"]].any()
     assert ft.masks["audio"][m["s5"]] and not ft.masks["frames"][m["s5"]]
@@ -177,3 +187,13 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export-features", *sets, "--out", str(tmp_path / "o")]) == 2
     assert "holds no Parquet files" in capsys.readouterr().err
+
+
+def test_a_text_file_named_npy_is_called_what_it_is(tmp_path):
+    arrays = _rng_arrays(["a", "b"], lambda n: (3,))
+    folder = _folder(tmp_path / "x-UTT", arrays)
+    (folder / "b.npy").write_text("this is not an array\n")
+    res = import_mertools({"x": folder}, tmp_path / "store")
+    reason = res["errors"].set_index(schema.SAMPLE_ID).loc["b", "reason"]
+    assert "b.npy: not a NumPy .npy file" in reason and "pickle" not in reason
+    assert "this i" in reason  # shows what the file starts with
