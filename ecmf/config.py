@@ -158,10 +158,14 @@ class ExtractConfig:
     sample_rate: int = 16000
     max_audio_s: float = 60.0  # longer audio is cut (and logged); encoders chunk within it
     decode_batch_size: int = 8
+    # Clips per store file: a killed run loses at most this many per write in flight, and
+    # larger files read faster.
+    rows_per_file: int = 256
     encoders: dict[str, EncoderConfig] = field(default_factory=_default_encoders)
 
     def __post_init__(self):
         check(self.num_frames > 0, "extract.num_frames", "> 0", self.num_frames)
+        check(self.rows_per_file > 0, "extract.rows_per_file", "> 0", self.rows_per_file)
         check(self.sample_rate == 16000, "extract.sample_rate", "16000 (what the encoders expect)",
                self.sample_rate)
         check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)

@@ -39,10 +39,15 @@ def run(tmp_path_factory, ray_local):
     truth = pd.read_csv(out / "corpus" / "hidden_truth.csv", dtype=str, keep_default_na=False)
     cands = truth[(truth["split"] == "candidate") & (truth["test"].str.lower() != "true")]
     broken = cands["name"].iloc[0]
-    # A truncated video and no wav: neither frames nor audio can be decoded.
+    # A truncated video, no wav and no subtitle: no modality can be read, so the clip fails
+    # (one with any modality left is kept: tests/reliability).
     video = out / "corpus" / "video" / f"{broken}.mp4"
     video.write_bytes(video.read_bytes()[:300])
     (out / "corpus" / "audio" / f"{broken}.wav").unlink()
+    subs_path = out / "corpus" / "subtitle_chieng.csv"
+    subs = pd.read_csv(subs_path, dtype=str, keep_default_na=False)
+    subs.loc[subs["name"] == broken, ["chinese", "english"]] = ""
+    subs.to_csv(subs_path, index=False)
     assert main(["demo", "--out", str(out), *_sets(TINY)]) == 0
     return {"out": out, "truth": truth, "broken": broken}
 
@@ -95,9 +100,10 @@ def test_extract_stores_every_good_clip_with_its_dimensions(run):
 
 def test_a_corrupt_clip_goes_to_the_errors_table(run):
     errors = pd.read_parquet(run["out"] / "features" / "errors.parquet")
-    assert errors[schema.SAMPLE_ID].tolist() == [run["broken"]]
-    assert errors["stage"].iloc[0] == "decode"
-    assert run["broken"] in errors["reason"].iloc[0]
+    assert set(errors[schema.SAMPLE_ID]) == {run["broken"]}
+    assert sorted(errors["feature"]) == ["audio", "faces", "frames"]  # text: empty, not failed
+    assert (errors["stage"] == "decode").all()
+    assert errors["reason"].str.contains(run["broken"]).all()
     summary = json.loads((run["out"] / "features" / "summary.json").read_text())
     assert summary["failed"] == 1 and summary["done"] == len(_manifest(run)) - 1
 

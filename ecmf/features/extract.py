@@ -81,7 +81,8 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table:
     """Keep sample_id, features (fixed-size lists, dimension in the schema), masks, statuses,
     the sequences encoders emitted (`seq_<name>`, steps and dim in the field metadata), notes
-    and error: a clip whose every modality failed gets the reasons as its error."""
+    and error: a clip with no modality read, and some that failed, gets their reasons as its
+    error (one whose modalities are all absent by nature is kept, as before)."""
     from ecmf.features.sequence import sequence_array, sequence_field
 
     n = len(batch[schema.SAMPLE_ID])
@@ -103,9 +104,13 @@ def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table
             fields.append(sequence_field(name, seq.shape[1], seq.shape[2]))
             arrays.append(sequence_array(seq))
     errors = [str(e) for e in batch[schema.ERROR]]
-    for i in range(n):
-        if not errors[i] and features and all(statuses[f][i] for f in features):
-            errors[i] = "; ".join(f"{f}: {statuses[f][i]}" for f in features)
+    read = np.zeros(n, dtype=bool)
+    for name in features:
+        read |= np.asarray(batch[schema.mask_column(name)], dtype=bool)
+    for i in np.flatnonzero(~read):
+        failed = [f"{f}: {statuses[f][i]}" for f in features if statuses[f][i]]
+        if failed and not errors[i]:
+            errors[i] = "; ".join(failed)
     notes = batch.get(schema.NOTES, np.full(n, "", dtype=object))
     fields += [pa.field(schema.NOTES, pa.string()), pa.field(schema.ERROR, pa.string())]
     arrays += [pa.array([str(v) for v in notes], pa.string()), pa.array(errors, pa.string())]
@@ -204,7 +209,7 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
                 fn_constructor_kwargs=kwargs)
         ds = ds.map_batches(to_store_rows, batch_format="numpy", batch_size=ROWS_PER_BLOCK,
                             fn_kwargs=dict(features=list(ex.encoders)))
-        ds.write_datasink(StoreSink(wd.store, run_stamp()))
+        ds.write_datasink(StoreSink(wd.store, run_stamp(), ex.rows_per_file))
         compact_store(wd.store)  # a retried clip's new row replaces its old one
     check_one_row_per_sample(wd.store)
     seconds = time.time() - start

@@ -13,23 +13,20 @@ from ray.data import Datasink
 
 from ecmf.features.store import part_name, write_part
 
-# Rows per store file: Ray bundles blocks up to this before a write task runs. Fewer, larger
-# files read faster; a killed run loses at most this many clips per write task in flight.
-ROWS_PER_FILE = 256
-
-
 class StoreSink(Datasink):
-    """Writes `part-<run>-<task>-<uuid>.parquet` files into `store`; `rows` is the count
+    """Writes `part-<run>-<task>-<uuid>.parquet` files of about `rows_per_file` rows (Ray
+    bundles blocks up to that before a write task runs) into `store`; `rows` is the count
     written once the write completes."""
 
-    def __init__(self, store: str | Path, run: str):
+    def __init__(self, store: str | Path, run: str, rows_per_file: int = 256):
         self.store = Path(store)
         self.run = run
+        self.rows_per_file = rows_per_file
         self.rows = 0
 
     @property
     def min_rows_per_write(self) -> int:
-        return ROWS_PER_FILE
+        return self.rows_per_file
 
     def on_write_start(self, schema=None) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
