@@ -352,6 +352,7 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
 
     `key`: `refine_key(cfg)` when the caller has it already (it reads the manifest and the
     store's ids)."""
+    from ecmf.features.store import usage_counts
     from ecmf.semi.weak import weak_probabilities
     from ecmf.train.metrics import classification_report
 
@@ -380,8 +381,12 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
                     original[present], p[present].argmax(axis=1))["accuracy"]}
     transitions = (table[table["changed"]].groupby(["original", "refined"]).size()
                    .sort_values(ascending=False))
+    used = usage_counts(wd.store, ids)
     metrics = {
-        "n_labeled": int(len(table)), "changed": int(table["changed"].sum()),
+        "n_labeled": int(len(table)),
+        # Voted on by the sources that need no features (the original label, LLM votes).
+        "n_labeled_without_features": used["without_features"],
+        "changed": int(table["changed"].sum()),
         "changed_fraction": round(float(table["changed"].mean()) if len(table) else 0.0, 4),
         "threshold": rc.threshold, "min_agree": rc.min_agree, "sources": per_source,
         "transitions": {f"{a}->{b}": int(v) for (a, b), v in transitions.items()},
