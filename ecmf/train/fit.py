@@ -15,14 +15,18 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config, ConfigError, save_config
+from ecmf.config import Config, ConfigError, TrainConfig, save_config
 from ecmf.train.loop import train_loop_per_worker
 from ecmf.workdir import Workdir, write_json
 
 log = logging.getLogger(__name__)
 RUN_FILE = "ray_run.json"  # the Ray Train run behind a training directory, for --resume
 # Keys that say where and on what a run trains, not what it learns: a resume may change them.
-RESOURCE_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "storage_path", "max_failures")
+RESOURCE_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "storage_path", "max_failures",
+                 "backend")
+# NCCL for CUDA tensors with gloo beside it for CPU ones: a stray CPU collective (a library's, or
+# all_gather_object) still works. Ray Train reads it as NCCL (ray.train.torch.config).
+NCCL_WITH_GLOO = "cpu:gloo,cuda:nccl"
 
 
 def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -156,6 +160,57 @@ def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
     return features, {f: dims[f] for f in features}
 
 
+def torch_backend(tc: TrainConfig, cuda_available: bool) -> str:
+    """The process group backend of a fit's workers (`TorchConfig.backend`), from `train.backend`.
+
+    Ray Train sets up the group in the workers, but the backend must be fixed here, where the
+    TorchTrainer is built (the driver, or a Tune trial); left unset, Ray picks NCCL whenever
+    workers request GPUs, which fails on CPU wheels and fake GPU nodes (no NCCL there). The
+    driver cannot see the workers' CUDA, so `auto` asks for NCCL only when `use_gpu` is set and
+    the driver itself sees CUDA (`cuda_available`), else gloo, which takes CUDA tensors too, only
+    slower; a CPU-only head driving CUDA workers sets `nccl`. NCCL comes with gloo beside it
+    (NCCL_WITH_GLOO). The loop's collectives use tensors on the worker's device, so they work
+    under either.
+    """
+    if not tc.use_gpu or tc.backend == "gloo":
+        return "gloo"
+    if tc.backend == "nccl" or cuda_available:
+        return NCCL_WITH_GLOO
+    return "gloo"
+
+
+def torch_config(tc: TrainConfig):
+    """`TorchConfig` of a TorchTrainer for `tc`, with `torch_backend` on this process's CUDA."""
+    import torch
+    from ray.train.torch import TorchConfig
+
+    backend = torch_backend(tc, torch.cuda.is_available())
+    if tc.use_gpu and tc.backend == "auto" and backend == "gloo":
+        log.warning("train.use_gpu on a driver without CUDA: the workers all-reduce with gloo; "
+                    "set train.backend: nccl if they have CUDA (faster)")
+    return TorchConfig(backend=backend)
+
+
+def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, datasets: dict):
+    """The TorchTrainer of `fit` (built, not run): `tc`'s workers, backend and fault handling."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=torch_config(tc),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             worker_runtime_env=_fault_env()),
+        datasets=datasets,
+        dataset_config=_all_rows_data_config(),
+    )
+
+
 def _all_rows_data_config():
     """Ray Train's DataConfig, but shards keep every row: the default `equal=True` split drops
     rows to even out the shards, and the loop copes with uneven ones (see `train_one_fold`)."""
@@ -228,9 +283,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     `resume`: go on with the run recorded in `<out_dir>/ray_run.json` (same Ray Train name and
     storage, so Ray hands the workers its last checkpoint and finished folds are kept).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+    from ecmf.capacity import check_placeable, cluster_capacity
     from ecmf.features.store import store_dataset, usage_counts
     from ecmf.train.metrics import classification_report
     from ecmf.train.predict import oof_predictions
@@ -240,6 +293,9 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     features, dims = resolve_features(cfg)
     record = run_record(cfg, features, dims, table)
     tc = cfg.train
+    # A worker no node can hold would leave Ray Train waiting for it forever.
+    check_placeable({"train.cpus_per_worker with train.use_gpu": {
+        "CPU": tc.cpus_per_worker, "GPU": float(tc.use_gpu)}}, cluster_capacity())
     if resume:
         name, storage = _resume_target(out, record)
         log.info("resuming %s from its last checkpoint under %s", name, storage)
@@ -255,18 +311,8 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     ds = ds.map_batches(attach_labels, fn_kwargs={"lookup": label_lookup(table)},
                         batch_format="numpy")
 
-    trainer = TorchTrainer(
-        train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"train": asdict(tc), "features": features, "dims": dims},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=tc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             worker_runtime_env=_fault_env()),
-        datasets={"train": ds},
-        dataset_config=_all_rows_data_config(),
-    )
+    trainer = make_trainer(tc, {"train": asdict(tc), "features": features, "dims": dims},
+                           name, storage, {"train": ds})
     start = time.time()
     result = trainer.fit()
     seconds = time.time() - start

@@ -60,11 +60,17 @@ def arrays_from_batches(batches, features: list[str],
 
 
 class _Dist:
-    """All-reduce helpers that are no-ops in a single process."""
+    """All-reduce helpers that are no-ops in a single process.
 
-    def __init__(self):
+    The tensors of a collective lie on `device`, the worker's training device: NCCL takes CUDA
+    tensors only, gloo takes both; results come back to the host.
+    """
+
+    def __init__(self, device="cpu"):
+        import torch
         import torch.distributed as dist
 
+        self.device = torch.device(device)
         self.on = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.on else 0
         self.world = dist.get_world_size() if self.on else 1
@@ -75,9 +81,9 @@ class _Dist:
         import torch
         import torch.distributed as dist
 
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64), device=self.device)
         dist.all_reduce(t)
-        return t.numpy()
+        return t.cpu().numpy()
 
     def max(self, n: int) -> int:
         if not self.on:
@@ -85,7 +91,7 @@ class _Dist:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([n])
+        t = torch.tensor([n], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
@@ -96,16 +102,20 @@ class _Dist:
         import torch.distributed as dist
 
         out: list = [None] * self.world
+        # Torch picks the device: CPU under gloo or cpu:gloo,cuda:nccl, the current CUDA device
+        # (Ray Train sets it per worker) under plain NCCL.
         dist.all_gather_object(out, n)
         return [int(v) for v in out]
 
     def total(self, w):
-        """The denominator of a distributed weighted mean: sum of `w` over ranks / world size."""
+        """The denominator of a distributed weighted mean: sum of `w` over ranks / world size.
+
+        A tensor on `device` (it scales a loss that is back-propagated there)."""
         if not self.on:
             return w.sum()
         import torch.distributed as dist
 
-        t = w.sum().detach().reshape(1).clone()
+        t = w.sum().detach().reshape(1).to(self.device, copy=True)
         dist.all_reduce(t)
         return t[0] / self.world
 
@@ -170,7 +180,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     from ecmf.models.losses import balanced_from_counts, weighted_cross_entropy
     from ecmf.train.metrics import weighted_f1_from_confusion
 
-    dist = _Dist()
+    dist = _Dist(device)
     torch.manual_seed(cfg.seed * 1000 + fold)  # identical initial weights on every rank
     model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -291,6 +301,33 @@ def _report_folds(done: dict[int, dict], summary: dict, cfg: TrainConfig, featur
             ray.train.report(summary)
 
 
+def training_device():
+    """This worker's device: the GPU Ray gave it where CUDA is there, else the CPU.
+
+    Ray Train names a CUDA device whenever the worker holds a GPU resource; on a node whose
+    GPU resource has no CUDA behind it (a CPU wheel, a simulated GPU node) that device does not
+    exist, so torch is asked, never the resource.
+    """
+    import ray.train.torch
+    import torch
+
+    device = ray.train.torch.get_device()
+    if isinstance(device, list):
+        device = device[0]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return device
+
+
+def prepare_on(device):
+    """Ray Train's `prepare_model` (DDP where there are several workers) on `device`."""
+    import functools
+
+    import ray.train.torch
+
+    return functools.partial(ray.train.torch.prepare_model, move_to_device=device)
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point: k folds over this worker's shard, a checkpoint after each fold.
 
@@ -303,7 +340,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
-    device = ray.train.torch.get_device()
+    device = training_device()
     shard = ray.train.get_dataset_shard("train")
     data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
                                features, dims)
@@ -318,7 +355,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 saved = load_fold(p)
                 done[saved["fold"]] = saved
     # Shards may be uneven (every row is kept); the metrics show how the rows were dealt.
-    base = {"resumed_folds": sorted(done), "shard_rows": _Dist().gather(len(data["y"]))}
+    base = {"resumed_folds": sorted(done), "shard_rows": _Dist(device).gather(len(data["y"]))}
     summary = {"fold": -1, **base}
     trained = 0
     for fold in range(cfg.folds):
@@ -326,7 +363,7 @@ def train_loop_per_worker(config: dict) -> dict:
             continue
         _injected_fault(len(done), rank)
         result = train_one_fold(cfg, data, features, dims, fold,
-                                prepare=ray.train.torch.prepare_model, device=device)
+                                prepare=prepare_on(device), device=device)
         done[fold] = result
         trained += 1
         summary = {"fold": fold, "val_waf": result["val_waf"], "best_epoch": result["best_epoch"],

@@ -115,11 +115,13 @@ def _report_epochs(records, report: Callable[[dict], None]) -> None:
 
 
 def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: int = 1,
-                  device: str = "cpu") -> None:
-    """Tune trainable: train in the trial's own process on arrays shipped with the trial."""
+                  use_gpu: bool = False) -> None:
+    """Tune trainable: train in the trial's own process on arrays shipped with the trial; on
+    its GPU where it was given one and CUDA is there (torch is asked, not the resource)."""
     import torch
     from ray import tune
 
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads)
     cfg = trial_config(TrainConfig(**base), config)
     dims = {f: int(data[schema.feature_column(f)].shape[1])
@@ -141,7 +143,7 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ecmf.features.store import store_dataset, store_dims
-    from ecmf.train.fit import attach_labels, label_lookup
+    from ecmf.train.fit import attach_labels, label_lookup, torch_config
 
     # Set on the context the dataset captures, so a stalled read fails on any cluster.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s
@@ -154,6 +156,7 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
         train_loop_per_worker=tune_loop_per_worker,
         train_loop_config={"train": asdict(cfg), "features": features, "dims": dims,
                            "folds": folds},
+        torch_config=torch_config(cfg),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         # Tune retries the trial (tune.max_failures); a retry inside would start it over anyway.
@@ -171,15 +174,15 @@ def tune_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ecmf.train.loop import arrays_from_batches
+    from ecmf.train.loop import arrays_from_batches, prepare_on, training_device
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     shard = ray.train.get_dataset_shard("train")
     data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"), features)
+    device = training_device()
     records = lockstep_folds(cfg, data, features, dims, config["folds"],
-                             prepare=ray.train.torch.prepare_model,
-                             device=ray.train.torch.get_device())
+                             prepare=prepare_on(device), device=device)
     # Every worker reports (a barrier in Ray Train); the metrics are all-reduced, so equal.
     _report_epochs(records, ray.train.report)
