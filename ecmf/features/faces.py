@@ -1,12 +1,14 @@
 """Face detectors by name and the crops they give the face encoder.
 
 `haar` (OpenCV's packaged cascade, CPU, the default), `retinaface` (GPU images, weights from a
-configured path) and `provided` (MER2025's OpenFace crops, `openface_face/<name>/<name>.npy`).
-A detector turns one clip into a list of face crops, uint8 [h, w, 3]; none means no face.
+configured path, batched over frames) and `provided` (MER2025's OpenFace crops,
+`openface_face/<name>/<name>.npy`, stored BGR and handed on as RGB). A detector turns clips into
+lists of face crops, uint8 RGB [h, w, 3]; an empty list means no face.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,7 @@ from ecmf.registry import Registry
 if TYPE_CHECKING:
     from ecmf.config import EncoderConfig
 
+log = logging.getLogger(__name__)
 FACE_DETECTORS: Registry[type] = Registry("face detector")
 
 
@@ -26,8 +29,14 @@ class FaceError(RuntimeError):
 
 
 class Detector:
-    """Per-frame detection, then one crop per frame: the largest face, squared and widened by
-    `face_margin` on each side, rotated upright first where the detector gives eye landmarks."""
+    """Detection on frames, then one crop per frame: the largest face, squared and widened by
+    `face_margin` on each side, rotated upright first where the detector gives eye landmarks.
+
+    `detect_many` sees every frame of a batch of clips at once: RetinaFace runs them in batched
+    forward passes, the default runs `detect` frame by frame.
+    """
+
+    reads_frames = True  # False: the crops come from elsewhere (provided), not from the frames
 
     def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
         self.cfg = cfg
@@ -37,15 +46,55 @@ class Detector:
         """(box [x0, y0, x1, y1], landmarks [5, 2] or None) per face in an RGB uint8 frame."""
         raise NotImplementedError
 
+    def detect_many(self, frames: list[np.ndarray]) -> list[list]:
+        """`detect` of each frame, in order."""
+        return [self.detect(frame) for frame in frames]
+
+    def faces_many(self, clips: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """The crops of each clip, one per frame with a face; all the clips' frames go to one
+        `detect_many` call, and crops are cut from the frames given."""
+        frames = [frame for clip in clips for frame in clip]
+        found = iter(self.detect_many(frames) if frames else [])
+        return [[c for c in (self._crop(frame, next(found)) for frame in clip) if c is not None]
+                for clip in clips]
+
     def faces(self, frames: np.ndarray, sample_id: str = "", video_path: str = "") -> list:
-        out = []
-        for frame in frames:
-            found = [(b, lm) for b, lm in self.detect(frame)
-                     if min(b[2] - b[0], b[3] - b[1]) >= self.cfg.min_face]
-            if found:
-                box, landmarks = max(found, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
-                out.append(crop_face(frame, box, self.cfg.face_margin, landmarks))
-        return out
+        """The crops of one clip (see `faces_many`)."""
+        return self.faces_many([frames])[0]
+
+    def _crop(self, frame: np.ndarray, found: list) -> np.ndarray | None:
+        found = [(b, lm) for b, lm in found if min(b[2] - b[0], b[3] - b[1]) >= self.cfg.min_face]
+        if not found:
+            return None
+        box, landmarks = max(found, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+        return crop_face(frame, box, self.cfg.face_margin, landmarks)
+
+
+def detection_frames(frames: np.ndarray, video_path: str, short_side: int) -> np.ndarray:
+    """A clip's sampled frames as a detector should see them: re-read from `video_path` at the
+    same indices with a short side of at most `short_side`, since extraction decodes small
+    frames (256 px) for the vision towers and a face in them is a few dozen pixels.
+
+    The decoded `frames` themselves when `short_side` is 0, there is no video, they are already
+    that large or were never shrunk (a small video), or the video cannot be read again (logged).
+    """
+    import inspect
+
+    from ecmf.data.media import MediaError, sample_frames
+
+    if not short_side or not video_path or len(frames) == 0:
+        return frames
+    side = min(frames.shape[1:3])
+    # Extraction decodes at sample_frames' default short side: frames below it are the video's own.
+    decoded = inspect.signature(sample_frames).parameters["short_side"].default
+    if side >= short_side or side < decoded:
+        return frames
+    try:
+        return sample_frames(video_path, len(frames), short_side=short_side)
+    except MediaError as e:
+        log.warning("%s: cannot re-read its frames for face detection (%s); detecting on the "
+                    "decoded ones", video_path, e)
+        return frames
 
 
 def crop_face(frame: np.ndarray, box, margin: float, landmarks=None) -> np.ndarray:
@@ -114,13 +163,32 @@ class HaarDetector(Detector):
 class RetinaFaceDetector(Detector):
     """RetinaFace (ResNet-50, retinaface-pytorch) on the actor's device, weights from
     `detector_weights` (its release's `.zip` or the `.pth` inside): nothing downloads at run
-    time."""
+    time.
 
-    max_size = 960
+    Frames are batched: each is scaled to fit the `size` x `size` canvas the release's priors
+    are laid on (its longest side `size`, as the release's own predictor does), normalised,
+    padded at the right and bottom, and `frames_per_forward` of them go through one forward
+    pass (under autocast on a GPU, `precision`). Boxes and landmarks are mapped back to the
+    frames given, so crops are cut at their resolution.
+    """
+
+    size = 960
     threshold = 0.7
+    nms_iou = 0.4
+    variances = (0.1, 0.2)
+    frames_per_forward = 32
+    mean = (0.485, 0.456, 0.406)  # ImageNet's, as the release normalises its inputs
+    std = (0.229, 0.224, 0.225)
 
     def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
         super().__init__(cfg, device)
+        from ecmf.features.encoders import autocast_dtype
+
+        self.net, self.priors = self._load()
+        self.amp = autocast_dtype(device, cfg.precision)
+
+    def _load(self):
+        """(the network: images [n, 3, size, size] -> (loc, conf, landmarks), priors [P, 4])."""
         try:
             import torch
             from retinaface.predict_single import Model
@@ -130,22 +198,103 @@ class RetinaFaceDetector(Detector):
                               f"CPU runs use detector: haar ({e})") from None
         from ecmf.config import RETINAFACE_WEIGHTS
 
-        path = cfg.detector_weights or RETINAFACE_WEIGHTS
+        path = self.cfg.detector_weights or RETINAFACE_WEIGHTS
         if not Path(path).is_file():
             raise FileNotFoundError(
                 f"encoder.detector_weights: RetinaFace weights {path or '<empty>'} not found; "
                 "stage the release's .pth on the node and point detector_weights at it")
-        self.model = Model(max_size=self.max_size, device=device)
-        self.model.load_state_dict(_load_state_dict(path, torch))
-        self.model.eval()
+        model = Model(max_size=self.size, device=self.device)
+        model.load_state_dict(_load_state_dict(path, torch))
+        model.eval()
+        return model.model, model.prior_box.to(self.device)
 
     def detect(self, frame):
+        return self.detect_many([frame])[0]
+
+    def detect_many(self, frames):
+        import torch
+
+        from ecmf.features.encoders import autocast
+
         out = []
-        for face in self.model.predict_jsons(frame, confidence_threshold=self.threshold):
-            if len(face["bbox"]) == 4:  # it returns one empty entry when nothing is found
-                out.append((np.asarray(face["bbox"], np.float32),
-                            np.asarray(face["landmarks"], np.float32)))
+        for s in range(0, len(frames), self.frames_per_forward):
+            chunk = frames[s:s + self.frames_per_forward]
+            images, scales = self._canvas(chunk)
+            with torch.inference_mode(), autocast(self.device, self.amp):
+                loc, conf, land = self.net(images)
+            out.extend(self._decode(loc.float(), conf.float(), land.float(), scales,
+                                    [f.shape[:2] for f in chunk]))
         return out
+
+    def _canvas(self, frames: list[np.ndarray]):
+        """Normalised frames on one zero canvas [n, 3, size, size], and each frame's (x, y)
+        scale from its pixels to the canvas'."""
+        import torch
+        import torch.nn.functional as F
+
+        mean = torch.tensor(self.mean, device=self.device).view(3, 1, 1) * 255
+        std = torch.tensor(self.std, device=self.device).view(3, 1, 1) * 255
+        images = torch.zeros(len(frames), 3, self.size, self.size, device=self.device)
+        scales = []
+        for i, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            s = self.size / max(h, w)
+            nh, nw = min(self.size, max(1, round(h * s))), min(self.size, max(1, round(w * s)))
+            x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+            x = x.permute(2, 0, 1)[None].float()
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=s < 1)
+            images[i, :, :nh, :nw] = (x[0] - mean) / std
+            scales.append((nw / w, nh / h))
+        return images, scales
+
+    def _decode(self, loc, conf, land, scales, shapes) -> list[list]:
+        """Faces per image from the network's outputs: priors' offsets to boxes and landmarks
+        (the release's decoding, over the batch at once), score threshold, NMS, and the
+        canvas' pixels back to each frame's."""
+        import torch
+
+        p, (v0, v1) = self.priors, self.variances
+        centres = p[:, :2] + loc[..., :2] * v0 * p[:, 2:]
+        sides = p[:, 2:] * torch.exp(loc[..., 2:] * v1)
+        boxes = torch.cat([centres - sides / 2, centres + sides / 2], -1) * self.size
+        marks = (p[:, None, :2] + land.view(*land.shape[:2], 5, 2) * v0 * p[:, None, 2:])
+        marks = marks * self.size
+        scores = torch.softmax(conf, dim=-1)[..., 1]
+        out = []
+        for i, ((sx, sy), (h, w)) in enumerate(zip(scales, shapes)):
+            ok = scores[i] > self.threshold
+            b, m = _nms(boxes[i][ok], scores[i][ok], self.nms_iou, marks[i][ok])
+            scale = torch.tensor([sx, sy], device=b.device)
+            b = (b.view(-1, 2, 2) / scale).view(-1, 4).cpu().numpy()
+            m = (m / scale).cpu().numpy()
+            b[:, 0::2] = b[:, 0::2].clip(0, w)
+            b[:, 1::2] = b[:, 1::2].clip(0, h)
+            out.append([(box.astype(np.float32), lm.astype(np.float32)) for box, lm in zip(b, m)
+                        if box[2] > box[0] and box[3] > box[1]])
+        return out
+
+
+def _nms(boxes, scores, iou: float, marks):
+    """Greedy non-maximum suppression, highest score first: (boxes, landmarks) kept.
+
+    In torch rather than torchvision's: a frame holds a few dozen candidates over the threshold,
+    and the CPU image has no torchvision to import.
+    """
+    import torch
+
+    order = scores.argsort(descending=True)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
+    keep = []
+    while order.numel():
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lt = torch.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = torch.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        order = rest[inter / (area[i] + area[rest] - inter).clamp(min=1e-9) <= iou]
+    idx = torch.stack(keep) if keep else order
+    return boxes[idx], marks[idx]
 
 
 def _load_state_dict(path: str, torch) -> dict:
@@ -174,7 +323,10 @@ class ProvidedCrops(Detector):
     `faces_dir` empty: `openface_face` beside the clip's `video/` folder. No folder for a clip
     means no face; an unreadable or oddly shaped file is an error naming it. As many crops as
     frames were sampled (at least `sequence_steps`) are taken uniformly over the clip.
+    OpenFace stores its crops BGR (OpenCV's order); they are handed on as RGB.
     """
+
+    reads_frames = False
 
     def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
         super().__init__(cfg, device)
@@ -204,11 +356,13 @@ class ProvidedCrops(Detector):
         if len(crops) > want:
             idx = ((np.arange(want) + 0.5) * len(crops) / want).astype(int)
             crops = crops[idx]
-        return list(crops)
+        # OpenFace writes its aligned faces with OpenCV, blue first: the towers take RGB.
+        return list(np.ascontiguousarray(crops[..., ::-1]))
 
 
 def read_crops(path: str | Path) -> np.ndarray:
-    """Face crops of one clip as uint8 [T, H, W, 3].
+    """Face crops of one clip as uint8 [T, H, W, 3], channels in the file's order (OpenFace's:
+    BGR).
 
     Accepts [T, H, W, 3], [T, H, W, 1], [T, H, W] (grayscale) and one crop [H, W, 3]; floats in
     [0, 1] or [0, 255]. Anything else is a FaceError naming the file and the expected shape.

@@ -97,7 +97,7 @@ def test_an_encoder_group_runs_its_members_in_turn_on_one_batch(tiny):
 
 def test_pools_that_hold_every_cpu_are_refused_before_ray_data_stalls(ray_local):
     from ecmf.config import ConfigError
-    from ecmf.features.extract import _check_cpu_budget, encoder_stages, pool_settings
+    from ecmf.features.extract import check_resources, encoder_stages, pool_settings
 
     total = ray_local.cluster_resources()["CPU"]
     # A group holds its largest num_cpus once, not the sum of its members'.
@@ -105,7 +105,120 @@ def test_pools_that_hold_every_cpu_are_refused_before_ray_data_stalls(ray_local)
                             "b": EncoderConfig(num_cpus=1.0, group="g", batch_size=4)})
     assert pool_settings(group[0]) == {"batch_size": 4, "pool_size": 1, "num_cpus": total - 1,
                                        "num_gpus": 0.0}
-    _check_cpu_budget(group)
+    check_resources(group)
     apart = encoder_stages({"a": EncoderConfig(num_cpus=total - 1), "b": EncoderConfig()})
     with pytest.raises(ConfigError, match="leaving less than 1 for decoding"):
-        _check_cpu_budget(apart)
+        check_resources(apart)
+
+
+def test_autocast_dtype_follows_the_device_and_precision():
+    import torch
+
+    from ecmf.config import ConfigError
+    from ecmf.features.encoders import autocast_dtype
+
+    assert autocast_dtype("cuda", bf16=True) is torch.bfloat16
+    assert autocast_dtype("cuda:1", "auto", bf16=False) is torch.float16  # e.g. a V100 or T4
+    for precision in ("auto", "bf16", "fp16", "fp32"):
+        assert autocast_dtype("cpu", precision) is None, precision  # CPU: always fp32
+    assert autocast_dtype("cuda", "fp32", bf16=True) is None
+    assert autocast_dtype("cuda", "fp16", bf16=True) is torch.float16
+    assert autocast_dtype("cuda", "bf16", bf16=True) is torch.bfloat16
+    with pytest.raises(ValueError, match="no bfloat16 support"):
+        autocast_dtype("cuda", "bf16", bf16=False)
+    with pytest.raises(ConfigError, match="encoder.precision"):
+        EncoderConfig("hubert", precision="fp8")
+    if not torch.cuda.is_available():  # the actor's own choice, on this machine
+        enc = ENCODERS.get("text")("text", EncoderConfig("text", PACKAGED_MINILM, num_gpus=1))
+        assert enc.device == "cpu" and enc.amp is None
+
+
+def test_encoders_under_autocast_give_float32_features(tiny):
+    import torch
+
+    # CPU autocast runs the same code path a GPU actor runs in bf16.
+    rng = np.random.default_rng(0)
+    inputs = {"clip": [rng.integers(0, 255, size=(2, 40, 40, 3), dtype=np.uint8)],
+              "hubert": [(0.1 * rng.standard_normal(16000)).astype(np.float32)],
+              "text": ["I am so happy today!"]}
+    for name, model in (("clip", tiny["clip"]), ("hubert", tiny["hubert"]),
+                        ("text", PACKAGED_MINILM)):
+        enc = ENCODERS.get(name)(name, EncoderConfig(name, model, sequence_steps=2))
+        units: list = []
+        fp32 = enc.encode(inputs[name])
+        enc.amp = torch.bfloat16
+        low = enc.encode(inputs[name], units)
+        assert low.dtype == np.float32 and units[0].dtype == np.float32, name
+        cos = (low * fp32).sum() / np.linalg.norm(low) / np.linalg.norm(fp32)
+        assert cos > 0.98 and not np.array_equal(low, fp32), name  # really ran in bf16
+
+
+@pytest.fixture(scope="module")
+def layer_norm_hubert(tmp_path_factory):
+    """A tiny HuBERT with chinese-hubert-large's front end: layer norm per conv frame."""
+    import torch
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    out = tmp_path_factory.mktemp("hubert-layer")
+    torch.manual_seed(0)
+    config = HubertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                          intermediate_size=128, conv_dim=(32,) * 7, conv_bias=True,
+                          conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+                          feat_extract_norm="layer", do_stable_layer_norm=True,
+                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    HubertModel(config).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                             do_normalize=True, return_attention_mask=True).save_pretrained(out)
+    return str(out)
+
+
+def _forward_calls(enc) -> list:
+    calls, forward = [], enc.model.forward
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape if args else kwargs["input_values"].shape)
+        return forward(*args, **kwargs)
+
+    enc.model.forward = counted
+    return calls
+
+
+def test_hubert_batches_clips_of_a_batch_and_embeds_them_as_alone(layer_norm_hubert):
+    def encoder(batch_size):
+        enc = ENCODERS.get("hubert")("audio", EncoderConfig(
+            "hubert", layer_norm_hubert, batch_size=batch_size, sequence_steps=4))
+        enc.chunk_s = 2.0
+        return enc, _forward_calls(enc)
+
+    rng = np.random.default_rng(3)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32)
+             for n in (16000, 5900, 37000, 1000, 23456)]  # 37000: two chunks; 1000: padded
+    enc, calls = encoder(1)  # one chunk per pass: nothing padded
+    assert enc.batched
+    alone_units: list = []
+    alone = enc.encode(clips, alone_units)
+    assert len(calls) == 6
+    enc, calls = encoder(8)
+    units: list = []
+    together = enc.encode(clips, units)
+    assert calls == [(6, 32000)]  # the six chunks of five clips in one pass
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+    # Only each clip's own frames (320 samples a frame), none of the padding.
+    assert [u.shape[0] for u in units] == [49, 18, 99 + 15, 4, 73]
+    for a, b in zip(units, alone_units):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    enc, calls = encoder(4)  # batch_size chunks a pass
+    np.testing.assert_allclose(enc.encode(clips), alone, atol=1e-4)
+    assert len(calls) == 2
+
+
+def test_hubert_with_a_group_norm_front_end_runs_one_chunk_at_a_time(tiny):
+    enc = ENCODERS.get("hubert")("audio", EncoderConfig("hubert", tiny["hubert"], batch_size=8))
+    assert not enc.batched  # padding would shift its normalisation over time
+    rng = np.random.default_rng(4)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 7000, 12000)]
+    calls = _forward_calls(enc)
+    together = enc.encode(clips)
+    assert sorted(calls) == [(1, 7000), (1, 12000), (1, 16000)]
+    np.testing.assert_allclose(together, np.concatenate([enc.encode([c]) for c in clips]),
+                               atol=1e-6)

@@ -11,9 +11,43 @@ import pyarrow.parquet as pq
 import pytest
 
 from ecmf.config import ConfigError, EncoderConfig
-from ecmf.features.faces import FACE_DETECTORS, FaceError, build_detector, crop_face, read_crops
+from ecmf.features.faces import (FACE_DETECTORS, Detector, FaceError, RetinaFaceDetector,
+                                 build_detector, crop_face, read_crops)
 
 CREMA = Path(__file__).parents[1] / "data" / "crema-d"
+
+
+class RecordingDetector(Detector):
+    """Finds one face, the middle half of each frame, and records the frame shapes of each
+    `detect_many` call."""
+
+    def __init__(self, cfg, device="cpu"):
+        super().__init__(cfg, device)
+        self.calls = []
+
+    def detect_many(self, frames):
+        self.calls.append([f.shape for f in frames])
+        return super().detect_many(frames)
+
+    def detect(self, frame):
+        h, w = frame.shape[:2]
+        return [(np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4], np.float32), None)]
+
+
+if "test-recording" not in FACE_DETECTORS:
+    FACE_DETECTORS.register("test-recording")(RecordingDetector)
+
+
+def _recorded(obj, name):
+    """Wrap method `name` of `obj` so that its positional arguments are recorded."""
+    calls, method = [], getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return method(*args, **kwargs)
+
+    setattr(obj, name, wrapper)
+    return calls
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +225,9 @@ def test_provided_crops_corrupt_file_is_its_own_error_and_the_batch_is_stored(ti
     assert seq.shape == (4, 4, 128) and np.abs(seq[1:3]).sum() == 0
     # 8 of the 12 crops, 2 per step: the steps' mean is the clip's mean feature.
     assert np.allclose(seq[0].mean(axis=0), out["feat_faces"][0], atol=1e-5)
-    expect = enc.encode([list(crops["good"][((np.arange(8) + 0.5) * 12 / 8).astype(int)])])
+    # OpenFace's crops are BGR: the tower gets them as RGB.
+    idx = ((np.arange(8) + 0.5) * 12 / 8).astype(int)
+    expect = enc.encode([list(crops["good"][idx][..., ::-1])])
     assert np.allclose(out["feat_faces"][0], expect[0], atol=1e-5)
 
     store = tmp_path / "store"
@@ -243,3 +279,151 @@ def test_retinaface_weights_load_from_the_release_zip_or_the_pth(tmp_path):
         z.writestr("README", "no weights here")
     with pytest.raises(ValueError, match=r"detector_weights: .*empty.zip holds no weight"):
         _load_state_dict(str(tmp_path / "empty.zip"), torch)
+
+
+def test_provided_crops_reach_the_tower_as_rgb(tiny, tmp_path):
+    from ecmf.features.encoders import ENCODERS
+
+    (tmp_path / "video").mkdir()
+    blue = np.zeros((4, 32, 32, 3), np.uint8)
+    blue[..., 0] = 255  # pure blue as OpenFace stores it: B, G, R
+    (tmp_path / "openface_face" / "b").mkdir(parents=True)
+    np.save(tmp_path / "openface_face" / "b" / "b.npy", blue)
+    enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"],
+                                                       detector="provided"))
+    seen = _recorded(enc, "encode")
+    out = enc({"sample_id": np.array(["b"], dtype=object),
+               "video_path": np.array([str(tmp_path / "video" / "b.mp4")], dtype=object),
+               "error": np.array([""], dtype=object),
+               "frames": np.zeros((1, 4, 16, 16, 3), np.uint8)})
+    assert out["mask_faces"].tolist() == [True]
+    (crops,) = seen[0][0]
+    assert len(crops) == 4
+    for crop in crops:  # blue in RGB: the third channel
+        assert crop.shape == (32, 32, 3) and crop.flags["C_CONTIGUOUS"]
+        assert (crop[..., 2] == 255).all() and (crop[..., :2] == 0).all()
+
+
+def _crema_batch(names, num_frames=4):
+    from ecmf.data.media import sample_frames
+
+    paths = [str(CREMA / f"1001_DFA_{n}_XX.flv") for n in names]
+    return {"sample_id": np.array(names, dtype=object),
+            "video_path": np.array(paths, dtype=object),
+            "error": np.array([""] * len(names), dtype=object),
+            # as extraction decodes them: a 256 px short side (480x360 -> 341x256)
+            "frames": np.stack([sample_frames(p, num_frames) for p in paths])}
+
+
+def test_detectors_see_the_frames_reread_at_detect_short_side_all_clips_in_one_call(tiny):
+    from ecmf.data.media import sample_frames
+    from ecmf.features.encoders import ENCODERS
+
+    batch = _crema_batch(["NEU", "HAP", "SAD"])
+    assert batch["frames"].shape[2:4] == (256, 341)
+    sides = {}
+    for short_side, shape in ((320, (320, 427, 3)), (0, (256, 341, 3)),
+                              (640, (360, 480, 3))):  # 640: the video's own, never upscaled
+        cfg = EncoderConfig("faces", tiny["clip"], detector="test-recording", face_margin=0.0,
+                            detect_short_side=short_side)
+        enc = ENCODERS.get("faces")("faces", cfg)
+        seen = _recorded(enc, "encode")
+        out = enc(dict(batch))
+        assert out["mask_faces"].all()
+        # One detection call for the whole batch: 3 clips x 4 frames, at the configured size.
+        assert enc.detector.calls == [[shape] * 12], short_side
+        crops = seen[0][0]
+        assert [len(c) for c in crops] == [4, 4, 4]
+        sides[short_side] = crops[0][0].shape[0]
+        # Cut from the re-read frame: the box's square (its longer side, half the width).
+        frame = sample_frames(batch["video_path"][0], 4, short_side=short_side or 256)[0]
+        h, w = frame.shape[:2]
+        expect = crop_face(frame, [w / 4, h / 4, 3 * w / 4, 3 * h / 4], 0.0)
+        assert np.array_equal(crops[0][0], expect), short_side
+    assert abs(sides[320] / sides[0] - 320 / 256) < 0.02  # the crops scale with the frames
+    assert abs(sides[640] / sides[0] - 360 / 256) < 0.02
+
+
+def test_haar_crops_from_the_reread_frames_are_larger(tiny):
+    from ecmf.features.encoders import ENCODERS
+
+    batch = _crema_batch(["NEU", "ANG"])
+    sides = {}
+    for short_side in (0, 640):
+        enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"],
+                                                           detect_short_side=short_side))
+        seen = _recorded(enc, "encode")
+        assert enc(dict(batch))["mask_faces"].all()
+        sides[short_side] = np.mean([c.shape[0] for clip in seen[0][0] for c in clip])
+    assert 1.25 < sides[640] / sides[0] < 1.6  # native 360 px against the decoded 256 px
+
+
+class _FakeRetinaNet:
+    """RetinaFace's outputs for three priors: the first two overlap and score as faces (the
+    second lower), the third is background; it records the images of each forward pass."""
+
+    def __init__(self):
+        self.images = []
+
+    def __call__(self, images):
+        import torch
+
+        self.images.append(images.clone())
+        n = images.shape[0]
+        conf = torch.zeros(n, 3, 2)
+        conf[:, :, 0] = 5.0
+        conf[:, 0, 1], conf[:, 1, 1] = 12.0, 10.0
+        land = torch.zeros(n, 3, 10)
+        land[:, 0, 2:4] = 1.0  # the second landmark sits 0.1 prior widths right and down
+        return torch.zeros(n, 3, 4), conf, land
+
+
+class _FakeRetinaFace(RetinaFaceDetector):
+    size = 64
+    frames_per_forward = 4
+
+    def _load(self):
+        import torch
+
+        priors = torch.tensor([[0.5, 0.25, 0.25, 0.25], [0.52, 0.26, 0.25, 0.25],
+                               [0.2, 0.8, 0.1, 0.1]])
+        return _FakeRetinaNet(), priors
+
+
+def test_retinaface_batches_frames_and_maps_boxes_back_to_each_frame():
+    det = _FakeRetinaFace(EncoderConfig("faces", min_face=8))
+    rng = np.random.default_rng(0)
+    shapes = [(96, 128), (128, 96), (64, 64), (300, 400), (32, 48)]
+    frames = [rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8) for h, w in shapes]
+    found = det.detect_many(frames)
+    # Two forward passes of at most frames_per_forward frames on the size x size canvas.
+    assert [tuple(x.shape) for x in det.net.images] == [(4, 3, 64, 64), (1, 3, 64, 64)]
+    first = det.net.images[0][0]  # 96x128 scaled by 1/2 to 48x64, padded below
+    assert (first[:, 48:] == 0).all() and first[:, :48].abs().sum() > 0
+    for (h, w), faces in zip(shapes, found):
+        assert len(faces) == 1  # the overlapping, lower-scored prior is suppressed
+        box, marks = faces[0]
+        s = 64 / max(h, w)
+        sx, sy = min(64, round(w * s)) / w, min(64, round(h * s)) / h
+        # Prior 0 on the canvas: centre (32, 16), side 16 -> [24, 8, 40, 24].
+        np.testing.assert_allclose(box, [24 / sx, 8 / sy, 40 / sx, 24 / sy], rtol=1e-5)
+        assert marks.shape == (5, 2)
+        np.testing.assert_allclose(marks[0], [32 / sx, 16 / sy], rtol=1e-5)
+        np.testing.assert_allclose(marks[1], [(32 + 1.6) / sx, (16 + 1.6) / sy], rtol=1e-5)
+    crops = det.faces_many([np.stack(frames[:1] * 2), np.stack(frames[3:4])])
+    assert [len(c) for c in crops] == [2, 1]
+    assert crops[1][0].shape[0] > 2 * crops[0][0].shape[0]  # 400 px wide against 128
+
+
+def test_detection_frames_rereads_only_where_it_gains_pixels(crema_frames, tmp_path, caplog):
+    from ecmf.features.faces import detection_frames
+
+    video = str(CREMA / "1001_DFA_NEU_XX.flv")
+    assert detection_frames(crema_frames, video, 320).shape == (4, 320, 427, 3)
+    small = np.ascontiguousarray(crema_frames[:, :200, :200])  # a small video's own frames
+    for frames, side in ((crema_frames, 0), (crema_frames, 256), (small, 640)):
+        assert detection_frames(frames, video, side) is frames
+    assert detection_frames(crema_frames, "", 640) is crema_frames  # no video column
+    gone = str(tmp_path / "gone.mp4")
+    assert detection_frames(crema_frames, gone, 640) is crema_frames
+    assert "gone.mp4: cannot re-read" in caplog.text
