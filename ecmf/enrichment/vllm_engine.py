@@ -1,7 +1,9 @@
 """The vLLM backend: Ray Data's LLM processor (`ray.data.llm`) runs vLLM engines on GPU workers.
 
-Rows out carry the same columns as the transformers backend. vLLM is CUDA-only (the `gpu` extra);
-on a machine without a GPU the processor builds but waits forever, so never run it there.
+Rows out carry the same columns as the transformers backend. vLLM is CUDA-only (the `gpu` extra):
+only the GPU workers have it. The driver (on the CPU head) builds the processor without it, and
+the engine stage checks for it in its own actor. On a machine without a GPU the processor builds
+but waits forever, so never run it there.
 """
 
 from __future__ import annotations
@@ -27,12 +29,32 @@ _ERROR = "__inference_error__"
 
 
 def require_vllm() -> None:
-    """Fail early, in the driver, where vLLM is missing (it would fail late in GPU actors)."""
+    """Fail where vLLM must run (the engine actor on a GPU worker) when it is not installed there.
+
+    The driver never needs vLLM: it runs on the CPU head image, which leaves it out.
+    """
     if importlib.util.find_spec("vllm") is None:
+        import socket
+
         raise ImportError(
-            "enrich.backend 'vllm' needs vLLM, which the base install leaves out (it is "
-            "CUDA-only): on a GPU image install the gpu extra, pip install 'ecmf[gpu]' "
-            "(ray[llm] with vLLM), or set enrich.backend=transformers")
+            f"enrich.backend 'vllm' needs vLLM on the GPU workers, and node "
+            f"{socket.gethostname()}, which runs a vLLM engine, has none (the base install "
+            "leaves it out: it is CUDA-only): install the gpu extra in the GPU workers' image, "
+            "pip install 'ecmf[gpu]' (ray[llm] with vLLM), or set enrich.backend=transformers")
+
+
+def checked_engine(udf: type) -> type:
+    """`udf`, the vLLM engine stage's class, that first checks in its actor that vLLM imports.
+
+    Ray's own stage fails there too, but later (after fetching a model kept in cloud storage),
+    and names `ray[llm]` rather than this project's extra. The subclass keeps the name that Ray
+    Data shows.
+    """
+    def __init__(self, *args, **kwargs):
+        require_vllm()
+        udf.__init__(self, *args, **kwargs)
+
+    return type(udf.__name__, (udf,), {"__init__": __init__, "__doc__": udf.__doc__})
 
 
 def sampling_params(cfg: EnrichConfig, task: str) -> dict[str, Any]:
@@ -111,15 +133,21 @@ def _has_text(row: dict) -> bool:
 
 
 def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str):
-    """The Ray Data LLM processor (chat template, tokenize, vLLM engine, detokenize) for `task`."""
-    require_vllm()
+    """The Ray Data LLM processor (chat template, tokenize, vLLM engine, detokenize) for `task`.
+
+    Builds in a driver without vLLM (Ray 2.60's `build_processor` does not import it); the
+    engine stage's actors check for it on the GPU workers (`checked_engine`).
+    """
     from functools import partial
 
     from ray.data.llm import build_processor
 
-    return build_processor(processor_config(cfg, model_path),
-                           preprocess=partial(request_row, cfg=cfg, task=task),
-                           postprocess=keep_row)
+    processor = build_processor(processor_config(cfg, model_path),
+                                preprocess=partial(request_row, cfg=cfg, task=task),
+                                postprocess=keep_row)
+    engine = processor.get_stage_by_name("vLLMEngineStage")
+    engine.fn = checked_engine(engine.fn)
+    return processor
 
 
 def vllm_dataset(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,

@@ -1,4 +1,4 @@
-"""The vLLM backend: config and row functions everywhere; the processor where vLLM is installed;
+"""The vLLM backend: config, row functions and the processor everywhere (the driver needs no vLLM);
 a real run on a GPU. Its processor must never execute on CPU: it would wait forever for a GPU."""
 
 from __future__ import annotations
@@ -114,26 +114,49 @@ def test_empty_subtitles_are_not_sent():
     assert ve.skipped_row(row, "vote")["vote_status"] == "empty-subtitle"
 
 
-@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
-def test_without_vllm_the_error_names_the_gpu_extra(tiny_llm):
+def test_the_driver_builds_the_vllm_pipeline_without_vllm(ray_local, tiny_llm):
+    """The driver runs on the CPU head image, which has no vLLM: building the lazy dataset must
+    neither need nor import it (and nothing here executes it: it would wait for a GPU)."""
+    import sys
+
+    import pandas as pd
+
     from ecmf.enrichment.pipeline import enrich_dataset
 
-    with pytest.raises(ImportError, match=r"pip install 'ecmf\[gpu\]'"):
-        enrich_dataset(None, CFG, tiny_llm)  # fails in the driver, before any dataset work
+    imported = "vllm" in sys.modules
+    df = pd.DataFrame({"sample_id": ["s1", "s2"], "text": [ROW["text"], ""]})
+    ds = enrich_dataset(ray_local.data.from_pandas(df), CFG, tiny_llm, "vote")
+    assert "vLLMEngineStageUDF" in str(ds) and "_postprocess" in str(ds)
+    assert ("vllm" in sys.modules) == imported
 
 
-@needs_vllm
 def test_processor_builds_with_its_stages(ray_local, tiny_llm):
-    pytest.importorskip("vllm", reason=NO_VLLM)
     processor = ve.build_vllm_processor(CFG, tiny_llm, "vote")
     assert processor.list_stage_names() == ["ChatTemplateStage", "TokenizeStage",
                                             "vLLMEngineStage", "DetokenizeStage"]
     engine = processor.get_stage_by_name("vLLMEngineStage")
+    # Ray's engine class, behind the check for vLLM, under the name Ray Data shows.
+    ray_udf = engine.fn.__mro__[1]
+    assert engine.fn is not ray_udf and engine.fn.__name__ == ray_udf.__name__
+    assert ray_udf.__module__.startswith("ray.llm.")
     kwargs = engine.fn_constructor_kwargs
     assert kwargs["model"] == tiny_llm and kwargs["batch_size"] == 32
     assert kwargs["engine_kwargs"]["max_model_len"] == 2048
     assert kwargs["should_continue_on_error"] is True
     assert engine.map_batches_kwargs["num_gpus"] == 1
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
+def test_without_vllm_the_engine_actor_fails_naming_the_gpu_extra(ray_local, tiny_llm):
+    """The engine stage's class as Ray Data starts it, in an actor (with no GPU asked, as none
+    is here): with no vLLM on that node it fails at once, and the error names the fix."""
+    processor = ve.build_vllm_processor(CFG, tiny_llm, "enrich")
+    engine = processor.get_stage_by_name("vLLMEngineStage")
+    ctor = engine.get_dataset_map_batches_kwargs(CFG.batch_size, "__data")
+    actor = ray_local.remote(num_cpus=0)(engine.fn).remote(**ctor["fn_constructor_kwargs"])
+    with pytest.raises(ray_local.exceptions.RayActorError,
+                       match=r"(?s)needs vLLM on the GPU workers.*pip install 'ecmf\[gpu\]'"):
+        ray_local.get(actor.__ray_ready__.remote(), timeout=120)
 
 
 def _vllm_sized_llm(path) -> str:
