@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
 
-.PHONY: demo test install clean
+.PHONY: demo test gpu-check install clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# On a machine with CUDA (a GPU image: docker/Dockerfile.gpu): the production code paths on the
+# GPU, printing clips/s and tokens/s (tests/gpu). Skips, with the reason, without CUDA.
+gpu-check: install
+	$(BIN)/python -m pytest -q -m gpu -s -rs tests/gpu
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

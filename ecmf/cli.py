@@ -12,7 +12,12 @@ from pathlib import Path
 def _config(args, extra: list[str] = ()):
     from ecmf.config import load_config
 
-    return load_config(args.config, [*extra, *args.set])
+    cfg = load_config(args.config, [*extra, *args.set])
+    if args.command != "tune":  # a search starts from the configured train keys
+        from ecmf.tune.report import apply_best
+
+        cfg = apply_best(cfg)
+    return cfg
 
 
 def _with_ray(args, fn, extra: list[str] = (), needs_store: bool = True):
@@ -132,6 +137,7 @@ def cmd_submit(args):
         print(f"ecmf submit: {', '.join(spec.hidden_names())} shown as {jobs.MASK}; the job gets "
               "the real values", file=sys.stderr)
     if args.dry_run:
+        print("\n".join(spec.plan()))
         return None
     client = jobs.connect(address)
     sid = jobs.submit(client, spec, sid)

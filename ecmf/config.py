@@ -15,6 +15,8 @@ from ecmf.config_dict import ConfigError, check, from_dict, merge, parse_set, to
 from ecmf.schema import LABELS
 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # EncoderConfig.precision
+TRAIN_BACKENDS = ("auto", "gloo", "nccl")  # TrainConfig.backend
 # Where the GPU image stages RetinaFace's release (STAGE_RETINAFACE, TORCH_HOME=/opt/ecmf/torch;
 # docker/README.md), so no node downloads weights at run time.
 RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
@@ -107,13 +109,19 @@ class EncoderConfig:
     # its weights file (retinaface: .zip/.pth, empty for the GPU image's staged RETINAFACE_WEIGHTS;
     # haar: another cascade XML, empty for OpenCV's own),
     # margin added on each side of a face box (fraction of its side) and the smallest face
-    # side in pixels of the decoded frame.
+    # side in pixels of the frames the detector sees (see detect_short_side).
     detector: str = "haar"
     detector_weights: str = ""
     face_margin: float = 0.2
     min_face: int = 40
     # "provided" only: the folder of <name>/<name>.npy; empty: openface_face/ beside video/.
     faces_dir: str = ""
+    # haar / retinaface: the sampled frames are re-read with this short side (at most the
+    # video's own) to detect and crop faces in; 0: the small decoded frames (256 px).
+    detect_short_side: int = 640
+    # Forward passes on a GPU: "auto" (bf16 where supported, else fp16), "bf16", "fp16" or
+    # "fp32", under autocast with float32 outputs; on CPU always fp32.
+    precision: str = "auto"
     # Encoders with the same non-empty group share one actor pool: one process per actor, one
     # set of imports, the models side by side, run in turn on each batch (e.g. the light text
     # encoders on a small machine, or two vision towers on one GPU). The group's actors take
@@ -137,6 +145,12 @@ class EncoderConfig:
                self.face_margin)
         check(isinstance(self.min_face, int) and self.min_face >= 8, "encoder.min_face",
                "an integer >= 8 (pixels)", self.min_face)
+        check(isinstance(self.detect_short_side, int) and (self.detect_short_side == 0
+                                                           or self.detect_short_side >= 64),
+               "encoder.detect_short_side", "0 (the decoded frames) or an integer >= 64 (pixels)",
+               self.detect_short_side)
+        check(self.precision in PRECISIONS, "encoder.precision", f"one of {PRECISIONS}",
+               self.precision)
 
 
 def _default_encoders() -> dict[str, EncoderConfig]:
@@ -244,9 +258,17 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     storage_path: str = ""  # Ray Train storage (local path or URI); empty: <workdir>/ray_results
     max_failures: int = 2  # worker-group restarts (from the last fold checkpoint) before failing
+    # Process group of the workers: "auto" (NCCL if use_gpu and the driver sees CUDA, else gloo),
+    # "gloo", or "nccl" (a CPU-only head driving CUDA workers); see ecmf.train.fit.torch_backend.
+    backend: str = "auto"
 
     def __post_init__(self):
         check(self.folds >= 2, "train.folds", ">= 2", self.folds)
+        check(self.backend in TRAIN_BACKENDS, "train.backend", f"one of {TRAIN_BACKENDS}",
+              self.backend)
+        check(self.backend != "nccl" or self.use_gpu, "train.backend",
+              "'auto' or 'gloo' when train.use_gpu is false (NCCL takes CUDA tensors only)",
+              self.backend)
         check(self.class_weights in ("none", "balanced"), "train.class_weights",
                "'none' or 'balanced'", self.class_weights)
         check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)",
@@ -370,6 +392,9 @@ class TuneConfig:
     max_failures: int = 1  # retries of a failed trial
     # A trial that reports nothing for this long fails the search (instead of a silent hang).
     no_progress_timeout_s: float = 900.0
+    # true: every other stage trains with the train keys of <workdir>/tune/best.yaml (the
+    # search's best trial) once it exists, so one job can search, then train on the result.
+    apply_best: bool = False
 
     def __post_init__(self):
         from ecmf.tune.space import parse_space

@@ -63,6 +63,22 @@ class JobSpec:
     submission_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     secret_names: frozenset[str] = frozenset()  # given through --env: masked whatever their name
+    steps: tuple[str, ...] = ()  # the `ecmf` commands the job runs, in order
+    config: Any = field(default=None, repr=False)  # the steps' resolved Config, where it loaded
+
+    def plan(self) -> list[str]:
+        """What the job will do, for a person reading a dry run: its steps in order and, for
+        a search, the points of its space."""
+        lines = [f"steps: {' -> '.join(self.steps)}"] if self.steps else []
+        if "tune" in self.steps and self.config is not None:
+            from ecmf.tune.space import search_points
+
+            points = search_points(self.config.tune, self.config.train)
+            keys = sorted({k for p in points for k in p})
+            distinct = len({json.dumps(p, sort_keys=True, default=str) for p in points})
+            lines.append(f"tune: {len(points)} trials over {keys or 'no key'} "
+                         f"({distinct} distinct points)")
+        return lines
 
     def hidden_names(self) -> list[str]:
         """The env_vars whose values ecmf never prints: secret-looking names and every --env."""
@@ -182,12 +198,13 @@ def load_job_spec(path: str | Path, sets: list[str] = (), env: list[str] = ()) -
 
     all_sets = [*(raw.get("set") or []), *sets]
     config = raw.get("config")
+    loaded = None
     if config and local:
         cfg_path = Path(wd) / config
         if not cfg_path.is_file():
             raise JobError(f"{path}: config {config} not found under working_dir {wd}")
         try:  # fail here, not minutes later on the cluster
-            load_config(cfg_path, all_sets)
+            loaded = load_config(cfg_path, all_sets)
         except ConfigError as e:
             raise JobError(f"{path}: config {config}: {e}") from None
     if raw.get("steps"):
@@ -215,6 +232,7 @@ def load_job_spec(path: str | Path, sets: list[str] = (), env: list[str] = ()) -
         submission_id=raw.get("submission_id"),
         metadata={"ecmf_job": name, "ecmf_spec": str(path), **meta},
         secret_names=frozenset(cli_env),
+        steps=tuple(str(x).split()[0] for x in raw.get("steps") or []), config=loaded,
     )
 
 

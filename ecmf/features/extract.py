@@ -91,7 +91,8 @@ def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table
     statuses = {}
     for name in features:
         x = np.ascontiguousarray(batch[schema.feature_column(name)], dtype=np.float32)
-        statuses[name] = [str(v) for v in batch[schema.status_column(name)]]
+        # Rows made without an encoder (tests, benchmarks) have no status: nothing failed.
+        statuses[name] = [str(v) for v in batch.get(schema.status_column(name), [""] * n)]
         fields += [pa.field(schema.feature_column(name), pa.list_(pa.float32(), x.shape[1])),
                    pa.field(schema.mask_column(name), pa.bool_()),
                    pa.field(schema.status_column(name), pa.string())]
@@ -183,16 +184,13 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
     start = time.time()
     if len(todo):
         stages = encoder_stages(ex.encoders)
-        _check_cpu_budget(stages)
+        check_resources(stages)
         ds = input_dataset(todo)
         inputs_used = {m["input_column"] for stage in stages for m in stage}
         ds = ds.map_batches(
-            decode_batch, batch_size=ex.decode_batch_size, num_cpus=1, batch_format="numpy",
-            # Ray Data fuses a task map into the next actor map when their resources match
-            # (CPU encoders): decoding would then run inside that encoder's actor, in turn with
-            # it. A remote-args function is never fused, so decoding stays in CPU tasks that
-            # run beside the encoders.
-            ray_remote_args_fn=_decode_task_args,
+            decode_batch, batch_size=ex.decode_batch_size, batch_format="numpy",
+            # Separate CPU tasks that run beside the encoders, never fused into the next pool.
+            **_decode_task_args(),
             fn_kwargs=dict(num_frames=ex.num_frames, sample_rate=ex.sample_rate,
                            max_audio_s=ex.max_audio_s, frames="frames" in inputs_used,
                            audio="audio" in inputs_used))
@@ -240,7 +238,21 @@ def check_store_matches(store, encoders: dict[str, EncoderConfig]) -> None:
 
 
 def _decode_task_args() -> dict:
-    return {"num_cpus": 1}
+    """What a decode task asks of Ray: one CPU, and the memory it holds (FFmpeg, numpy and a
+    batch of decoded clips), which Ray counts when it places tasks but does not enforce.
+
+    The memory keeps decoding out of the encoders' actors. Ray Data fuses a task map into the
+    next actor map when their remote args match (Ray 2.60, ray/data/_internal/logical/rules/
+    operator_fusion.py: `_can_fuse` -> `are_op_remote_args_compatible` ->
+    `are_remote_args_compatible`, which compares num_cpus, num_gpus, resources and every other
+    arg, inheriting only scheduling_strategy and label_selector). A CPU encoder asking one CPU
+    would then decode in its own actor, in turn with encoding. No encoder pool asks memory, so
+    the args never match. (`ray_remote_args_fn`, which the rule never fuses either, is
+    deprecated and goes in Ray 2.64.)
+    """
+    # A decode worker with its imports holds about 200 MB; a batch of 16 MER2025 clips
+    # (8 frames and up to a minute of 16 kHz audio each) adds up to about 100 MB.
+    return {"num_cpus": 1, "memory": 512 * 1024**2}
 
 
 def encoder_stages(encoders: dict[str, EncoderConfig]) -> list[list[dict]]:
@@ -274,24 +286,34 @@ def pool_settings(stage: list[dict]) -> dict:
             "num_cpus": max(e.num_cpus for e in encs), "num_gpus": max(e.num_gpus for e in encs)}
 
 
-def _check_cpu_budget(stages: list[list[dict]]) -> None:
-    """Fail fast when the encoder pools would hold every CPU.
-
-    Decode and write tasks then wait forever for a CPU while the actors wait for their input:
-    Ray Data stalls without an error.
-    """
-    import ray
-
+def check_resources(stages: list[list[dict]], capacity=None) -> None:
+    """Fail fast when an encoder pool asks for what no node can ever give (a GPU on a machine
+    without one would wait forever, showing "pending: 1 GPU"), or when the pools would hold
+    every CPU the cluster can reach: decode and write tasks would then wait forever for a CPU
+    while the actors wait for their input, and Ray Data would stall without an error.
+    Counted against what the cluster can scale to (`capacity`, by default the connected
+    cluster's: ecmf.capacity), not what is up now."""
+    from ecmf.capacity import check_placeable, cluster_capacity
     from ecmf.config import ConfigError
 
-    total = ray.cluster_resources().get("CPU", 0.0)
+    capacity = capacity or cluster_capacity()
+    requests = {}
+    for stage in stages:
+        pool = pool_settings(stage)
+        key = ("extract.encoders." + stage[0]["feature"] if len(stage) == 1 else
+               f"extract.encoders group {stage[0]['cfg'].group!r}")
+        requests[key] = {"CPU": pool["num_cpus"], "GPU": pool["num_gpus"]}
+    check_placeable(requests, capacity)
+    if not capacity.known:
+        return
+    total = capacity.totals.get("CPU", 0.0)
     held = sum(p["num_cpus"] * p["pool_size"] for p in map(pool_settings, stages))
     if total - held < 1.0:
         raise ConfigError(
-            f"extract.encoders hold {held:g} of the cluster's {total:g} CPUs (num_cpus x "
-            f"pool_size per encoder or group), leaving less than 1 for decoding and writing: "
-            f"lower extract.encoders.<name>.num_cpus or pool_size, or give Ray more CPUs "
-            f"(ray.num_cpus for the embedded one)")
+            f"extract.encoders hold {held:g} of the {total:g} CPUs the cluster can reach "
+            f"(num_cpus x pool_size per encoder or group), leaving less than 1 for decoding and "
+            f"writing: lower extract.encoders.<name>.num_cpus or pool_size, or give Ray more "
+            f"CPUs (ray.num_cpus for the embedded one)")
 
 
 def _summarise(wd: Workdir, inputs: pd.DataFrame, skipped: set, attempted: int,

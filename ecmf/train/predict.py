@@ -100,7 +100,11 @@ def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
     """
     import ray
 
+    from ecmf.capacity import check_placeable, cluster_capacity
     from ecmf.features.store import store_dataset
+
+    check_placeable({"predict.num_cpus, predict.num_gpus": {"CPU": num_cpus, "GPU": num_gpus}},
+                    cluster_capacity())
 
     ds = store_dataset(store, FoldEnsemble(run_dir).features, ids)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={

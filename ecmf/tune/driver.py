@@ -75,11 +75,20 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
     A Tune trial, its Train workers and Ray Data's read tasks all take CPUs: if trials and
     workers hold them all, the reads wait forever and the search hangs without an error.
     """
-    import ray
+    from ecmf.capacity import check_placeable, cluster_capacity
 
     tc, tr = cfg.tune, cfg.train
-    res = ray.cluster_resources()
-    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    # What the cluster can scale to, not what is up: a GPU cluster starts from zero workers.
+    capacity = cluster_capacity()
+    if runner == "process":
+        check_placeable({"tune.cpus_per_trial, tune.gpus_per_trial": {
+            "CPU": tc.cpus_per_trial, "GPU": tc.gpus_per_trial}}, capacity)
+    else:
+        check_placeable({"train.cpus_per_worker with train.use_gpu": {
+            "CPU": tr.cpus_per_worker, "GPU": float(tr.use_gpu)}}, capacity)
+    if not capacity.known:  # Ray queues the trials until the autoscaler has room
+        return min(tc.max_concurrent_trials or n_trials, n_trials)
+    cpus, gpus = capacity.totals.get("CPU", 0.0), capacity.totals.get("GPU", 0.0)
     per_trial, reserve = tc.cpus_per_trial, 0.0
     keys = "tune.cpus_per_trial"
     if runner == "ray_train":
@@ -127,7 +136,7 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
         fn = tune.with_parameters(
             trial.process_trial, data=trial.trial_data(store, table, features), base=base,
             folds=cfg.tune.cv_folds, threads=max(1, int(cfg.tune.cpus_per_trial)),
-            device="cuda" if cfg.tune.gpus_per_trial > 0 else "cpu")
+            use_gpu=cfg.tune.gpus_per_trial > 0)
         return tune.with_resources(fn, {"cpu": cfg.tune.cpus_per_trial,
                                         "gpu": cfg.tune.gpus_per_trial})
     fn = tune.with_parameters(

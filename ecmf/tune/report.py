@@ -4,6 +4,7 @@ and epochs) and `best.yaml` (the best trial as config overrides that `ecmf train
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import yaml
 
 from ecmf.config import Config, to_dict
 from ecmf.tune.space import trial_config
+
+log = logging.getLogger(__name__)
 
 # Tune's trial states, as a reader of trials.csv wants them.
 _STATUS = {"TERMINATED": "completed", "ERROR": "error"}
@@ -126,3 +129,17 @@ def write_best_yaml(cfg: Config, row: pd.Series, point: dict, path: Path, folds:
               f"{folds} folds.\n# Train it with: ecmf train {path}\n")
     path.write_text(header + yaml.safe_dump(best_overrides(cfg, point), sort_keys=False))
     return path
+
+
+def apply_best(cfg: Config) -> Config:
+    """`cfg` with the train keys of its workdir's `tune/best.yaml`, where `tune.apply_best` is
+    on and a search has written one (else `cfg` as it is)."""
+    path = Path(cfg.workdir) / "tune" / "best.yaml"
+    if not cfg.tune.apply_best or not path.is_file():
+        return cfg
+    best = (yaml.safe_load(path.read_text()) or {}).get("train") or {}
+    changed = {k: v for k, v in best.items() if getattr(cfg.train, k) != v}
+    log.info("train keys of the search's best trial (%s, tune.apply_best): %s", path,
+             changed or "the same as configured")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **best))
+

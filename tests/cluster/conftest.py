@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120
@@ -124,5 +125,58 @@ def ray_head():
     try:
         _wait_ready(head.address, proc, log)
         yield head
+    finally:
+        stop_head(proc, temp_dir)
+
+
+def _autoscaling_config(gcs_port: int) -> dict:
+    empty: list = []
+    return {
+        "cluster_name": "ecmf-fake-gpu", "max_workers": 3, "idle_timeout_minutes": 5,
+        "upscaling_speed": 2.0,
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}",
+                     "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
+            "gpu_node": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {},
+                         "min_workers": 0, "max_workers": 3}},
+        "head_node_type": "ray.head.default",
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "initialization_commands": empty, "setup_commands": empty,
+        "head_setup_commands": empty, "worker_setup_commands": empty,
+        "head_start_ray_commands": empty, "worker_start_ray_commands": empty,
+    }
+
+
+@pytest.fixture(scope="module")
+def fake_gpu_cluster():
+    """The head (2 CPUs, no GPU) with the fake provider's autoscaler; ended by its process
+    tree and temp dir, never `ray stop` (which would end every Ray on the machine)."""
+    bindir = Path(sys.executable).parent
+    temp_dir = tempfile.mkdtemp(prefix="ecmffk-", dir="/tmp")
+    gcs, dashboard = free_port(), free_port()
+    config = Path(temp_dir) / "autoscaling.yaml"
+    config.write_text(yaml.safe_dump(_autoscaling_config(gcs)))
+    log = Path(temp_dir) / "ray-start.log"
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(bindir / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}",
+           f"--autoscaling-config={config}", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--dashboard-agent-grpc-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+           "--num-cpus=2", "--num-gpus=0", f"--object-store-memory={256 * 1024**2}",
+           "--disable-usage-stats"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=temp_dir, start_new_session=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{dashboard}", proc, log)
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}",
+               "temp_dir": temp_dir}
     finally:
         stop_head(proc, temp_dir)

@@ -16,7 +16,9 @@ from ecmf.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "jobs").glob("*.yaml"))
-STAGES = ["enrich", "extract", "train", "pseudo-label", "predict", "evaluate"]
+# The paper's pipeline, in order: mer2025-full.yaml runs these and each has a spec of its own.
+STAGES = ["enrich", "extract", "train", "refine", "pseudo-label", "predict", "evaluate"]
+FULL = ["enrich", "extract", "tune", "train", "refine", "pseudo-label", "predict", "evaluate"]
 
 
 def _raw(path: Path) -> dict:
@@ -26,7 +28,7 @@ def _raw(path: Path) -> dict:
 def test_the_issue_s_job_specs_exist():
     names = {p.stem for p in SPECS}
     assert {"mer2025-full", *STAGES, "pseudo-label-pool", "tune", "demo"} <= names
-    assert _raw(REPO / "jobs" / "mer2025-full.yaml")["steps"] == STAGES
+    assert _raw(REPO / "jobs" / "mer2025-full.yaml")["steps"] == FULL
     for stage in STAGES:
         assert _raw(REPO / "jobs" / f"{stage}.yaml")["steps"] == [stage]
 
@@ -40,11 +42,7 @@ def test_every_spec_names_entrypoint_config_runtime_env_and_driver_resources(pat
     assert {".venv", "demo-out", "runs"} <= set(renv["excludes"])
     for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
         assert key in raw, f"{path.name}: {key}"
-    if "tune" not in COMMANDS and raw["steps"] == ["tune"]:
-        # `ecmf tune` comes with its own issue: until then the spec is refused locally.
-        with pytest.raises(jobs.JobError, match="unknown ecmf command 'tune'"):
-            jobs.load_job_spec(path)
-        return
+    assert all(step.split()[0] in COMMANDS for step in raw["steps"])
     spec = jobs.load_job_spec(path)
     assert spec.runtime_env["working_dir"] == str(REPO)
     assert spec.entrypoint_memory >= 2 * 2**30
@@ -64,9 +62,59 @@ def test_stage_configs_load_and_name_registered_components(name):
         # Shared storage: the mount of cluster/ on every node.
         for path in (cfg.workdir, cfg.corpus.root, cfg.train.storage_path):
             assert path.startswith("/mnt/shared/"), path
-        assert cfg.train.use_gpu and cfg.enrich.num_gpus > 0
+        assert cfg.train.use_gpu
+        # The paper's LLM votes, by vLLM on the GPU workers, feed the label refinement.
+        assert cfg.enrich.backend == "vllm" and cfg.enrich.tasks == ["enrich", "vote"]
+        assert cfg.refine.enabled and cfg.refine.use_llm_votes and cfg.refine.weights["llm"] > 0
         assert all(e.num_gpus > 0 for k, e in cfg.extract.encoders.items() if k in
                    ("frames", "audio"))
+
+
+def _dry_run_steps(capsys, spec: str, with_plan: bool = False):
+    """`ecmf submit SPEC --dry-run`, read back from what it prints: each step's words (and
+    the plan lines printed after the equivalent command)."""
+    assert main(["submit", str(REPO / "jobs" / spec), "--dry-run", "--submission-id", "dry"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    words = shlex.split(lines[0].removeprefix("equivalent: "))
+    entrypoint = words[words.index("--") + 1:]
+    assert len(entrypoint) == 1, entrypoint
+    steps = [shlex.split(step) for step in entrypoint[0].split(" && ")]
+    return (steps, lines[1:]) if with_plan else steps
+
+
+def _config_of(step: list[str]):
+    """The config a step of the entrypoint loads: its file and its --set items."""
+    sets = [step[i + 1] for i, w in enumerate(step) if w == "--set"]
+    return load_config(REPO / step[2], sets)
+
+
+def test_full_job_dry_run_shows_the_paper_s_stages_in_order(capsys):
+    steps, plan = _dry_run_steps(capsys, "mer2025-full.yaml", with_plan=True)
+    assert [s[:2] for s in steps] == [["ecmf", stage] for stage in FULL]
+    assert {s[2] for s in steps} == {"jobs/configs/mer2025.yaml"}
+    assert plan[0] == "steps: " + " -> ".join(FULL)
+    cfg = _config_of(steps[0])
+    assert cfg.enrich.backend == "vllm" and "vote" in cfg.enrich.tasks
+    assert cfg.refine.enabled and cfg.refine.use_llm_votes
+    assert cfg.tune.apply_best  # the stages after the search train with its best trial
+
+
+def test_tune_job_dry_run_shows_a_search_space_of_more_than_one_point(capsys):
+    from ecmf.tune.space import TUNABLE, parse_space, search_points
+
+    (step,), plan = _dry_run_steps(capsys, "tune.yaml", with_plan=True)
+    assert step[:3] == ["ecmf", "tune", "jobs/configs/mer2025.yaml"]
+    cfg = _config_of(step)
+    assert plan[1] == (f"tune: {cfg.tune.num_samples} trials over {sorted(cfg.tune.space)} "
+                       f"({cfg.tune.num_samples} distinct points)")
+    space = parse_space(cfg.tune.space)
+    assert set(space) <= set(TUNABLE) and all(p.kind != "fixed" for p in space.values())
+    points = search_points(cfg.tune, cfg.train)  # each a valid train config
+    assert len(points) == cfg.tune.num_samples > 1
+    distinct = {tuple(sorted(p.items())) for p in points}
+    assert len(distinct) == len(points)
+    for key in space:  # every searched key takes more than one value over the trials
+        assert len({p[key] for p in points}) > 1, key
 
 
 def test_entrypoint_chains_steps_with_the_config_and_every_set():
@@ -273,3 +321,21 @@ def test_env_name_alone_takes_the_value_from_the_shell(monkeypatch, capsys):
     assert main(["submit", spec, "--env", "=abc", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--env: expected NAME=VALUE or NAME" in err and "abc" not in err
+
+
+def test_stages_after_a_search_train_with_its_best_trial(tmp_path, capsys):
+    """tune.apply_best: every stage but `tune` takes best.yaml's train keys once it exists."""
+    from ecmf.cli import _config, build_parser
+
+    sets = ["--set", f"workdir={tmp_path}", "--set", "tune.apply_best=true",
+            "--set", "train.lr=0.001"]
+    assert _config(build_parser().parse_args(["train", *sets])).train.lr == 0.001  # no search
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "best.yaml").write_text(
+        f"workdir: {tmp_path}\ntrain: {{lr: 0.0025, hidden: 128}}\n")
+    cfg = _config(build_parser().parse_args(["train", *sets]))
+    assert (cfg.train.lr, cfg.train.hidden) == (0.0025, 128)
+    assert _config(build_parser().parse_args(["tune", *sets])).train.lr == 0.001
+    off = ["--set", f"workdir={tmp_path}", "--set", "train.lr=0.001"]  # apply_best: false
+    assert _config(build_parser().parse_args(["train", *off])).train.lr == 0.001
+

@@ -1,0 +1,114 @@
+"""The production path on a simulated GPU cluster that scales from zero.
+
+Ray's fake multi-node provider (PLATFORM_NOTES.md): a head that offers no GPU, and a worker type
+offering `GPU: 1` (a fake resource: no CUDA behind it) with `min_workers: 0`. Every stage runs
+as its own driver process joined to that cluster, as a job on the head would: extraction with
+GPU encoders, 2-worker training that asks for GPUs, one pseudo-label round, a 2-trial search
+with GPU trials and a submitted job. The state API then shows that the autoscaler launched the
+GPU nodes and that the GPU work ran on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.autoscale, pytest.mark.cluster]
+REPO = Path(__file__).resolve().parents[2]
+STAGE_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def gpu_config(tiny_corpus, tmp_path_factory):
+    """Overrides that ask for GPUs everywhere, with tiny models that run on CPU inside."""
+    from ecmf.tiny_models import build_tiny_clip_vision, build_tiny_hubert
+
+    out = tmp_path_factory.mktemp("fake-gpu")
+    gpu = {"num_gpus": 1, "num_cpus": 1, "group": "gpu", "batch_size": 4}
+    cfg = {
+        "workdir": str(out / "run"),
+        "corpus": {"root": str(tiny_corpus)},
+        "extract": {"decode_batch_size": 4, "encoders": {
+            "frames": {**gpu, "name": "clip", "model": str(build_tiny_clip_vision(out / "clip"))},
+            "faces": None,
+            "audio": {**gpu, "name": "hubert", "model": str(build_tiny_hubert(out / "hubert"))},
+            "text": gpu}},
+        "train": {"num_workers": 2, "use_gpu": True, "cpus_per_worker": 1, "epochs": 2,
+                  "folds": 2, "storage_path": str(out / "ray_results")},
+        "pseudo": {"rounds": 1, "threshold": 0.2, "class_balance": False},
+        "predict": {"num_gpus": 1, "num_cpus": 1},
+        "tune": {"num_samples": 2, "runner": "process", "cpus_per_trial": 1,
+                 "gpus_per_trial": 1, "scheduler": "fifo", "cv_folds": 2,
+                 "space": {"lr": {"choice": [0.001, 0.003]}}},
+    }
+    path = out / "gpu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return {"path": path, "workdir": Path(cfg["workdir"])}
+
+
+def _stage(cluster: dict, *args: str) -> dict:
+    """One `ecmf` command as its own driver on the fake cluster -> the JSON it printed last
+    (the cluster's log lines, e.g. the autoscaler's, come before it)."""
+    env = {**os.environ, "RAY_ADDRESS": cluster["gcs"]}
+    done = subprocess.run([sys.executable, "-m", "ecmf.cli", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
+    if done.returncode:  # the error, without the progress bars around it
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip() and "%|" not in ln]
+        pytest.fail(f"ecmf {args[0]} exited {done.returncode}:\n" + "\n".join(lines[-80:]))
+    out = done.stdout
+    return json.loads(out[out.rfind("\n{\n") + 1:] if "\n{\n" in out else out)
+
+
+def _actors_on(cluster: dict, class_part: str) -> set[str]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster["dashboard"], limit=10000, detail=True,
+                         raise_on_missing_output=False)
+    return {a.node_id for a in actors if class_part in (a.class_name or "")}
+
+
+def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, gpu_config):
+    from ray.util.state import list_nodes
+
+    cluster, cfg = fake_gpu_cluster, str(gpu_config["path"])
+    head = [n for n in list_nodes(address=cluster["dashboard"], detail=True) if n.is_head_node]
+    assert len(head) == 1 and not head[0].resources_total.get("GPU")
+    assert len(list_nodes(address=cluster["dashboard"])) == 1  # scaled to zero at start
+
+    start = time.time()
+    # Extraction as a submitted job (its driver on the head, as `ray job submit` runs one),
+    # the other stages as drivers of their own joined to the cluster.
+    spec = gpu_config["path"].with_name("extract-job.yaml")
+    spec.write_text(yaml.safe_dump({
+        "name": "ecmf-fake-gpu-extract", "config": cfg, "steps": ["extract"],
+        "entrypoint_num_cpus": 0, "runtime_env": {"working_dir": str(REPO)}}))
+    out = subprocess.run(
+        [sys.executable, "-m", "ecmf.cli", "submit", str(spec), "--address",
+         cluster["dashboard"], "--follow", "--timeout", str(STAGE_TIMEOUT_S)],
+        cwd=REPO, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S + 60)
+    assert out.returncode == 0, out.stderr[-6000:]
+    summary = json.loads((gpu_config["workdir"] / "features" / "summary.json").read_text())
+    assert summary["failed"] == 0 and summary["done"] == summary["clips"]
+    metrics = _stage(cluster, "train", cfg)
+    assert metrics["n_labeled"] > 0 and metrics["cv"]["waf"] >= 0
+    rounds = _stage(cluster, "pseudo-label", cfg)
+    assert rounds["rounds"], rounds
+    search = _stage(cluster, "tune", cfg)
+    assert search["trials"] == 2, search
+    predicted = _stage(cluster, "predict", cfg)
+    assert predicted["fallbacks"] == 0 and predicted["predicted"] == predicted["candidates"]
+    print(f"five stages on the fake GPU cluster: {time.time() - start:.0f} s")
+
+    nodes = list_nodes(address=cluster["dashboard"], detail=True, limit=100)
+    gpu_nodes = {n.node_id for n in nodes if n.resources_total.get("GPU")}
+    assert gpu_nodes and all(not n.is_head_node for n in nodes if n.node_id in gpu_nodes)
+    for what in ("MapBatches(EncoderGroup)", "RayTrainWorker", "MapBatches(Predictor)"):
+        where = _actors_on(cluster, what)
+        assert where and where <= gpu_nodes, (what, where, gpu_nodes)
