@@ -74,9 +74,10 @@ def build_tiny_clip_vision(out: Path, image_size: int = 64, seed: int = 0) -> Pa
     return out
 
 
-def build_tiny_hubert(out: Path, seed: int = 0) -> Path:
+def build_tiny_hubert(out: Path, seed: int = 0, norm: str = "group") -> Path:
     """A 4-layer HuBERT (hidden 64, the real conv strides: 320 samples a frame) and its
-    feature extractor, saved in `out`."""
+    feature extractor, saved in `out`. `norm` "layer": chinese-hubert-large's front end (layer
+    norm per conv frame), which takes an attention mask, so batches of clips are padded."""
     import torch
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
@@ -86,16 +87,19 @@ def build_tiny_hubert(out: Path, seed: int = 0) -> Path:
     # Group-norm front end, like hubert-base: with random weights it keeps more of what tells
     # the demo's voices apart (linear-probe WAF 0.43 against 0.29 for the layer-norm variant of
     # chinese-hubert-large). Four layers at least: the audio feature sums the last four.
+    if norm not in ("group", "layer"):
+        raise ValueError(f"norm: expected 'group' or 'layer', got {norm!r}")
+    layer = norm == "layer"
     config = HubertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                          intermediate_size=128, conv_dim=(32,) * 7,
+                          intermediate_size=128, conv_dim=(32,) * 7, conv_bias=layer,
                           conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-                          feat_extract_norm="group", do_stable_layer_norm=False,
+                          feat_extract_norm=norm, do_stable_layer_norm=layer,
                           num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
     HubertModel(config).save_pretrained(out)
     # Group-norm models are fed without an attention mask, as hubert-base's extractor says.
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                             do_normalize=True, return_attention_mask=False).save_pretrained(out)
-    _write_marker(out, kind="hubert", seed=seed, norm="group")
+                             do_normalize=True, return_attention_mask=layer).save_pretrained(out)
+    _write_marker(out, kind="hubert", seed=seed, norm=norm)
     return out
 
 

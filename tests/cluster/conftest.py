@@ -97,34 +97,47 @@ def _wait_ready(address: str, proc: subprocess.Popen, log: Path) -> None:
                        f"{START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def ray_head():
-    """A local Ray head (4 logical CPUs, dashboard on 127.0.0.1) started from this environment."""
+def start_head(temp_dir: str, num_cpus: int, object_store_mb: int, args: list[str] = (),
+               env: dict[str, str] | None = None,
+               gcs: int | None = None) -> tuple[subprocess.Popen, int, int]:
+    """`ray start --head --block` from this environment on free loopback ports (the GCS on
+    `gcs` if given), in its own temp dir and session -> (process, GCS port, dashboard port);
+    its log is ray-start.log."""
     bindir = Path(sys.executable).parent
-    # Short: Ray's unix sockets live under it and their paths are limited to ~107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="ecmfray-", dir="/tmp")
-    log = Path(temp_dir) / "ray-start.log"
-    dashboard = free_port()
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-           # A throwaway head on loopback; cluster configs keep token auth on.
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard = gcs or free_port(), free_port()
+    full_env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+                # A throwaway head on loopback; cluster configs keep token auth on.
+                "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
     cmd = [str(bindir / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}",
-           "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+           "--node-ip-address=127.0.0.1", f"--port={gcs}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
            f"--dashboard-agent-grpc-port={free_port()}", f"--ray-client-server-port={free_port()}",
            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-           "--num-cpus=4", "--num-gpus=0", f"--object-store-memory={384 * 1024**2}",
-           "--disable-usage-stats"]
+           f"--num-cpus={num_cpus}", "--num-gpus=0",
+           f"--object-store-memory={object_store_mb * 1024**2}", "--disable-usage-stats", *args]
+    log = Path(temp_dir) / "ray-start.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env,
                                 cwd=temp_dir, start_new_session=True)
-    head = RayHead(f"http://127.0.0.1:{dashboard}", temp_dir, log)
     try:
-        _wait_ready(head.address, proc, log)
-        yield head
+        _wait_ready(f"http://127.0.0.1:{dashboard}", proc, log)
+    except BaseException:
+        stop_head(proc, temp_dir)
+        raise
+    return proc, gcs, dashboard
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A local Ray head (4 logical CPUs, dashboard on 127.0.0.1) started from this environment."""
+    # Short: Ray's unix sockets live under it and their paths are limited to ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ecmfray-", dir="/tmp")
+    proc, _, dashboard = start_head(temp_dir, num_cpus=4, object_store_mb=384)
+    try:
+        yield RayHead(f"http://127.0.0.1:{dashboard}", temp_dir, Path(temp_dir) / "ray-start.log")
     finally:
         stop_head(proc, temp_dir)
 
@@ -154,28 +167,14 @@ def _autoscaling_config(gcs_port: int) -> dict:
 def fake_gpu_cluster():
     """The head (2 CPUs, no GPU) with the fake provider's autoscaler; ended by its process
     tree and temp dir, never `ray stop` (which would end every Ray on the machine)."""
-    bindir = Path(sys.executable).parent
     temp_dir = tempfile.mkdtemp(prefix="ecmffk-", dir="/tmp")
-    gcs, dashboard = free_port(), free_port()
     config = Path(temp_dir) / "autoscaling.yaml"
+    gcs = free_port()  # the provider's nodes join the GCS named in the config
     config.write_text(yaml.safe_dump(_autoscaling_config(gcs)))
-    log = Path(temp_dir) / "ray-start.log"
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(bindir / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}",
-           f"--autoscaling-config={config}", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--dashboard-agent-grpc-port={free_port()}", f"--ray-client-server-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-           "--num-cpus=2", "--num-gpus=0", f"--object-store-memory={256 * 1024**2}",
-           "--disable-usage-stats"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=temp_dir, start_new_session=True)
+    proc, gcs, dashboard = start_head(temp_dir, num_cpus=2, object_store_mb=256,
+                                      args=[f"--autoscaling-config={config}"],
+                                      env={"RAY_FAKE_CLUSTER": "1"}, gcs=gcs)
     try:
-        _wait_ready(f"http://127.0.0.1:{dashboard}", proc, log)
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}",
                "temp_dir": temp_dir}
     finally:

@@ -156,20 +156,9 @@ def test_encoders_under_autocast_give_float32_features(tiny):
 @pytest.fixture(scope="module")
 def layer_norm_hubert(tmp_path_factory):
     """A tiny HuBERT with chinese-hubert-large's front end: layer norm per conv frame."""
-    import torch
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+    from ecmf.tiny_models import build_tiny_hubert
 
-    out = tmp_path_factory.mktemp("hubert-layer")
-    torch.manual_seed(0)
-    config = HubertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                          intermediate_size=128, conv_dim=(32,) * 7, conv_bias=True,
-                          conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-                          feat_extract_norm="layer", do_stable_layer_norm=True,
-                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
-    HubertModel(config).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                             do_normalize=True, return_attention_mask=True).save_pretrained(out)
-    return str(out)
+    return str(build_tiny_hubert(tmp_path_factory.mktemp("hubert-layer"), norm="layer"))
 
 
 def _forward_calls(enc) -> list:

@@ -62,7 +62,8 @@ def test_encoders_run_on_cuda_under_autocast(tmp_path):
     specs = [
         ("frames", "clip", *_model("openai/clip-vit-large-patch14", build_tiny_clip_vision,
                                    tmp_path / "clip"), "frames", frames),
-        ("audio", "hubert", *_model("TencentGameMate/chinese-hubert-large", build_tiny_hubert,
+        ("audio", "hubert", *_model("TencentGameMate/chinese-hubert-large",
+                                    lambda p: build_tiny_hubert(p, norm="layer"),
                                     tmp_path / "hubert"), "audio", audio),
         ("text", "text", PACKAGED_MINILM, "all-MiniLM-L6-v2 (packaged)", "text", text),
     ]
