@@ -15,14 +15,12 @@ from ecmf.features.store import part_name, write_part
 
 class StoreSink(Datasink):
     """Writes `part-<run>-<task>-<uuid>.parquet` files of about `rows_per_file` rows (Ray
-    bundles blocks up to that before a write task runs) into `store`; `rows` is the count
-    written once the write completes."""
+    bundles blocks up to that before a write task runs) into `store`."""
 
     def __init__(self, store: str | Path, run: str, rows_per_file: int = 256):
         self.store = Path(store)
         self.run = run
         self.rows_per_file = rows_per_file
-        self.rows = 0
 
     @property
     def min_rows_per_write(self) -> int:
@@ -39,6 +37,3 @@ class StoreSink(Datasink):
         table = pa.concat_tables(tables)
         write_part(table, self.store / part_name(self.run, ctx.task_idx))
         return table.num_rows
-
-    def on_write_complete(self, write_result) -> None:
-        self.rows = sum(write_result.write_returns)
