@@ -17,7 +17,7 @@ import pyarrow as pa
 from ecmf import schema
 from ecmf.config import Config, EncoderConfig, save_config
 from ecmf.features.store import (check_one_row_per_sample, compact_store, complete_ids,
-                                  error_rows, heal_store, mask_columns, modality_counts, run_stamp,
+                                  error_rows, heal_store, modality_counts, run_stamp,
                                   status_table)
 from ecmf.workdir import Workdir, build_manifest, write_json
 
@@ -318,7 +318,7 @@ def check_resources(stages: list[list[dict]], capacity=None) -> None:
 
 def _summarise(wd: Workdir, inputs: pd.DataFrame, skipped: set, attempted: int,
                seconds: float, max_audio_s: float) -> dict:
-    table = status_table(wd.store, extra=(schema.NOTES, *mask_columns(wd.store)))
+    table = status_table(wd.store, extra=(schema.NOTES,), masks=True)
     table = table[table[schema.SAMPLE_ID].isin(inputs[schema.SAMPLE_ID])].fillna("")
     errors = error_rows(table)
     errors.to_parquet(wd.errors, index=False)

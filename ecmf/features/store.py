@@ -52,7 +52,7 @@ def _dataset(store: str | Path) -> pads.Dataset:
     try:
         return pads.dataset(str(path), format="parquet")
     except pa.ArrowInvalid as e:
-        raise StoreFileError(_unreadable(path) or str(e)) from None
+        raise _store_error(path, e) from None
 
 
 class StoreFileError(ValueError):
@@ -64,19 +64,30 @@ def _to_table(ds: pads.Dataset, store: str | Path, **kwargs) -> pa.Table:
     try:
         return ds.to_table(**kwargs)
     except (pa.ArrowInvalid, OSError) as e:
-        raise StoreFileError(_unreadable(Path(store)) or f"feature store {store}: {e}") from None
+        raise _store_error(store, e) from None
 
 
-def _unreadable(store: Path) -> str:
+def _bad_files(store: Path) -> list[tuple[Path, Exception]]:
+    """The store's Parquet files whose footer cannot be read, with why."""
     import pyarrow.parquet as pq
 
+    bad = []
     for f in sorted(store.glob("*.parquet")):
         try:
             pq.read_metadata(f)
         except (pa.ArrowException, OSError) as e:
-            return (f"feature store file {f} cannot be read ({e}); `ecmf extract` sets it "
-                    f"aside and extracts its samples again")
-    return ""
+            bad.append((f, e))
+    return bad
+
+
+def _store_error(store: str | Path, error: Exception) -> StoreFileError:
+    """A read of the store failed: name the file that cannot be read, where one can't."""
+    bad = _bad_files(Path(store))
+    if not bad:
+        return StoreFileError(f"feature store {store}: {error}")
+    f, e = bad[0]
+    return StoreFileError(f"feature store file {f} cannot be read ({e}); `ecmf extract` sets "
+                          f"it aside and extracts its samples again")
 
 
 def store_dims(store: str | Path) -> dict[str, int]:
@@ -117,9 +128,10 @@ def complete_ids(store: str | Path) -> set[str]:
     return set(t.loc[~bad, schema.SAMPLE_ID])
 
 
-def status_table(store: str | Path, extra: tuple[str, ...] = ()):
-    """sample_id, error, every status_<name> column (and `extra` ones where stored) of every
-    row as a DataFrame, over files written with or without them; None for an empty store."""
+def status_table(store: str | Path, extra: tuple[str, ...] = (), masks: bool = False):
+    """sample_id, error, every status_<name> column (with `masks`, every mask_<name> too; and
+    `extra` ones where stored) of every row as a DataFrame, over files written with or without
+    them; None for an empty store."""
     import pyarrow.parquet as pq
 
     files = sorted(Path(store).glob("*.parquet"))
@@ -128,9 +140,10 @@ def status_table(store: str | Path, extra: tuple[str, ...] = ()):
     try:
         sch = pa.unify_schemas([pq.read_schema(f) for f in files])
     except (pa.ArrowInvalid, OSError) as e:
-        raise StoreFileError(_unreadable(Path(store)) or f"feature store {store}: {e}") from None
+        raise _store_error(store, e) from None
+    prefixes = (schema.STATUS_PREFIX, schema.MASK_PREFIX) if masks else (schema.STATUS_PREFIX,)
     cols = [c for c in sch.names if c in (schema.SAMPLE_ID, "error", *extra)
-            or c.startswith(schema.STATUS_PREFIX)]
+            or c.startswith(prefixes)]
     ds = pads.dataset([str(f) for f in files], schema=sch, format="parquet")
     return _to_table(ds, store, columns=cols).to_pandas()
 
@@ -171,19 +184,11 @@ def modality_counts(table: "pd.DataFrame") -> dict[str, dict[str, int]]:
     return out
 
 
-def mask_columns(store: str | Path) -> tuple[str, ...]:
-    """The `mask_<name>` columns over every file of the store."""
-    import pyarrow.parquet as pq
-
-    return tuple(sorted({c for f in Path(store).glob("*.parquet") for c in pq.read_schema(f).names
-                         if c.startswith(schema.MASK_PREFIX)}))
-
-
 def usage_counts(store: str | Path, ids) -> dict:
     """What a stage really uses of the clips `ids`: how many have features in the store, how
     many do not (no row, or no modality read), and `modality_counts` over the former."""
     ids = set(map(str, ids))
-    table = status_table(store, extra=mask_columns(store))
+    table = status_table(store, masks=True)
     if table is None:
         return {"with_features": 0, "without_features": len(ids), "modalities": {}}
     table = table[table[schema.SAMPLE_ID].isin(ids)]
@@ -221,25 +226,20 @@ def heal_store(store: str | Path) -> list[Path]:
     cannot be read (truncated, not Parquet) into `<store>-quarantine/`, naming it in a warning;
     its samples are then missing from the store and the next extraction redoes them.
     Returns where the set-aside files went."""
-    import pyarrow.parquet as pq
-
     store = Path(store)
     if not store.is_dir():
         return []
     for tmp in store.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     moved = []
-    for path in sorted(store.glob("*.parquet")):
-        try:
-            pq.read_metadata(path)
-        except (pa.ArrowException, OSError) as e:
-            aside = store.with_name(f"{store.name}-{QUARANTINE}")
-            aside.mkdir(exist_ok=True)
-            target = aside / path.name
-            os.replace(path, target)
-            log.warning("feature store: %s cannot be read (%s); moved to %s, its samples will "
-                        "be extracted again", path, e, target)
-            moved.append(target)
+    for path, e in _bad_files(store):
+        aside = store.with_name(f"{store.name}-{QUARANTINE}")
+        aside.mkdir(exist_ok=True)
+        target = aside / path.name
+        os.replace(path, target)
+        log.warning("feature store: %s cannot be read (%s); moved to %s, its samples will "
+                    "be extracted again", path, e, target)
+        moved.append(target)
     return moved
 
 
