@@ -102,11 +102,14 @@ def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost(bad_corpus, tiny
 
 def test_a_killed_extract_driver_resumes_where_it_stopped(bad_corpus, tiny_encoders, tmp_path,
                                                           ray_local):
-    import psutil
-
     workdir = tmp_path / "w"
+    # One clip per encoder call and a file per 4 rows: the store grows over seconds, so the
+    # driver is stopped with some of it written and the rest to do.
     sets = [*extract_sets(workdir, bad_corpus["root"], tiny_encoders),
-            "--set", "extract.rows_per_file=4", "--set", "ray.num_cpus=3"]
+            "--set", "extract.rows_per_file=4", "--set", "ray.num_cpus=3",
+            "--set", "extract.decode_batch_size=1",
+            *[a for name in ("frames", "audio", "text")
+              for a in ("--set", f"extract.encoders.{name}.batch_size=1")]]
     store = workdir / "features" / "store"
     driver = subprocess.Popen([sys.executable, "-m", "ecmf.cli", "extract", *sets],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,20 +117,11 @@ def test_a_killed_extract_driver_resumes_where_it_stopped(bad_corpus, tiny_encod
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None and not any(
                 store.glob("*.parquet")):
-            time.sleep(0.2)
+            time.sleep(0.02)
         assert driver.poll() is None, "the driver ended before it could be killed"
         assert any(store.glob("*.parquet")), "no store file within 240 s"
     finally:
-        # The driver and the embedded Ray it started (raylet, GCS, workers): ours to end.
-        family = psutil.Process(driver.pid).children(recursive=True) if driver.poll() is None \
-            else []
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        for p in family:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _freeze_and_kill(driver)
     partial = _rows(workdir)
     assert 0 < len(partial) < len(_manifest_ids(workdir))
     assert main(["extract", *sets]) == 0
@@ -135,6 +129,34 @@ def test_a_killed_extract_driver_resumes_where_it_stopped(bad_corpus, tiny_encod
     assert rows.is_unique and sorted(rows) == _manifest_ids(workdir)
     summary = json.loads((workdir / "features" / "summary.json").read_text())
     assert summary["skipped"] > 0 and summary["not_stored"] == 0
+
+
+def _freeze_and_kill(driver: subprocess.Popen) -> None:
+    """Stop the driver and the embedded Ray it started (ours to end) at once, then end them.
+
+    Every process is frozen first, so no worker finishes a write between the driver's death and
+    its own: what is on disk is what a crash at that instant leaves.
+    """
+    import psutil
+
+    if driver.poll() is not None:
+        return
+    root = psutil.Process(driver.pid)
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(3):  # a process started while the others were being frozen
+        for p in [root, *root.children(recursive=True)]:
+            if p.pid not in frozen:
+                try:
+                    p.suspend()
+                    frozen[p.pid] = p
+                except psutil.NoSuchProcess:
+                    pass
+    for p in frozen.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    driver.wait()
 
 
 def _csv_only_copy(root: Path, dest: Path) -> Path:
