@@ -8,11 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
+from ecmf.commands import HELP, JOB_COMMANDS
+from ecmf.errors import UserError
+
 
 def _config(args, extra: list[str] = ()):
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
 
-    cfg = load_config(args.config, [*extra, *args.set])
+    cfg = load_config(args.config, [*extra, *args.set])  # names checked: a typo fails here
     if args.command != "tune":  # a search starts from the configured train keys
         from ecmf.tune.report import apply_best
 
@@ -20,14 +23,15 @@ def _config(args, extra: list[str] = ()):
     return cfg
 
 
-def _with_ray(args, fn, extra: list[str] = (), needs_store: bool = True):
-    """Load the config, check the stage's inputs (the corpus reads; the feature store, where
-    the stage reads it, exists) before Ray starts, then run `fn(cfg)` inside a Ray session."""
+def _with_ray(args, fn, extra: list[str] = (), run: str | None = None):
+    """Load the config, check the stage's inputs (`ecmf.workdir.check_inputs`: the corpus
+    reads, the store and earlier runs it needs exist) before Ray starts, then run `fn(cfg)`
+    inside a Ray session."""
     from ecmf.runtime import ray_session
     from ecmf.workdir import check_inputs
 
     cfg = _config(args, extra)
-    check_inputs(cfg, needs_store)
+    check_inputs(cfg, args.command, run)
     with ray_session(cfg.ray):
         return fn(cfg)
 
@@ -60,9 +64,8 @@ def cmd_extract(args):
 def cmd_import_features(args):
     from ecmf.features.mertools import import_stage
 
-    if not args.sources:
-        raise ValueError("give at least one --from FEATURE=FOLDER (a MERTools -UTT or -FRA folder)")
-    return import_stage(_config(args), args.sources, args.steps, args.overwrite)
+    return import_stage(_config(args), args.sources, args.steps, args.overwrite,
+                        mertools=args.mertools)
 
 
 def cmd_export_features(args):
@@ -74,13 +77,16 @@ def cmd_export_features(args):
 def cmd_enrich(args):
     from ecmf.enrichment.stage import enrich_corpus
 
-    return _with_ray(args, enrich_corpus, needs_store=False)
+    return _with_ray(args, enrich_corpus)
 
 
 def cmd_train(args):
     from ecmf.train.fit import train_stage
+    from ecmf.train.metrics import format_per_class
 
-    return _with_ray(args, lambda cfg: train_stage(cfg, resume=args.resume))
+    result = _with_ray(args, lambda cfg: train_stage(cfg, resume=args.resume))
+    print(format_per_class(result["cv"], "train (out-of-fold)"), file=sys.stderr)
+    return result
 
 
 def cmd_refine(args):
@@ -105,15 +111,28 @@ def cmd_tune(args):
 
 
 def cmd_predict(args):
-    from ecmf.train.evaluate import predict_candidates
+    from ecmf.predict import predict_candidates
 
-    return _with_ray(args, lambda cfg: predict_candidates(cfg, args.run))
+    return _with_ray(args, lambda cfg: predict_candidates(cfg, args.run), run=args.run)
 
 
 def cmd_evaluate(args):
     from ecmf.train.evaluate import evaluate
+    from ecmf.train.metrics import format_per_class
 
-    return evaluate(_config(args), args.truth)
+    result = evaluate(_config(args), args.truth)
+    for name, m in [*result["cross_validation"].items(), *([("test", result["test"])]
+                                                            if "test" in result else [])]:
+        print(format_per_class(m, f"{name} ({'truth file' if name == 'test' else 'out-of-fold'})"),
+              file=sys.stderr)
+    return result
+
+
+def cmd_config(args):
+    from ecmf.configure import describe
+
+    print(describe(_config(args)), end="")
+    return None
 
 
 def cmd_demo(args):
@@ -151,7 +170,7 @@ def cmd_jobs(args):
     from ecmf import jobs
 
     if args.action != "list" and not args.id:
-        raise ValueError(f"ecmf jobs {args.action}: give the job's submission id")
+        raise UserError(f"ecmf jobs {args.action}: give the job's submission id")
     client = jobs.connect(args.address)
     if args.action == "list":
         return jobs.list_jobs(client)
@@ -166,25 +185,8 @@ def cmd_jobs(args):
     return None
 
 
-COMMANDS = {
-    "prepare-demo": (cmd_prepare_demo, "write the demo corpus in MER2025's release layout"),
-    "enrich": (cmd_enrich, "LLM-enrich every subtitle into enrich/enriched.parquet"),
-    "extract": (cmd_extract, "encode every clip into the Parquet feature store (resumable)"),
-    "import-features": (cmd_import_features,
-                        "MERTools feature folders (-UTT/-FRA .npy) into the feature store"),
-    "export-features": (cmd_export_features,
-                        "the feature store as MERTools folders (<feature>-UTT/<name>.npy)"),
-    "train": (cmd_train, "k-fold fusion training with Ray Train into train/"),
-    "refine": (cmd_refine, "multi-source label refinement of the labeled set into refine/"),
-    "pseudo-label": (cmd_pseudo_label, "pseudo-label rounds over the unlabeled pool into rounds/<k>/"),
-    "tune": (cmd_tune, "hyperparameter search (Ray Tune, ASHA) into tune/: trials.csv, best.yaml"),
-    "predict": (cmd_predict, "fold-ensemble predictions and predict/submission.csv"),
-    "evaluate": (cmd_evaluate, "cross-validation and test metrics into evaluate/"),
-    "demo": (cmd_demo, "run every stage on a generated corpus and print the results table"),
-    "submit": (cmd_submit, "submit a job spec (jobs/*.yaml) to a Ray cluster's Jobs API"),
-    "jobs": (cmd_jobs, "status, logs, stop or list of jobs on a Ray cluster"),
-}
-JOB_COMMANDS = ("submit", "jobs")
+COMMANDS = {name: (globals()[f"cmd_{name.replace('-', '_')}"], help_)
+            for name, help_ in HELP.items()}
 
 
 def _add_job_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -210,12 +212,28 @@ def _add_job_arguments(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--tail", type=int, default=0, metavar="N", help="logs: last N lines")
 
 
+def _verbosity(default) -> argparse.ArgumentParser:
+    """-v / -q, accepted before or after the subcommand: the subcommand's copy has no default of
+    its own (SUPPRESS), so it never overwrites what was given before it."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_const", const="DEBUG", dest="log_level",
+                   default=default, help="debug logging, here and in Ray's workers")
+    g.add_argument("-q", "--quiet", action="store_const", const="WARNING", dest="log_level",
+                   default=default, help="warnings and errors only (no progress lines)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecmf", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from ecmf import __version__
+
+    parser = argparse.ArgumentParser(prog="ecmf", description=__doc__,
+                                     parents=[_verbosity("INFO")])
+    parser.add_argument("--version", action="version", version=f"ecmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_,
+                           parents=[_verbosity(argparse.SUPPRESS)])
         if name in JOB_COMMANDS:
             p.set_defaults(fn=fn)
             _add_job_arguments(p, name)
@@ -228,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
             default = "demo-out/corpus" if name == "prepare-demo" else "demo-out"
             p.add_argument("--out", default=default, help=f"output directory (default {default})")
         if name == "import-features":
+            p.add_argument("--mertools", metavar="DIR",
+                           help="a MERTools feature tree: every <model>-UTT and <model>-FRA "
+                           "folder in DIR becomes feature <model>")
             p.add_argument("--from", dest="sources", action="append", default=[],
                            metavar="FEATURE=FOLDER",
                            help="a MERTools folder, e.g. audio=features/hubert-large-UTT; a -FRA "
@@ -256,11 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's error (`ecmf.errors.UserError`: config, input, missing stage,
+    missing extra) prints its message and returns 2; a failed job returns 1; anything else is a
+    bug and raises with its traceback."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from ecmf.config import ConfigError
+    logging.getLogger().setLevel(args.log_level)  # also where handlers were set up before
     from ecmf.jobs import JobFailed
 
     try:
@@ -268,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as e:  # the job ran and failed: not a usage error
         print(f"ecmf {args.command}: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ImportError, KeyError, ValueError) as e:
+    except UserError as e:
         print(f"ecmf {args.command}: error: {e}", file=sys.stderr)
         return 2
     if result is not None:

@@ -1,6 +1,9 @@
-"""Typed configuration: nested dataclasses hold every default; YAML files and `--set` hold overrides.
+"""Typed configuration: frozen nested dataclasses hold every default and its one-line comment.
 
-Every stage writes the resolved config (`config.yaml`) beside its outputs.
+A leaf module: the dataclasses check their own values (with keys relative to their section;
+`from_dict` adds the full path), while names that components register (layouts, encoders,
+detectors, models, LLM backends) are checked by `ecmf.configure`, which loads, validates and
+prints configs. `ecmf config` shows every key with the comment written beside it here.
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ecmf.config_dict import ConfigError, check, from_dict, merge, parse_set, to_dict
+from ecmf.config_dict import ConfigError, check, from_dict, to_dict
 from ecmf.schema import LABELS
+
+__all__ = ["ConfigError", "from_dict", "to_dict"]  # re-exported: the mechanics of config_dict
 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # EncoderConfig.precision
@@ -22,7 +25,7 @@ TRAIN_BACKENDS = ("auto", "gloo", "nccl")  # TrainConfig.backend
 RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # None: start an embedded local Ray for this command
     num_cpus: int | None = None  # embedded Ray only; None: max(4, cores) logical CPUs
@@ -31,11 +34,11 @@ class RayConfig:
     no_progress_timeout_s: int = 600
 
     def __post_init__(self):
-        check(self.num_cpus is None or self.num_cpus > 0, "ray.num_cpus", "> 0", self.num_cpus)
-        check(self.object_store_mb >= 64, "ray.object_store_mb", ">= 64", self.object_store_mb)
+        check(self.num_cpus is None or self.num_cpus > 0, "num_cpus", "> 0", self.num_cpus)
+        check(self.object_store_mb >= 64, "object_store_mb", ">= 64", self.object_store_mb)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CorpusConfig:
     root: str = ""  # a directory in MER2025's release layout
     layout: str = "mer2025"  # "mer2025": the release layout under `root`; "csv": `manifest`
@@ -47,19 +50,16 @@ class CorpusConfig:
     def __post_init__(self):
         import codecs
 
-        from ecmf.data.layouts import LAYOUTS
-
-        check(self.layout in LAYOUTS, "corpus.layout", f"one of {LAYOUTS.names()}", self.layout)
-        check(self.text_column in ("english", "chinese"), "corpus.text_column",
+        check(self.text_column in ("english", "chinese"), "text_column",
                "'english' or 'chinese'", self.text_column)
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            check(False, "corpus.encoding", "a Python codec name such as utf-8 or gbk",
+            check(False, "encoding", "a Python codec name such as utf-8 or gbk",
                    self.encoding)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoConfig:
     """Size and difficulty of the generated demo corpus (`ecmf prepare-demo`)."""
 
@@ -68,13 +68,13 @@ class DemoConfig:
     n_candidates: int = 420  # clips a submission must cover
     n_test: int = 360  # candidates with hidden truth (the clean test set)
     noise_rate: float = 0.2  # training labels flipped toward a confusable class
-    no_face_rate: float = 0.06
-    silent_rate: float = 0.06
-    empty_text_rate: float = 0.08
-    seconds: float = 2.0
-    fps: int = 8
+    no_face_rate: float = 0.06  # clips whose frames show no face
+    silent_rate: float = 0.06  # clips without sound
+    empty_text_rate: float = 0.08  # clips with an empty subtitle
+    seconds: float = 2.0  # length of each clip
+    fps: int = 8  # frames per second of each clip
     size: int = 96  # frame width and height in pixels
-    seed: int = 0
+    seed: int = 0  # the corpus is a function of this seed and the sizes above
     workers: int = 0  # processes writing clips; 0: one per core
     # `ecmf demo` only: features trained and scored alone for its results table, each a
     # training run of its own; null: every extracted feature, []: none.
@@ -82,43 +82,32 @@ class DemoConfig:
 
     def __post_init__(self):
         for name in ("n_train", "n_pool", "n_candidates"):
-            check(getattr(self, name) > 0, f"demo.{name}", "> 0", getattr(self, name))
-        check(0 < self.n_test <= self.n_candidates, "demo.n_test",
+            check(getattr(self, name) > 0, f"{name}", "> 0", getattr(self, name))
+        check(0 < self.n_test <= self.n_candidates, "n_test",
                f"between 1 and n_candidates ({self.n_candidates})", self.n_test)
         for name in ("noise_rate", "no_face_rate", "silent_rate", "empty_text_rate"):
             v = getattr(self, name)
-            check(0.0 <= v < 1.0, f"demo.{name}", "a rate in [0, 1)", v)
-        check(self.size >= 48 and self.size % 16 == 0, "demo.size", "a multiple of 16, >= 48",
+            check(0.0 <= v < 1.0, f"{name}", "a rate in [0, 1)", v)
+        check(self.size >= 48 and self.size % 16 == 0, "size", "a multiple of 16, >= 48",
                self.size)
 
 
-@dataclass
+FACE_ENCODERS = ("faces",)  # encoder names that take FaceEncoderConfig's detector options
+
+
+@dataclass(frozen=True)
 class EncoderConfig:
     """One feature encoder: a registered name, a model (hub id, local path or packaged name)."""
 
-    name: str = "text"
-    model: str = PACKAGED_MINILM
-    batch_size: int = 16
+    name: str = "text"  # registered encoder: clip, faces, hubert, text, egemaps
+    model: str = PACKAGED_MINILM  # hub id, local path or packaged:<name>
+    batch_size: int = 16  # clips per forward pass
     pool_size: int = 1  # actors in this encoder's pool
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+    num_gpus: float = 0.0  # per actor
+    num_cpus: float = 1.0  # per actor
     input: str = ""  # input column; empty: the encoder's own ("frames", "audio" or "text")
     # > 0: also store "seq_<feature>", the per-frame / per-step vectors pooled to this many steps.
     sequence_steps: int = 0
-    # Face encoder only: detector name ("haar" CPU, "retinaface" GPU extra, "provided" crops),
-    # its weights file (retinaface: .zip/.pth, empty for the GPU image's staged RETINAFACE_WEIGHTS;
-    # haar: another cascade XML, empty for OpenCV's own),
-    # margin added on each side of a face box (fraction of its side) and the smallest face
-    # side in pixels of the frames the detector sees (see detect_short_side).
-    detector: str = "haar"
-    detector_weights: str = ""
-    face_margin: float = 0.2
-    min_face: int = 40
-    # "provided" only: the folder of <name>/<name>.npy; empty: openface_face/ beside video/.
-    faces_dir: str = ""
-    # haar / retinaface: the sampled frames are re-read with this short side (at most the
-    # video's own) to detect and crop faces in; 0: the small decoded frames (256 px).
-    detect_short_side: int = 640
     # Forward passes on a GPU: "auto" (bf16 where supported, else fp16), "bf16", "fp16" or
     # "fp32", under autocast with float32 outputs; on CPU always fp32.
     precision: str = "auto"
@@ -129,66 +118,88 @@ class EncoderConfig:
     # agree on pool_size.
     group: str = ""
 
-    def __post_init__(self):
-        check(self.batch_size > 0, "encoder.batch_size", "> 0", self.batch_size)
-        check(self.pool_size > 0, "encoder.pool_size", "> 0", self.pool_size)
-        check(self.num_gpus >= 0 and self.num_cpus >= 0, "encoder resources", ">= 0",
-               (self.num_cpus, self.num_gpus))
-        check(isinstance(self.sequence_steps, int) and self.sequence_steps >= 0,
-               "encoder.sequence_steps", "an integer >= 0 (0: no sequence column)",
-               self.sequence_steps)
-        from ecmf.features.faces import FACE_DETECTORS  # light: the detectors import lazily
+    @staticmethod
+    def config_class(data: dict) -> type:
+        """The class of an encoder's settings: face encoders add their detector's options."""
+        return FaceEncoderConfig if str(data.get("name", "")).lower() in FACE_ENCODERS \
+            else EncoderConfig
 
-        check(self.detector in FACE_DETECTORS, "encoder.detector",
-               f"one of {FACE_DETECTORS.names()}", self.detector)
-        check(0.0 <= self.face_margin <= 1.0, "encoder.face_margin", "in [0, 1]",
-               self.face_margin)
-        check(isinstance(self.min_face, int) and self.min_face >= 8, "encoder.min_face",
-               "an integer >= 8 (pixels)", self.min_face)
+    def __post_init__(self):
+        check(self.batch_size > 0, "batch_size", "> 0", self.batch_size)
+        check(self.pool_size > 0, "pool_size", "> 0", self.pool_size)
+        check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_cpus/num_gpus", ">= 0",
+              (self.num_cpus, self.num_gpus))
+        check(isinstance(self.sequence_steps, int) and self.sequence_steps >= 0,
+              "sequence_steps", "an integer >= 0 (0: no sequence column)", self.sequence_steps)
+        check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
+
+
+@dataclass(frozen=True)
+class FaceEncoderConfig(EncoderConfig):
+    """A face encoder: an image encoder over face crops that a detector finds."""
+
+    name: str = "faces"  # registered encoder: clip, faces, hubert, text, egemaps
+    # Detector: "haar" (CPU), "retinaface" (GPU extra) or "provided" (OpenFace crops on disk).
+    detector: str = "haar"
+    # retinaface: .zip/.pth, empty for the GPU image's staged RETINAFACE_WEIGHTS; haar: another
+    # cascade XML, empty for OpenCV's own.
+    detector_weights: str = ""
+    face_margin: float = 0.2  # added on each side of a face box, as a fraction of its side
+    min_face: int = 40  # smallest face side in pixels of the frames the detector sees
+    # "provided" only: the folder of <name>/<name>.npy; empty: openface_face/ beside video/.
+    faces_dir: str = ""
+    # haar / retinaface: the sampled frames are re-read with this short side (at most the
+    # video's own) to detect and crop faces in; 0: the small decoded frames (256 px).
+    detect_short_side: int = 640
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0.0 <= self.face_margin <= 1.0, "face_margin", "in [0, 1]", self.face_margin)
+        check(isinstance(self.min_face, int) and self.min_face >= 8, "min_face",
+              "an integer >= 8 (pixels)", self.min_face)
         check(isinstance(self.detect_short_side, int) and (self.detect_short_side == 0
                                                            or self.detect_short_side >= 64),
-               "encoder.detect_short_side", "0 (the decoded frames) or an integer >= 64 (pixels)",
-               self.detect_short_side)
-        check(self.precision in PRECISIONS, "encoder.precision", f"one of {PRECISIONS}",
-               self.precision)
+              "detect_short_side", "0 (the decoded frames) or an integer >= 64 (pixels)",
+              self.detect_short_side)
 
 
 def _default_encoders() -> dict[str, EncoderConfig]:
     return {
         "frames": EncoderConfig("clip", "openai/clip-vit-large-patch14", 16, 1, 1.0, 1.0),
         # Right after frames: the last encoder reading "frames" drops them from the stream.
-        "faces": EncoderConfig("faces", "openai/clip-vit-large-patch14", 16, 1, 1.0, 1.0,
-                               detector="retinaface"),
+        "faces": FaceEncoderConfig("faces", "openai/clip-vit-large-patch14", 16, 1, 1.0, 1.0,
+                                   detector="retinaface"),
         "audio": EncoderConfig("hubert", "TencentGameMate/chinese-hubert-large", 8, 1, 1.0, 1.0),
         "text": EncoderConfig("text", PACKAGED_MINILM, 64, 1, 0.0, 1.0),
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExtractConfig:
     """Feature extraction: decoding parameters and one encoder per feature name."""
 
     num_frames: int = 8  # frames sampled uniformly per clip
-    sample_rate: int = 16000
+    sample_rate: int = 16000  # Hz the audio is resampled to (the audio encoders' rate)
     max_audio_s: float = 60.0  # longer audio is cut (and logged); encoders chunk within it
-    decode_batch_size: int = 8
+    decode_batch_size: int = 8  # clips per decoding task (CPU, beside the encoders)
     # Clips per store file: a killed run loses at most this many per write in flight, and
     # larger files read faster.
     rows_per_file: int = 256
+    # Feature name -> encoder; `extract.encoders.<name>: null` drops a default one.
     encoders: dict[str, EncoderConfig] = field(default_factory=_default_encoders)
 
     def __post_init__(self):
-        check(self.num_frames > 0, "extract.num_frames", "> 0", self.num_frames)
-        check(self.rows_per_file > 0, "extract.rows_per_file", "> 0", self.rows_per_file)
-        check(self.sample_rate == 16000, "extract.sample_rate", "16000 (what the encoders expect)",
+        check(self.num_frames > 0, "num_frames", "> 0", self.num_frames)
+        check(self.rows_per_file > 0, "rows_per_file", "> 0", self.rows_per_file)
+        check(self.sample_rate == 16000, "sample_rate", "16000 (what the encoders expect)",
                self.sample_rate)
-        check(bool(self.encoders), "extract.encoders", "at least one encoder", self.encoders)
+        check(bool(self.encoders), "encoders", "at least one encoder", self.encoders)
         sizes: dict[str, dict[str, int]] = {}
         for name, enc in self.encoders.items():
             if enc.group:
                 sizes.setdefault(enc.group, {})[name] = enc.pool_size
         for group, members in sizes.items():
-            check(len(set(members.values())) == 1, f"extract.encoders group {group!r}",
+            check(len(set(members.values())) == 1, f"encoders (group {group!r})",
                    "one pool_size for all its members", members)
 
 
@@ -197,12 +208,12 @@ def _default_engine_kwargs() -> dict[str, Any]:
     return {"max_model_len": 4096, "enable_prefix_caching": True}
 
 
-@dataclass
+@dataclass(frozen=True)
 class EnrichConfig:
     """LLM text enrichment and label votes: which backend and model, and how to generate."""
 
     backend: str = "transformers"  # "transformers" (any machine) or "vllm" (GPU, `gpu` extra)
-    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"  # hub id or local path of the instruction model
     # Passes to run: "enrich" -> enrich/enriched.parquet, "vote" -> enrich/votes.parquet.
     tasks: list[str] = field(default_factory=lambda: ["enrich"])
     language: str = "en"  # prompt template language: "en" or "zh"
@@ -218,44 +229,44 @@ class EnrichConfig:
     cache: bool = True
 
     def __post_init__(self):
-        check(self.language in ("en", "zh"), "enrich.language", "'en' or 'zh'", self.language)
+        check(self.language in ("en", "zh"), "language", "'en' or 'zh'", self.language)
         check(bool(self.tasks) and set(self.tasks) <= {"enrich", "vote"}
-               and len(set(self.tasks)) == len(self.tasks), "enrich.tasks",
+               and len(set(self.tasks)) == len(self.tasks), "tasks",
                "a non-empty list of distinct tasks among ['enrich', 'vote']", self.tasks)
-        check(self.max_new_tokens > 0, "enrich.max_new_tokens", "> 0", self.max_new_tokens)
-        check(self.vote_max_new_tokens > 0, "enrich.vote_max_new_tokens", "> 0",
+        check(self.max_new_tokens > 0, "max_new_tokens", "> 0", self.max_new_tokens)
+        check(self.vote_max_new_tokens > 0, "vote_max_new_tokens", "> 0",
                self.vote_max_new_tokens)
-        check(self.batch_size > 0 and self.pool_size > 0, "enrich.batch_size/pool_size", "> 0",
+        check(self.batch_size > 0 and self.pool_size > 0, "batch_size/pool_size", "> 0",
                (self.batch_size, self.pool_size))
-        check(self.num_gpus >= 0 and self.num_cpus >= 0, "enrich resources", ">= 0",
+        check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_cpus/num_gpus", ">= 0",
                (self.num_cpus, self.num_gpus))
         check(isinstance(self.engine_kwargs, dict) and "model" not in self.engine_kwargs,
-               "enrich.engine_kwargs", "a mapping without 'model' (set enrich.model)",
+               "engine_kwargs", "a mapping without 'model' (set enrich.model)",
                self.engine_kwargs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Fusion model and its k-fold training through Ray Train."""
 
-    model: str = "ecmf"
+    model: str = "ecmf"  # registered fusion model: ecmf, mertools-attention, concat-mlp
     features: list[str] = field(default_factory=list)  # empty: every feature in the store
-    hidden: int = 128
-    heads: int = 4
-    layers: int = 1
-    dropout: float = 0.3
-    modality_dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
+    hidden: int = 128  # width of the modality tokens
+    heads: int = 4  # attention heads (hidden must be a multiple)
+    layers: int = 1  # self-attention blocks across the modality tokens
+    dropout: float = 0.3  # inside the model
+    modality_dropout: float = 0.1  # chance a present modality is hidden in a training batch
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    label_smoothing: float = 0.0  # of the cross-entropy loss
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency of each fold)
-    epochs: int = 40
-    batch_size: int = 32
-    folds: int = 5
-    seed: int = 0
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    epochs: int = 40  # per fold; the best epoch by validation WAF is kept
+    batch_size: int = 32  # rows per optimiser step
+    folds: int = 5  # stratified k-fold cross-validation over the labeled set
+    seed: int = 0  # folds, initialisation and batch order
+    num_workers: int = 1  # Ray Train workers (data-parallel over each fold)
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # CPUs per Ray Train worker (also its torch threads)
     storage_path: str = ""  # Ray Train storage (local path or URI); empty: <workdir>/ray_results
     max_failures: int = 2  # worker-group restarts (from the last fold checkpoint) before failing
     # Process group of the workers: "auto" (NCCL if use_gpu and the driver sees CUDA, else gloo),
@@ -263,28 +274,28 @@ class TrainConfig:
     backend: str = "auto"
 
     def __post_init__(self):
-        check(self.folds >= 2, "train.folds", ">= 2", self.folds)
-        check(self.backend in TRAIN_BACKENDS, "train.backend", f"one of {TRAIN_BACKENDS}",
+        check(self.folds >= 2, "folds", ">= 2", self.folds)
+        check(self.backend in TRAIN_BACKENDS, "backend", f"one of {TRAIN_BACKENDS}",
               self.backend)
-        check(self.backend != "nccl" or self.use_gpu, "train.backend",
+        check(self.backend != "nccl" or self.use_gpu, "backend",
               "'auto' or 'gloo' when train.use_gpu is false (NCCL takes CUDA tensors only)",
               self.backend)
-        check(self.class_weights in ("none", "balanced"), "train.class_weights",
+        check(self.class_weights in ("none", "balanced"), "class_weights",
                "'none' or 'balanced'", self.class_weights)
-        check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "in [0, 1)",
+        check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "in [0, 1)",
                self.label_smoothing)
-        check(self.max_failures >= 0, "train.max_failures", ">= 0", self.max_failures)
-        check(self.hidden % self.heads == 0, "train.hidden", f"a multiple of heads ({self.heads})",
+        check(self.max_failures >= 0, "max_failures", ">= 0", self.max_failures)
+        check(self.hidden % self.heads == 0, "hidden", f"a multiple of heads ({self.heads})",
                self.hidden)
-        check(0.0 <= self.dropout < 1.0, "train.dropout", "in [0, 1)", self.dropout)
-        check(0.0 <= self.modality_dropout < 1.0, "train.modality_dropout", "in [0, 1)",
+        check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        check(0.0 <= self.modality_dropout < 1.0, "modality_dropout", "in [0, 1)",
                self.modality_dropout)
-        check(self.epochs > 0 and self.batch_size > 0, "train.epochs/batch_size", "> 0",
+        check(self.epochs > 0 and self.batch_size > 0, "epochs/batch_size", "> 0",
                (self.epochs, self.batch_size))
-        check(self.num_workers > 0, "train.num_workers", "> 0", self.num_workers)
+        check(self.num_workers > 0, "num_workers", "> 0", self.num_workers)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictConfig:
     """Fold-ensemble inference over the store (candidates, the pool) with Ray Data."""
 
@@ -294,17 +305,17 @@ class PredictConfig:
     num_gpus: float = 0.0  # per actor; > 0 runs the fold models on the GPU
 
     def __post_init__(self):
-        check(self.batch_size > 0 and self.pool_size > 0, "predict.batch_size/pool_size", "> 0",
+        check(self.batch_size > 0 and self.pool_size > 0, "batch_size/pool_size", "> 0",
                (self.batch_size, self.pool_size))
-        check(self.num_cpus > 0 and self.num_gpus >= 0, "predict resources",
+        check(self.num_cpus > 0 and self.num_gpus >= 0, "num_cpus/num_gpus",
                "num_cpus > 0, num_gpus >= 0", (self.num_cpus, self.num_gpus))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PseudoConfig:
     """Pseudo-labeling rounds over the unlabeled pool."""
 
-    rounds: int = 2
+    rounds: int = 2  # rounds after the first training run; 0: none
     threshold: float = 0.7  # minimum fold-ensemble confidence (after calibration)
     # Temperature-scale the pool probabilities, fitted on the previous run's out-of-fold
     # predictions against the original labels: later rounds' models grow over-confident.
@@ -320,17 +331,17 @@ class PseudoConfig:
     min_agree: int = 1
 
     def __post_init__(self):
-        check(self.rounds >= 0, "pseudo.rounds", ">= 0", self.rounds)
-        check(0.0 < self.threshold <= 1.0, "pseudo.threshold", "in (0, 1]", self.threshold)
-        check(0.0 < self.weight <= 1.0, "pseudo.weight", "in (0, 1]", self.weight)
-        check(self.min_agree >= 0, "pseudo.min_agree", ">= 0", self.min_agree)
+        check(self.rounds >= 0, "rounds", ">= 0", self.rounds)
+        check(0.0 < self.threshold <= 1.0, "threshold", "in (0, 1]", self.threshold)
+        check(0.0 < self.weight <= 1.0, "weight", "in (0, 1]", self.weight)
+        check(self.min_agree >= 0, "min_agree", ">= 0", self.min_agree)
 
 
 def _default_refine_weights() -> dict[str, float]:
     return {"original": 1.0, "weak": 2.0, "fusion": 2.0, "llm": 1.0}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RefineConfig:
     """Multi-source label refinement (`ecmf refine`): weak classifiers, the fusion model's
     out-of-fold predictions and LLM votes re-label the labeled set; the original label is kept."""
@@ -338,6 +349,7 @@ class RefineConfig:
     # true: pseudo-label rounds train on refined labels (refining first if not done yet). Off by
     # default: on the demo corpus it has not yet been shown to raise test WAF.
     enabled: bool = False
+    # Registered weak classifiers fit on each feature set: lr, svm, knn.
     classifiers: list[str] = field(default_factory=lambda: ["lr", "svm", "knn"])
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {knn: {n_neighbors: 9}}
     feature_sets: list[list[str]] = field(default_factory=list)  # empty: each alone + all together
@@ -358,17 +370,17 @@ class RefineConfig:
 
     def __post_init__(self):
         check(set(self.weights) <= {"original", "weak", "fusion", "llm"}
-               and all(v >= 0 for v in self.weights.values()), "refine.weights",
+               and all(v >= 0 for v in self.weights.values()), "weights",
                "non-negative weights of original, weak, fusion, llm", self.weights)
-        check(0.0 <= self.threshold <= 1.0, "refine.threshold", "in [0, 1]", self.threshold)
-        check(self.min_agree >= 1, "refine.min_agree", ">= 1", self.min_agree)
-        check(0.0 < self.min_weight <= 1.0, "refine.min_weight", "in (0, 1]", self.min_weight)
-        check(self.cpus_per_task > 0, "refine.cpus_per_task", "> 0", self.cpus_per_task)
-        check(all(s for s in self.feature_sets), "refine.feature_sets", "non-empty sets",
+        check(0.0 <= self.threshold <= 1.0, "threshold", "in [0, 1]", self.threshold)
+        check(self.min_agree >= 1, "min_agree", ">= 1", self.min_agree)
+        check(0.0 < self.min_weight <= 1.0, "min_weight", "in (0, 1]", self.min_weight)
+        check(self.cpus_per_task > 0, "cpus_per_task", "> 0", self.cpus_per_task)
+        check(all(s for s in self.feature_sets), "feature_sets", "non-empty sets",
                self.feature_sets)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuneConfig:
     """Hyperparameter search with Ray Tune (`ecmf tune`): a space over train keys, ASHA, resources.
 
@@ -376,10 +388,10 @@ class TuneConfig:
     `{loguniform: [lo, hi]}`, `{randint: [lo, hi]}` (both ends included) or a fixed value.
     """
 
-    space: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)  # train key -> its range (see above)
     num_samples: int = 16  # random draws; a space with grid keys runs each draw per grid point
     search: str = "random"  # "random": points drawn with `seed`; others ("optuna"...) if installed
-    seed: int = 0
+    seed: int = 0  # the drawn points are a function of this seed
     scheduler: str = "asha"  # "asha": stop bad trials early; "fifo": run every trial to the end
     grace_period: int = 4  # epochs every trial runs before ASHA may stop it
     reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
@@ -397,77 +409,42 @@ class TuneConfig:
     apply_best: bool = False
 
     def __post_init__(self):
-        from ecmf.tune.space import parse_space
-
-        check(self.num_samples > 0, "tune.num_samples", "> 0", self.num_samples)
-        check(self.scheduler in ("asha", "fifo"), "tune.scheduler", "'asha' or 'fifo'",
+        check(self.num_samples > 0, "num_samples", "> 0", self.num_samples)
+        check(self.scheduler in ("asha", "fifo"), "scheduler", "'asha' or 'fifo'",
                self.scheduler)
-        check(self.grace_period > 0, "tune.grace_period", "> 0", self.grace_period)
-        check(self.reduction_factor > 1, "tune.reduction_factor", "> 1", self.reduction_factor)
-        check(self.cv_folds >= 2, "tune.cv_folds", ">= 2", self.cv_folds)
-        check(self.runner in ("auto", "process", "ray_train"), "tune.runner",
+        check(self.grace_period > 0, "grace_period", "> 0", self.grace_period)
+        check(self.reduction_factor > 1, "reduction_factor", "> 1", self.reduction_factor)
+        check(self.cv_folds >= 2, "cv_folds", ">= 2", self.cv_folds)
+        check(self.runner in ("auto", "process", "ray_train"), "runner",
                "'auto', 'process' or 'ray_train'", self.runner)
-        check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", ">= 0",
+        check(self.max_concurrent_trials >= 0, "max_concurrent_trials", ">= 0",
                self.max_concurrent_trials)
-        check(self.cpus_per_trial > 0, "tune.cpus_per_trial", "> 0", self.cpus_per_trial)
-        check(self.gpus_per_trial >= 0, "tune.gpus_per_trial", ">= 0", self.gpus_per_trial)
-        check(self.max_failures >= 0, "tune.max_failures", ">= 0", self.max_failures)
-        check(self.no_progress_timeout_s > 0, "tune.no_progress_timeout_s", "> 0",
+        check(self.cpus_per_trial > 0, "cpus_per_trial", "> 0", self.cpus_per_trial)
+        check(self.gpus_per_trial >= 0, "gpus_per_trial", ">= 0", self.gpus_per_trial)
+        check(self.max_failures >= 0, "max_failures", ">= 0", self.max_failures)
+        check(self.no_progress_timeout_s > 0, "no_progress_timeout_s", "> 0",
                self.no_progress_timeout_s)
-        parse_space(self.space)  # each key on its own; Config checks the points against train
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     workdir: str = "runs/ecmf"  # every stage reads and writes under this directory
-    labels: list[str] = field(default_factory=lambda: list(LABELS))
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    enrich: EnrichConfig = field(default_factory=EnrichConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    labels: list[str] = field(default_factory=lambda: list(LABELS))  # the class names, in order
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)  # where the clips and labels are
+    demo: DemoConfig = field(default_factory=DemoConfig)  # the generated demo corpus
+    ray: RayConfig = field(default_factory=RayConfig)  # which Ray, and an embedded one's size
+    extract: ExtractConfig = field(default_factory=ExtractConfig)  # `ecmf extract`
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)  # `ecmf enrich`
+    train: TrainConfig = field(default_factory=TrainConfig)  # `ecmf train` and every fit
+    predict: PredictConfig = field(default_factory=PredictConfig)  # `ecmf predict`
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)  # `ecmf pseudo-label`
+    refine: RefineConfig = field(default_factory=RefineConfig)  # `ecmf refine`
+    tune: TuneConfig = field(default_factory=TuneConfig)  # `ecmf tune`
 
     def __post_init__(self):
         check(tuple(self.labels) == LABELS, "labels", f"the MER2025 label set {list(LABELS)}",
                self.labels)
-        if self.tune.space:  # every sampled point must make a valid train config
-            from ecmf.tune.space import search_points
-
-            search_points(self.tune, self.train)
 
     @property
     def root(self) -> Path:
         return Path(self.workdir)
-
-
-def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> Config:
-    """Defaults, then `base` (a command's own defaults), then the YAML file, then `--set` items."""
-    data = to_dict(Config())
-    if base:
-        data = merge(data, base)
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top, got {loaded!r}")
-        data = merge(data, loaded)
-    for item in sets:
-        data = merge(data, parse_set(item))
-    return from_dict(Config, data)
-
-
-def save_config(cfg: Config, directory: str | Path) -> Path:
-    """Write the resolved config as `config.yaml` in `directory`."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    out = d / "config.yaml"
-    out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from ecmf.errors import UserError
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 TAIL_LINES = 40
@@ -30,7 +33,8 @@ DEFAULT_EXCLUDES = [".git", ".venv", "demo-out", "runs", "*.egg-info", "__pycach
 SPEC_KEYS = {"name", "description", "config", "steps", "set", "entrypoint", "runtime_env",
              "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
              "submission_id", "metadata"}
-NOT_A_STEP = {"submit", "jobs"}  # commands that talk to a cluster cannot run inside a job
+# Commands that talk to a cluster cannot run inside a job; `config` only prints.
+NOT_A_STEP = {"submit", "jobs", "config"}
 # An env var with a word of its name ending in one of these (any case, plural too) carries a
 # secret: HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, OPENAI_APIKEY; not
 # TOKENIZERS_PARALLELISM. Its value is sent to the cluster but never printed.
@@ -41,7 +45,7 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
-class JobError(ValueError):
+class JobError(UserError, ValueError):
     """A job spec, cluster address or job that a user can fix or look at; the message says which."""
 
 
@@ -142,14 +146,16 @@ def build_entrypoint(steps: list[str], config: str | None, sets: list[str]) -> s
 
     A step's own arguments are kept verbatim so they may use shell variables from env_vars.
     """
-    from ecmf.cli import COMMANDS
+    from ecmf.commands import HELP as COMMANDS
 
     parts = []
     for i, step in enumerate(steps):
         command, _, rest = str(step).strip().partition(" ")
         if command not in COMMANDS or command in NOT_A_STEP:
             known = sorted(set(COMMANDS) - NOT_A_STEP)
-            raise JobError(f"steps[{i}]: unknown ecmf command {command!r}; known: {known}")
+            close = difflib.get_close_matches(command, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise JobError(f"steps[{i}]: unknown ecmf command {command!r}; {hint}known: {known}")
         words = ["ecmf", command]
         if config:
             words.append(shlex.quote(config))
@@ -162,7 +168,8 @@ def build_entrypoint(steps: list[str], config: str | None, sets: list[str]) -> s
 
 def load_job_spec(path: str | Path, sets: list[str] = (), env: list[str] = ()) -> JobSpec:
     """Read and check a job spec; `sets` add `--set` overrides to every step, `env` env vars."""
-    from ecmf.config import ConfigError, load_config
+    from ecmf.config import ConfigError
+    from ecmf.configure import load_config
 
     path = Path(path)
     if not path.is_file():

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ecmf import schema
-from ecmf.config import PACKAGED_MINILM, Config, load_config
+from ecmf.config import PACKAGED_MINILM, Config
+from ecmf.configure import load_config
 from ecmf.workdir import Workdir, write_json
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     from ecmf.data.demo import write_demo_corpus
     from ecmf.enrichment.stage import enrich_corpus
     from ecmf.features.extract import extract_features
+    from ecmf.predict import predict_candidates
     from ecmf.runtime import ray_session
-    from ecmf.train.evaluate import evaluate, predict_candidates, read_truth, score_run
+    from ecmf.train.evaluate import evaluate, read_truth, score_run
     from ecmf.train.fit import fit, train_stage, training_table
     from ecmf.workdir import load_manifest
 

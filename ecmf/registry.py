@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -29,9 +30,14 @@ class Registry(Generic[T]):
         try:
             return self._items[name.lower()]
         except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; available: {sorted(self._items)}"
-            ) from None
+            raise KeyError(f"unknown {self.kind} {name!r}; {self.expected(name)}") from None
+
+    def expected(self, name: str) -> str:
+        """'one of [...]', with the closest registered name when one is close: the text of an
+        error about `name`."""
+        close = difflib.get_close_matches(str(name).lower(), self.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"one of {self.names()}{hint}"
 
     def names(self) -> list[str]:
         return sorted(self._items)

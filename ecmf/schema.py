@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ecmf.errors import InputError
+
 LABELS: tuple[str, ...] = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 LABEL_TO_INDEX = {name: i for i, name in enumerate(LABELS)}
 
@@ -78,4 +80,4 @@ def label_index(label: str, where: str = "") -> int:
         return LABEL_TO_INDEX[label]
     except KeyError:
         place = f" in {where}" if where else ""
-        raise ValueError(f"unknown label {label!r}{place}; expected one of {list(LABELS)}") from None
+        raise InputError(f"unknown label {label!r}{place}; expected one of {list(LABELS)}") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecmf.config import Config
+from ecmf.errors import MissingInput
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,50 @@ def load_manifest(cfg: Config) -> pd.DataFrame:
     return build_manifest(cfg)
 
 
-def check_inputs(cfg: Config, needs_store: bool = True) -> pd.DataFrame:
-    """What a stage checks before Ray starts: the corpus reads (its manifest is returned) and,
-    where the stage reads features, the store holds some; the error names the command to run."""
+# What each stage reads besides the corpus, checked before Ray starts.
+STAGE_NEEDS = {"enrich": (), "train": ("store",), "tune": ("store",),
+               "refine": ("store", "fusion_run"), "pseudo-label": ("store", "train_run"),
+               "predict": ("store", "a_run")}
+
+
+def check_inputs(cfg: Config, stage: str, run: str | Path | None = None) -> pd.DataFrame:
+    """What `stage` checks before Ray starts: the corpus reads (its manifest is returned), and
+    the inputs of STAGE_NEEDS exist: the feature store holds features, a training run is there.
+    Each error names the command that makes the missing input."""
     manifest = load_manifest(cfg)
-    store = Workdir.of(cfg).store
-    if needs_store and not any(store.glob("*.parquet")):
-        raise FileNotFoundError(f"feature store {store} holds no features: run `ecmf extract` "
-                                f"(or `ecmf import-features`) with this config first")
+    wd = Workdir.of(cfg)
+    needs = STAGE_NEEDS[stage]
+    if "store" in needs and not any(wd.store.glob("*.parquet")):
+        raise MissingInput(f"feature store {wd.store} holds no features: run `ecmf extract` "
+                           f"(or `ecmf import-features`) with this config first")
+    fusion = "fusion_run" in needs and cfg.refine.weights.get("fusion", 0) > 0
+    if ("train_run" in needs or fusion) and not (wd.train / "metrics.json").is_file():
+        why = " (the fusion source of refine.weights; or set refine.weights.fusion=0)" \
+            if fusion else ""
+        raise MissingInput(f"{wd.train} holds no finished run: run `ecmf train` before "
+                           f"`ecmf {stage}`{why}")
+    if "a_run" in needs:
+        if run is not None:
+            if not any((Path(run) / "models").glob("fold_*.pt")):
+                raise MissingInput(f"--run {run}: no fold models in {Path(run) / 'models'}; "
+                                   f"give a directory that `ecmf train` wrote")
+        elif not (wd.rounds / "summary.json").is_file() and not (wd.train / "models").is_dir():
+            raise MissingInput(f"{wd.root} holds no trained run: run `ecmf train` before "
+                               f"`ecmf {stage}`")
     return manifest
+
+
+def save_config(cfg: Config, directory: str | Path) -> Path:
+    """Write the resolved config as `config.yaml` in `directory` (a stage's output folder)."""
+    import yaml
+
+    from ecmf.config import to_dict
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / "config.yaml"
+    out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return out
 
 
 def write_json(path: Path, data) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ecmf.config import Config, ConfigError, load_config, save_config
+from ecmf.config import Config, ConfigError
+from ecmf.configure import load_config, save_config
 
 
 def test_defaults_validate_and_round_trip(tmp_path):
@@ -57,3 +58,75 @@ def test_set_needs_key_value_and_file_must_exist(tmp_path):
         load_config(None, ["train.epochs"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("item, path", [
+    ("extract.encoders.frames.batch_size=0", "extract.encoders.frames.batch_size"),
+    ("extract.encoders.faces.min_face=2", "extract.encoders.faces.min_face"),
+    ("extract.encoders.text.precision=fp8", "extract.encoders.text.precision"),
+    ("train.folds=1", "train.folds"),
+])
+def test_a_nested_error_names_the_full_key_path(item, path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [item])
+    assert f"config {path}:" in str(e.value)
+
+
+@pytest.mark.parametrize("item, path, close", [
+    ("extract.encoders.frames.name=clipp", "extract.encoders.frames.name", "clip"),
+    ("extract.encoders.faces.detector=retinafce", "extract.encoders.faces.detector",
+     "retinaface"),
+    ("train.model=ecmff", "train.model", "ecmf"),
+    ("enrich.backend=vlm", "enrich.backend", "vllm"),
+    ("corpus.layout=cvs", "corpus.layout", "csv"),
+    ("refine.classifiers=lr,svn", r"refine.classifiers\[1\]", "svm"),
+])
+def test_registered_names_are_checked_at_load_with_the_closest_name(item, path, close):
+    with pytest.raises(ConfigError, match=rf"config {path}: expected one of \[.*\]; "
+                                          rf"did you mean '{close}'\?"):
+        load_config(None, [item])
+
+
+def test_an_unknown_key_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match=r"'epoch': did you mean 'epochs'\?"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_face_options_live_on_face_encoders_only():
+    from ecmf.config import FaceEncoderConfig
+
+    cfg = load_config(None, ["extract.encoders.faces.detector=haar"])
+    assert isinstance(cfg.extract.encoders["faces"], FaceEncoderConfig)
+    assert not hasattr(cfg.extract.encoders["frames"], "detector")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['detector'\] in "
+                                          r"extract\.encoders\.frames"):
+        load_config(None, ["extract.encoders.frames.detector=haar"])
+
+
+def test_a_loaded_config_is_frozen():
+    import dataclasses
+
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3  # cache keys hash the config: nothing may change it afterwards
+    assert dataclasses.replace(cfg.train, epochs=3).epochs == 3
+
+
+def test_describe_prints_yaml_that_loads_back_with_a_comment_on_every_key():
+    import dataclasses
+
+    from ecmf import config
+    from ecmf.config import to_dict
+    from ecmf.configure import describe, field_comments
+
+    cfg = load_config(None, ["train.epochs=3", "extract.encoders.audio=null"])
+    text = describe(cfg)
+    assert yaml.safe_load(text) == to_dict(cfg)
+    assert any(line.startswith("  epochs: 3  # ") for line in text.splitlines())
+    classes = [c for c in vars(config).values()
+               if isinstance(c, type) and dataclasses.is_dataclass(c)]
+    assert len(classes) >= 13
+    for cls in classes:
+        comments = field_comments(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)]
+        assert not missing, f"{cls.__name__}: no comment for {missing}"

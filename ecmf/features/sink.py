@@ -13,6 +13,7 @@ from ray.data import Datasink
 
 from ecmf.features.store import part_name, write_part
 
+
 class StoreSink(Datasink):
     """Writes `part-<run>-<task>-<uuid>.parquet` files of about `rows_per_file` rows (Ray
     bundles blocks up to that before a write task runs) into `store`."""

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ecmf import schema
+from ecmf.errors import MissingInput, UnknownName
 
 log = logging.getLogger(__name__)
 QUARANTINE = "quarantine"  # <store>/../store-quarantine: files set aside by heal_store
@@ -48,7 +49,7 @@ class FeatureTable:
 def _dataset(store: str | Path) -> pads.Dataset:
     path = Path(store)
     if not path.is_dir() or not any(path.glob("*.parquet")):
-        raise FileNotFoundError(f"feature store {path} holds no Parquet files; run `ecmf extract`")
+        raise MissingInput(f"feature store {path} holds no Parquet files; run `ecmf extract`")
     try:
         return pads.dataset(str(path), format="parquet")
     except pa.ArrowInvalid as e:
@@ -328,8 +329,8 @@ def _error_free_rows(ds: pads.Dataset, columns: list[str], ids, store, what: str
         pos = {s: i for i, s in enumerate(got[order])}
         missing = [s for s in ids if s not in pos]
         if missing:
-            raise KeyError(f"{len(missing)} sample(s) have no error-free {what} in {store}, "
-                           f"e.g. {missing[:5]}")
+            raise UnknownName(f"{len(missing)} sample(s) have no error-free {what} in {store}, "
+                              f"e.g. {missing[:5]}")
         order = order[[pos[s] for s in ids]]
     return table.take(pa.array(order)), np.asarray(got[order])
 
@@ -342,7 +343,7 @@ def read_features(store: str | Path, features: list[str] | None = None,
     names = list(features) if features else list(dims)
     unknown = [n for n in names if n not in dims]
     if unknown:
-        raise KeyError(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
+        raise UnknownName(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
     cols = [schema.SAMPLE_ID, "error"]
     cols += [c for n in names for c in (schema.feature_column(n), schema.mask_column(n))]
     table, got = _error_free_rows(ds, cols, ids, store, "features")
@@ -379,8 +380,9 @@ def read_sequences(store: str | Path, name: str,
     if column not in ds.schema.names:
         have = [c[len(schema.SEQUENCE_PREFIX):] for c in ds.schema.names
                 if c.startswith(schema.SEQUENCE_PREFIX)]
-        raise KeyError(f"no sequence column {column!r} in store {store} (set "
-                       f"extract.encoders.{name}.sequence_steps > 0); available: {sorted(have)}")
+        raise UnknownName(f"no sequence column {column!r} in store {store} (set "
+                          f"extract.encoders.{name}.sequence_steps > 0); available: "
+                          f"{sorted(have)}")
     steps, dim = sequence_shape(ds.schema.field(column))
     table, got = _error_free_rows(ds, [schema.SAMPLE_ID, column], ids, store, column)
     return got, sequence_to_numpy(table.column(column), steps, dim)

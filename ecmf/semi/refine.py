@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config, save_config
-from ecmf.workdir import Workdir, load_manifest, write_json
+from ecmf.config import Config
+from ecmf.workdir import Workdir, load_manifest, save_config, write_json
 
 log = logging.getLogger(__name__)
 ORIGINAL = "original"

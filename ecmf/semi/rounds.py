@@ -24,6 +24,7 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config, ConfigError
+from ecmf.errors import InputError, MissingInput
 from ecmf.workdir import Workdir, load_manifest, write_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def val_waf(run_dir: Path, reference: pd.Series) -> float:
     Every run is scored against the same labels (the original annotations), whatever labels it
     was trained on, so that rounds trained on refined labels compare with the first run.
     """
-    from ecmf.train.evaluate import score
+    from ecmf.train.metrics import score
 
     oof = pd.read_parquet(run_dir / "oof.parquet")
     ref = reference.reindex(oof[schema.SAMPLE_ID])
@@ -66,7 +67,7 @@ def pool_agreement(ids: np.ndarray, fusion: np.ndarray, weak_pool: pd.DataFrame 
 
     column = fold_top_column(fold)
     if column not in weak_pool:
-        raise ValueError(f"weak classifiers' pool predictions lack {column}: refit them "
+        raise InputError(f"weak classifiers' pool predictions lack {column}: refit them "
                          f"(remove refine/weak_probs.parquet)")
     names = sorted(weak_pool["source"].unique())
     c = len(schema.LABELS)
@@ -225,7 +226,7 @@ def run_rounds(cfg: Config) -> dict:
 
     wd = Workdir.of(cfg)
     if not (wd.train / "metrics.json").is_file():
-        raise FileNotFoundError(f"{wd.train}/metrics.json: run `ecmf train` before pseudo-label")
+        raise MissingInput(f"{wd.train}/metrics.json: run `ecmf train` before pseudo-label")
     manifest = load_manifest(cfg)
     labeled = manifest[manifest[schema.SPLIT] == "train"]
     reference = labeled.set_index(schema.SAMPLE_ID)[schema.LABEL]
@@ -328,4 +329,4 @@ def best_run(cfg: Config) -> Path:
         return Path(json.loads(summary.read_text())["best"]["run"])
     if (wd.train / "models").is_dir():
         return wd.train
-    raise FileNotFoundError(f"{wd.train}/models: nothing trained yet; run `ecmf train`")
+    raise MissingInput(f"{wd.train}/models: nothing trained yet; run `ecmf train`")

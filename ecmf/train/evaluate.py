@@ -1,4 +1,5 @@
-"""Prediction for the candidates (the submission CSV) and evaluation against a truth file."""
+"""Evaluation: cross-validation metrics of every run, and test metrics of the submission
+against a truth file."""
 
 from __future__ import annotations
 
@@ -10,52 +11,12 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config, save_config
-from ecmf.workdir import Workdir, load_manifest, write_json
+from ecmf.config import Config
+from ecmf.errors import InputError, MissingInput
+from ecmf.train.metrics import score
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
-
-
-def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
-    """Fold-ensemble predictions for every candidate; `predict/submission.csv` beside them."""
-    from ecmf.features.store import ok_ids, usage_counts
-    from ecmf.semi.rounds import best_run
-    from ecmf.train.predict import predict_store
-    from ecmf.train.submission import check_submission, write_submission
-
-    wd = Workdir.of(cfg)
-    run = Path(run) if run else best_run(cfg)
-    manifest = load_manifest(cfg)
-    cands = manifest.loc[manifest[schema.SPLIT] == "candidate", schema.SAMPLE_ID].tolist()
-    if not cands:
-        raise ValueError(f"{cfg.corpus.root}: track_all_candidates.csv lists no candidates")
-    save_config(cfg, wd.predict)
-    have = ok_ids(wd.store)
-    pc = cfg.predict
-    preds = predict_store(wd.store, run, wd.predict / "probabilities",
-                          ids=[c for c in cands if c in have], batch_size=pc.batch_size,
-                          pool_size=pc.pool_size, num_cpus=pc.num_cpus, num_gpus=pc.num_gpus)
-    # A candidate whose clip failed extraction still needs a row: the labeled set's majority
-    # class, listed in fallbacks.csv so that nobody mistakes it for a prediction.
-    missing = [c for c in cands if c not in set(preds[schema.SAMPLE_ID])]
-    labeled = manifest.loc[manifest[schema.SPLIT] == "train", schema.LABEL]
-    majority = labeled.value_counts().idxmax()
-    if missing:
-        log.warning("%d candidate(s) have no features (see %s); predicted %r for them",
-                    len(missing), wd.errors, majority)
-        pd.DataFrame({"name": missing, "discrete": majority}).to_csv(
-            wd.predict / "fallbacks.csv", index=False)
-    full = pd.concat([preds[[schema.SAMPLE_ID, schema.PRED]],
-                      pd.DataFrame({schema.SAMPLE_ID: missing, schema.PRED: majority})])
-    path = write_submission(full, cands, wd.predict / "submission.csv")
-    check_submission(path, cands)
-    summary = {"run": str(run), "candidates": len(cands), "predicted": int(len(preds)),
-               "fallbacks": len(missing),
-               "candidate_modalities": usage_counts(wd.store, cands)["modalities"],
-               "submission": str(path),
-               "probabilities": str(wd.predict / "probabilities")}
-    write_json(wd.predict / "summary.json", summary)
-    return summary
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
@@ -63,18 +24,10 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     for col in ("name", "discrete"):
         if col not in df:
-            raise ValueError(f"{path}: missing column {col!r}; expected name,discrete")
+            raise InputError(f"{path}: missing column {col!r}; expected name,discrete")
     for i, v in enumerate(df["discrete"]):
         schema.label_index(v, f"{path} line {i + 2}")
     return df[["name", "discrete"]]
-
-
-def score(y_true_names, y_pred_names) -> dict:
-    from ecmf.train.metrics import classification_report
-
-    yt = np.array([schema.label_index(v) for v in y_true_names])
-    yp = np.array([schema.label_index(v) for v in y_pred_names])
-    return classification_report(yt, yp)
 
 
 def score_run(run: str | Path, store: str | Path, truth: pd.DataFrame) -> dict:
@@ -94,18 +47,24 @@ def evaluate(cfg: Config, truth_path: str | Path | None = None) -> dict:
 
     wd = Workdir.of(cfg)
     out = wd.evaluate
+    finished = [run for run in [wd.train] + sorted(wd.rounds.glob("[0-9]*"),
+                                                   key=lambda p: int(p.name))
+                if (run / "metrics.json").is_file()]
+    if not finished:
+        raise MissingInput(f"{wd.root} holds no finished training run to evaluate: run "
+                           f"`ecmf train` (and `ecmf predict` to score a submission) first")
     save_config(cfg, out)
     runs = {}
-    for run in [wd.train] + sorted(wd.rounds.glob("[0-9]*"), key=lambda p: int(p.name)):
-        if (run / "metrics.json").is_file():
-            m = json.loads((run / "metrics.json").read_text())
-            name = str(run.relative_to(wd.root))
-            # Out-of-fold predictions over the whole labeled set (each by the fold model that
-            # never trained on it), not the mean of the folds' best validation epochs.
-            runs[name] = {k: m["cv"][k] for k in ("waf", "accuracy", "per_class_f1", "support")}
-            png = out / f"confusion_cv_{name.replace('/', '_')}.png"
-            plot_confusion(np.array(m["cv"]["confusion"]), list(schema.LABELS), png)
-            runs[name]["confusion_png"] = png.name
+    for run in finished:
+        m = json.loads((run / "metrics.json").read_text())
+        name = str(run.relative_to(wd.root))
+        # Out-of-fold predictions over the whole labeled set (each by the fold model that
+        # never trained on it), not the mean of the folds' best validation epochs.
+        runs[name] = {k: m["cv"][k] for k in ("waf", "accuracy", "per_class_f1", "support",
+                                               "confusion")}
+        png = out / f"confusion_cv_{name.replace('/', '_')}.png"
+        plot_confusion(np.array(m["cv"]["confusion"]), list(schema.LABELS), png)
+        runs[name]["confusion_png"] = png.name
     result: dict = {"cross_validation": runs}
     # Pseudo-label rounds (validation WAF against the original labels, pseudo-labels added) and
     # the label refinement they trained on, as `ecmf pseudo-label` and `ecmf refine` wrote them.
@@ -119,12 +78,12 @@ def evaluate(cfg: Config, truth_path: str | Path | None = None) -> dict:
         truth = read_truth(truth_path)
         sub_path = wd.predict / "submission.csv"
         if not sub_path.is_file():
-            raise FileNotFoundError(f"{sub_path}: run `ecmf predict` before evaluating it")
+            raise MissingInput(f"{sub_path}: run `ecmf predict` before evaluating it")
         sub = pd.read_csv(sub_path, dtype=str, keep_default_na=False)
         merged = truth.merge(sub, on="name", how="left", suffixes=("", "_pred"))
         absent = merged.loc[merged["discrete_pred"].isna(), "name"].tolist()
         if absent:
-            raise ValueError(f"{sub_path}: {len(absent)} name(s) of {truth_path} have no "
+            raise InputError(f"{sub_path}: {len(absent)} name(s) of {truth_path} have no "
                              f"prediction, e.g. {absent[:5]}")
         test = score(merged["discrete"], merged["discrete_pred"])
         plot_confusion(np.array(test["confusion"]), list(schema.LABELS),

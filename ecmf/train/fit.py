@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
-from ecmf.config import Config, ConfigError, TrainConfig, save_config
+from ecmf.config import Config, ConfigError, TrainConfig
 from ecmf.train.loop import train_loop_per_worker
-from ecmf.workdir import Workdir, write_json
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 RUN_FILE = "ray_run.json"  # the Ray Train run behind a training directory, for --resume

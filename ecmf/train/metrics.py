@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ecmf import schema
 from ecmf.schema import LABELS
 
 
@@ -143,3 +144,30 @@ def plot_confusion(cm, labels: Sequence[str], path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=120)
     return out
+
+
+def score(y_true_names, y_pred_names) -> dict:
+    """`classification_report` of two sequences of class names."""
+    yt = np.array([schema.label_index(v) for v in y_true_names])
+    yp = np.array([schema.label_index(v) for v in y_pred_names])
+    return classification_report(yt, yp)
+
+
+def format_per_class(report: dict, title: str) -> str:
+    """A `classification_report` as the table a person reads after `train` and `evaluate`:
+    precision, recall, F1 and support per class (from its confusion matrix), then WAF."""
+    labels = list(report["per_class_f1"])
+    cm = np.asarray(report.get("confusion") or np.zeros((len(labels), len(labels))), dtype=float)
+    predicted, actual = cm.sum(0), cm.sum(1)
+    diag = np.diag(cm) if cm.size else np.zeros(len(labels))
+    width = max(len("class"), *(len(lab) for lab in labels))
+    lines = [title, f"  {'class':<{width}}  precision  recall     f1  support"]
+    for i, lab in enumerate(labels):
+        prec = diag[i] / predicted[i] if predicted[i] else 0.0
+        rec = diag[i] / actual[i] if actual[i] else 0.0
+        lines.append(f"  {lab:<{width}}  {prec:9.3f}  {rec:6.3f}  {report['per_class_f1'][lab]:5.3f}"
+                     f"  {report['support'][lab]:7d}")
+    total = sum(report["support"].values())
+    lines.append(f"  {'weighted F1':<{width}}  {'':9}  {'':6}  {report['waf']:5.3f}  {total:7d}"
+                 f"   (accuracy {report['accuracy']:.3f})")
+    return "\n".join(lines)

@@ -12,11 +12,18 @@ from pathlib import Path
 import yaml
 from ray.tune import Callback  # this module is Ray's edge: `import ecmf` never loads it
 
-from ecmf.config import Config, ConfigError, save_config, to_dict
-from ecmf.tune.space import (feature_sets, max_epochs, parse_space, search_points, to_tune,
-                              trial_config, tune_point)
+from ecmf.config import Config, ConfigError, to_dict
+from ecmf.tune.space import (
+    feature_sets,
+    max_epochs,
+    parse_space,
+    search_points,
+    to_tune,
+    trial_config,
+    tune_point,
+)
 from ecmf.tune.trial import METRIC, MODE
-from ecmf.workdir import Workdir, write_json
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "search"  # <out>/ray/search: the Tune experiment a resume restores

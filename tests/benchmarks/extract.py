@@ -159,7 +159,8 @@ def pipeline(manifest: Path, workdir: Path, encoders: dict[str, dict], args,
     """
     import ray
 
-    from ecmf.config import ExtractConfig, load_config
+    from ecmf.config import ExtractConfig
+    from ecmf.configure import load_config
     from ecmf.features.extract import extract_features
     from ecmf.runtime import ray_session
 

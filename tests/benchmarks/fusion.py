@@ -56,7 +56,7 @@ def load_avg() -> float:
 
 def demo_workdir(workdir: Path | None, scratch: Path, pool: int):
     """The config of a demo workdir holding a feature store: the one given, or one made here."""
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
     from ecmf.pipeline import demo_overrides
 
     if workdir is not None:
@@ -254,7 +254,7 @@ def plain_fit(cfg, table, out: Path) -> float:
 
 def overhead(epochs: int, repeats: int, n: int, dim: int, hidden: int, scratch: Path,
              first: str = "plain") -> dict:
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
     from ecmf.train.fit import fit, training_table
     from ecmf.workdir import load_manifest
 

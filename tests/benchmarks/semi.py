@@ -254,7 +254,7 @@ def scale(rows: int, root: Path, chunk: int, pool_size: int, batch_size: int) ->
     import ray
 
     from ecmf import schema
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
     from ecmf.semi.rounds import select_round
     from ecmf.semi.select import class_prior
     from ecmf.train.predict import predict_store

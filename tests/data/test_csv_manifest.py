@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from ecmf import schema
-from ecmf.config import ConfigError, load_config
+from ecmf.config import ConfigError
+from ecmf.configure import load_config
 from ecmf.data.csv_manifest import read_csv_manifest
 from ecmf.workdir import build_manifest
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ecmf.config import ConfigError, EnrichConfig, load_config
+from ecmf.config import ConfigError, EnrichConfig
+from ecmf.configure import load_config
 
 
 def test_tasks_and_engine_kwargs_from_set_items():
@@ -35,5 +38,7 @@ def test_yaml_overrides(tmp_path):
     ({"language": "fr"}, "enrich.language"),
 ])
 def test_bad_values_name_their_key(kwargs, key):
+    with pytest.raises(ConfigError, match=f"config {key.split('.')[1]}: expected"):
+        EnrichConfig(**kwargs)  # built alone, a section names its key within itself
     with pytest.raises(ConfigError, match=f"config {key}: expected"):
-        EnrichConfig(**kwargs)
+        load_config(None, [f"enrich.{k}={json.dumps(v)}" for k, v in kwargs.items()])

@@ -59,8 +59,10 @@ def test_text_encoder_uses_packaged_minilm_and_masks_empty_text():
 
 
 def test_unknown_encoder_lists_available():
-    with pytest.raises(KeyError, match="available.*clip"):
+    with pytest.raises(KeyError, match=r"one of \[.*'clip'"):
         ENCODERS.get("whisper")
+    with pytest.raises(KeyError, match="did you mean 'clip'"):
+        ENCODERS.get("clipp")
 
 
 def test_an_encoder_group_runs_its_members_in_turn_on_one_batch(tiny):
@@ -115,7 +117,7 @@ def test_autocast_dtype_follows_the_device_and_precision():
     import torch
 
     from ecmf.config import ConfigError
-    from ecmf.features.encoders import autocast_dtype
+    from ecmf.features.precision import autocast_dtype
 
     assert autocast_dtype("cuda", bf16=True) is torch.bfloat16
     assert autocast_dtype("cuda:1", "auto", bf16=False) is torch.float16  # e.g. a V100 or T4
@@ -126,7 +128,7 @@ def test_autocast_dtype_follows_the_device_and_precision():
     assert autocast_dtype("cuda", "bf16", bf16=True) is torch.bfloat16
     with pytest.raises(ValueError, match="no bfloat16 support"):
         autocast_dtype("cuda", "bf16", bf16=False)
-    with pytest.raises(ConfigError, match="encoder.precision"):
+    with pytest.raises(ConfigError, match="config precision"):
         EncoderConfig("hubert", precision="fp8")
     if not torch.cuda.is_available():  # the actor's own choice, on this machine
         enc = ENCODERS.get("text")("text", EncoderConfig("text", PACKAGED_MINILM, num_gpus=1))

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ecmf.config import ConfigError, EncoderConfig
+from ecmf.config import ConfigError, EncoderConfig, FaceEncoderConfig
 from ecmf.features.faces import (FACE_DETECTORS, Detector, FaceError, RetinaFaceDetector,
                                  build_detector, crop_face, read_crops)
 
@@ -70,16 +70,17 @@ def _ragged(items):
 
 def test_detectors_are_registered_and_unknown_names_list_them():
     assert {"haar", "retinaface", "provided"} <= set(FACE_DETECTORS.names())
-    cfg = EncoderConfig("faces")
-    cfg.detector = "mtcnn"  # past the config's own check: the registry must still say it
-    with pytest.raises(KeyError, match=r"available: \[.*'haar'.*'provided'.*'retinaface'"):
+    cfg = FaceEncoderConfig("faces", detector="mtcnn")  # built past the config's validation
+    with pytest.raises(KeyError, match=r"one of \[.*'haar'.*'provided'.*'retinaface'"):
         build_detector(cfg)
-    with pytest.raises(ConfigError, match="encoder.detector"):
-        EncoderConfig("faces", detector="mtcnn")
-    with pytest.raises(ConfigError, match="encoder.min_face"):
-        EncoderConfig("faces", min_face=2)
-    with pytest.raises(ConfigError, match="encoder.sequence_steps"):
-        EncoderConfig("faces", sequence_steps=-1)
+    from ecmf.configure import load_config
+
+    with pytest.raises(ConfigError, match=r"extract\.encoders\.faces\.detector"):
+        load_config(None, ["extract.encoders.faces.detector=mtcnn"])
+    with pytest.raises(ConfigError, match="min_face"):
+        FaceEncoderConfig("faces", min_face=2)
+    with pytest.raises(ConfigError, match="sequence_steps"):
+        FaceEncoderConfig("faces", sequence_steps=-1)
 
 
 def test_retinaface_without_the_gpu_extra_names_it(tmp_path):
@@ -92,12 +93,12 @@ def test_retinaface_without_the_gpu_extra_names_it(tmp_path):
     weights = tmp_path / "r.pth"
     weights.write_bytes(b"")
     with pytest.raises(ImportError, match=r"ecmf\[gpu\]"):
-        build_detector(EncoderConfig("faces", detector="retinaface",
+        build_detector(FaceEncoderConfig("faces", detector="retinaface",
                                      detector_weights=str(weights)))
 
 
 def test_haar_finds_the_real_face_and_no_face_in_noise(crema_frames):
-    det = build_detector(EncoderConfig("faces"))
+    det = build_detector(FaceEncoderConfig("faces"))
     crops = det.faces(crema_frames)
     assert len(crops) == len(crema_frames)  # one face in every frame of a talking head
     side = crops[0].shape[0]
@@ -107,7 +108,7 @@ def test_haar_finds_the_real_face_and_no_face_in_noise(crema_frames):
     flat = np.full((2, 256, 341, 3), 128, np.uint8)
     assert det.faces(noise) == [] and det.faces(flat) == []
     # A bigger minimum than the face: nothing qualifies.
-    assert build_detector(EncoderConfig("faces", min_face=200)).faces(crema_frames) == []
+    assert build_detector(FaceEncoderConfig("faces", min_face=200)).faces(crema_frames) == []
 
 
 def test_crop_face_squares_widens_and_pads_at_the_border():
@@ -173,7 +174,7 @@ def test_read_crops_errors_name_the_file_and_the_layout(tmp_path, content, match
 def test_face_encoder_masks_no_face_and_decode_errors(tiny, crema_frames):
     from ecmf.features.encoders import ENCODERS
 
-    enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"], batch_size=2))
+    enc = ENCODERS.get("faces")("faces", FaceEncoderConfig("faces", tiny["clip"], batch_size=2))
     noise = np.random.default_rng(1).integers(0, 255, size=crema_frames.shape, dtype=np.uint8)
     frames = np.stack([crema_frames, noise, crema_frames])
     batch = _batch(3, frames=frames)
@@ -209,7 +210,7 @@ def test_provided_crops_corrupt_file_is_its_own_error_and_the_batch_is_stored(ti
 
     crops = _provided_corpus(tmp_path / "corpus", np.random.default_rng(2))
     names = ["good", "corrupt", "noface", "gray"]  # the corrupt file sits mid-batch
-    cfg = EncoderConfig("faces", tiny["clip"], detector="provided", sequence_steps=4)
+    cfg = FaceEncoderConfig("faces", tiny["clip"], detector="provided", sequence_steps=4)
     enc = ENCODERS.get("faces")("faces", cfg)
     batch = {"sample_id": np.array(names, dtype=object),
              "video_path": np.array([str(tmp_path / "corpus" / "video" / f"{n}.mp4")
@@ -248,7 +249,7 @@ def test_provided_without_an_openface_folder_is_an_error_naming_it(tiny, tmp_pat
     from ecmf.features.encoders import ENCODERS
 
     (tmp_path / "video").mkdir()
-    enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"],
+    enc = ENCODERS.get("faces")("faces", FaceEncoderConfig("faces", tiny["clip"],
                                                        detector="provided"))
     out = enc({"sample_id": np.array(["a"], dtype=object),
                "video_path": np.array([str(tmp_path / "video" / "a.mp4")], dtype=object),
@@ -257,7 +258,7 @@ def test_provided_without_an_openface_folder_is_an_error_naming_it(tiny, tmp_pat
     assert not out["mask_faces"][0]
     assert str(tmp_path / "openface_face") in out["status_faces"][0]
     with pytest.raises(FileNotFoundError, match="encoder.faces_dir"):
-        ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"], detector="provided",
+        ENCODERS.get("faces")("faces", FaceEncoderConfig("faces", tiny["clip"], detector="provided",
                                                      faces_dir=str(tmp_path / "nowhere")))
 
 
@@ -289,7 +290,7 @@ def test_provided_crops_reach_the_tower_as_rgb(tiny, tmp_path):
     blue[..., 0] = 255  # pure blue as OpenFace stores it: B, G, R
     (tmp_path / "openface_face" / "b").mkdir(parents=True)
     np.save(tmp_path / "openface_face" / "b" / "b.npy", blue)
-    enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"],
+    enc = ENCODERS.get("faces")("faces", FaceEncoderConfig("faces", tiny["clip"],
                                                        detector="provided"))
     seen = _recorded(enc, "encode")
     out = enc({"sample_id": np.array(["b"], dtype=object),
@@ -324,7 +325,7 @@ def test_detectors_see_the_frames_reread_at_detect_short_side_all_clips_in_one_c
     sides = {}
     for short_side, shape in ((320, (320, 427, 3)), (0, (256, 341, 3)),
                               (640, (360, 480, 3))):  # 640: the video's own, never upscaled
-        cfg = EncoderConfig("faces", tiny["clip"], detector="test-recording", face_margin=0.0,
+        cfg = FaceEncoderConfig("faces", tiny["clip"], detector="test-recording", face_margin=0.0,
                             detect_short_side=short_side)
         enc = ENCODERS.get("faces")("faces", cfg)
         seen = _recorded(enc, "encode")
@@ -350,7 +351,7 @@ def test_haar_crops_from_the_reread_frames_are_larger(tiny):
     batch = _crema_batch(["NEU", "ANG"])
     sides = {}
     for short_side in (0, 640):
-        enc = ENCODERS.get("faces")("faces", EncoderConfig("faces", tiny["clip"],
+        enc = ENCODERS.get("faces")("faces", FaceEncoderConfig("faces", tiny["clip"],
                                                            detect_short_side=short_side))
         seen = _recorded(enc, "encode")
         assert enc(dict(batch))["mask_faces"].all()
@@ -391,7 +392,7 @@ class _FakeRetinaFace(RetinaFaceDetector):
 
 
 def test_retinaface_batches_frames_and_maps_boxes_back_to_each_frame():
-    det = _FakeRetinaFace(EncoderConfig("faces", min_face=8))
+    det = _FakeRetinaFace(FaceEncoderConfig("faces", min_face=8))
     rng = np.random.default_rng(0)
     shapes = [(96, 128), (128, 96), (64, 64), (300, 400), (32, 48)]
     frames = [rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8) for h, w in shapes]

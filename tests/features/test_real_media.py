@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecmf.config import EncoderConfig
+from ecmf.config import EncoderConfig, FaceEncoderConfig
 
 CREMA = Path(__file__).parents[1] / "data" / "crema-d"
 CLIPS = sorted(CREMA.glob("1001_DFA_*.flv"))
@@ -44,7 +44,7 @@ def test_the_cpu_default_detector_finds_the_face_in_every_frame(path):
     from ecmf.data.media import sample_frames
     from ecmf.features.faces import build_detector
 
-    cfg = EncoderConfig("faces")  # the defaults: haar, margin 0.2, min_face 40
+    cfg = FaceEncoderConfig("faces")  # the defaults: haar, margin 0.2, min_face 40
     frames = sample_frames(str(path), 8)
     boxes = [build_detector(cfg).detect(f) for f in frames]
     assert all(len(b) >= 1 for b in boxes), [len(b) for b in boxes]
@@ -99,7 +99,7 @@ def _corpus(root: Path) -> str:
 def test_extraction_of_real_clips_stores_finite_features_and_sequences(tmp_path, ray_local):
     import pyarrow.parquet as pq
 
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
     from ecmf.features.extract import extract_features
     from ecmf.features.store import read_features, read_sequences, store_dims
     from ecmf.tiny_models import build_tiny_models

@@ -91,7 +91,7 @@ def test_fit_with_nccl(tmp_path, ray_local):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
     from synthetic_workdir import make_workdir
 
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
     from ecmf.train.fit import fit, training_table
     from ecmf.workdir import load_manifest
 
@@ -129,7 +129,8 @@ def test_vllm_enrichment_and_votes(tmp_path, ray_local):
     model = _smallest_staged_instruct()
     if model is None:
         pytest.skip("no instruct model is staged in the Hugging Face cache (HF_HOME)")
-    from ecmf.config import DemoConfig, load_config
+    from ecmf.config import DemoConfig
+    from ecmf.configure import load_config
     from ecmf.data.demo import write_demo_corpus
     from ecmf.enrichment.stage import enrich_corpus
 

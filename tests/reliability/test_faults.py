@@ -198,7 +198,7 @@ def test_a_gbk_subtitle_file_names_file_line_and_encoding(bad_corpus, tmp_path, 
     first = 2 + int(np.flatnonzero(subs["chinese"].map(lambda t: not t.isascii()))[0])
     assert str(root / "subtitle_chieng.csv") in err and f"line {first}:" in err
     assert "--set corpus.encoding=gbk" in err
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
     from ecmf.workdir import build_manifest
 
     cfg = load_config(None, [f"corpus.root={root}", f"workdir={tmp_path / 'w'}",

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from ecmf import schema
-from ecmf.config import TrainConfig, load_config
+from ecmf.config import TrainConfig
+from ecmf.configure import load_config
 from ecmf.semi.rounds import select_round
 from ecmf.train.fit import training_table
 from ecmf.train.loop import train_one_fold

@@ -203,12 +203,20 @@ def test_evaluate_reports_each_round_and_the_refinement(run):
     assert metrics["refine"]["n_labeled"] == N_TRAIN
 
 
+def _with(cfg, section: str, **changes):
+    """`cfg` with keys of one section changed: a loaded config is frozen."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                    **changes)})
+
+
 @pytest.fixture
 def copy(run, tmp_path):
     """A copy of the finished workdir (file times kept), to change without touching `run`."""
     import shutil
 
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
 
     root = tmp_path / "copy"
     shutil.copytree(run["root"], root)
@@ -233,7 +241,7 @@ def test_refined_labels_are_reused_until_a_source_or_setting_changes(copy):
     after = labels.stat().st_mtime_ns
     assert after != before
     # Another refine setting.
-    cfg.refine.threshold = 0.9
+    cfg = _with(cfg, "refine", threshold=0.9)
     refined_labels(cfg)
     assert labels.stat().st_mtime_ns != after
     key = json.loads((root / "refine" / "refine_key.json").read_text())
@@ -266,10 +274,12 @@ def test_rounds_resume_only_over_rounds_made_with_the_same_settings(copy):
 
     root, cfg = copy
     assert (root / "rounds" / "1" / KEY_FILE).is_file()
-    cfg.pseudo.patience = 3  # how many rounds may run: free to change on a resume
+    # How many rounds may run: free to change on a resume.
+    cfg = _with(cfg, "pseudo", patience=3)
     summary = run_rounds(cfg)
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
-    cfg.pseudo.threshold = 0.5  # what a round selects: the finished rounds no longer match
+    # What a round selects: the finished rounds no longer match.
+    cfg = _with(cfg, "pseudo", threshold=0.5)
     with pytest.raises(ConfigError, match=r"rounds/1 was made with other settings.*"
                                           r"pseudo: threshold 0\.3 -> 0\.5") as err:
         run_rounds(cfg)
@@ -281,8 +291,8 @@ def test_the_demo_moves_stale_rounds_aside_instead_of_failing(copy):
 
     root, cfg = copy
     old = pd.read_parquet(root / "rounds" / "1" / "labels.parquet")
-    cfg.refine.enabled = False
-    cfg.pseudo.threshold = 1.0  # nothing passes: the new rounds train nothing
+    cfg = _with(cfg, "refine", enabled=False)
+    cfg = _with(cfg, "pseudo", threshold=1.0)  # nothing passes: the new rounds train nothing
     summary = demo_rounds(cfg)
     assert [r["round"] for r in summary["rounds"]] == [0]
     (aside,) = root.glob("rounds.stale-*")
@@ -297,8 +307,9 @@ def test_a_round_that_selects_nothing_is_not_trained(copy):
 
     root, cfg = copy
     shutil.rmtree(root / "rounds")
-    cfg.refine.enabled = False  # on original labels an empty round would repeat the first run
-    cfg.pseudo.threshold = 1.0
+    # On original labels an empty round would repeat the first run.
+    cfg = _with(cfg, "refine", enabled=False)
+    cfg = _with(cfg, "pseudo", threshold=1.0)
     summary = run_rounds(cfg)
     assert [r["round"] for r in summary["rounds"]] == [0]
     assert summary["stopped"] == "round 1: no pool clip passed the selection"
@@ -312,7 +323,7 @@ def test_out_of_fold_refinement_still_available_and_replaces_fold_labels(copy):
 
     root, cfg = copy
     assert "train_fold" in refined_labels(cfg)
-    cfg.refine.fold_blind = False
+    cfg = _with(cfg, "refine", fold_blind=False)
     plain = refined_labels(cfg)
     assert "train_fold" not in plain and len(plain) == N_TRAIN
     assert not (root / "refine" / "fold_labels.parquet").exists()

@@ -73,6 +73,6 @@ SMALL = ["train.epochs=6", "train.folds=3", "train.hidden=16", "train.heads=2",
 
 
 def small_config(workdir: Path, *sets: str):
-    from ecmf.config import load_config
+    from ecmf.configure import load_config
 
     return load_config(None, [f"workdir={workdir}", f"corpus.root={workdir}", *SMALL, *sets])

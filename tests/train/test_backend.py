@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ecmf.config import ConfigError, TrainConfig, load_config
+from ecmf.config import ConfigError, TrainConfig
+from ecmf.configure import load_config
 from ecmf.train.fit import NCCL_WITH_GLOO, make_trainer, torch_backend
 from ecmf.train.loop import _Dist
 

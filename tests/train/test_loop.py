@@ -115,7 +115,8 @@ def test_pseudo_labels_of_another_fold_change_nothing():
 
 
 def test_training_and_prediction_keys_are_checked():
-    from ecmf.config import ConfigError, PredictConfig, load_config
+    from ecmf.config import ConfigError, PredictConfig
+    from ecmf.configure import load_config
 
     with pytest.raises(ConfigError, match="train.class_weights"):
         TrainConfig(class_weights="inverse")

@@ -15,7 +15,8 @@ import pytest
 from ray.tune import Callback
 
 from ecmf.cli import main
-from ecmf.config import ConfigError, TrainConfig, load_config
+from ecmf.config import ConfigError, TrainConfig
+from ecmf.configure import load_config
 from ecmf.train.fit import training_table
 from ecmf.train.loop import train_one_fold
 from ecmf.tune.driver import SearchError, Watchdog, _search_alg, plan_concurrency, run_search

@@ -1,0 +1,58 @@
+"""The `ecmf predict` stage: the best run's fold ensemble over every candidate, the submission
+CSV beside its probabilities."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ecmf import schema
+from ecmf.config import Config
+from ecmf.errors import InputError
+from ecmf.workdir import Workdir, load_manifest, save_config, write_json
+
+log = logging.getLogger(__name__)
+
+
+def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
+    """Fold-ensemble predictions for every candidate; `predict/submission.csv` beside them."""
+    from ecmf.features.store import ok_ids, usage_counts
+    from ecmf.semi.rounds import best_run
+    from ecmf.train.predict import predict_store
+    from ecmf.train.submission import check_submission, write_submission
+
+    wd = Workdir.of(cfg)
+    run = Path(run) if run else best_run(cfg)
+    manifest = load_manifest(cfg)
+    cands = manifest.loc[manifest[schema.SPLIT] == "candidate", schema.SAMPLE_ID].tolist()
+    if not cands:
+        raise InputError(f"{cfg.corpus.root}: track_all_candidates.csv lists no candidates")
+    save_config(cfg, wd.predict)
+    have = ok_ids(wd.store)
+    pc = cfg.predict
+    preds = predict_store(wd.store, run, wd.predict / "probabilities",
+                          ids=[c for c in cands if c in have], batch_size=pc.batch_size,
+                          pool_size=pc.pool_size, num_cpus=pc.num_cpus, num_gpus=pc.num_gpus)
+    # A candidate whose clip failed extraction still needs a row: the labeled set's majority
+    # class, listed in fallbacks.csv so that nobody mistakes it for a prediction.
+    missing = [c for c in cands if c not in set(preds[schema.SAMPLE_ID])]
+    labeled = manifest.loc[manifest[schema.SPLIT] == "train", schema.LABEL]
+    majority = labeled.value_counts().idxmax()
+    if missing:
+        log.warning("%d candidate(s) have no features (see %s); predicted %r for them",
+                    len(missing), wd.errors, majority)
+        pd.DataFrame({"name": missing, "discrete": majority}).to_csv(
+            wd.predict / "fallbacks.csv", index=False)
+    full = pd.concat([preds[[schema.SAMPLE_ID, schema.PRED]],
+                      pd.DataFrame({schema.SAMPLE_ID: missing, schema.PRED: majority})])
+    path = write_submission(full, cands, wd.predict / "submission.csv")
+    check_submission(path, cands)
+    summary = {"run": str(run), "candidates": len(cands), "predicted": int(len(preds)),
+               "fallbacks": len(missing),
+               "candidate_modalities": usage_counts(wd.store, cands)["modalities"],
+               "submission": str(path),
+               "probabilities": str(wd.predict / "probabilities")}
+    write_json(wd.predict / "summary.json", summary)
+    return summary
