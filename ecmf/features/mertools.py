@@ -356,8 +356,7 @@ def import_stage(cfg, sources: list[str], steps: int | None = None,
                  overwrite: bool = False) -> dict:
     """`ecmf import-features`: MERTools folders into `<workdir>/features/store`, keyed by the
     corpus's manifest when the config names a corpus (else by every file name found)."""
-    from ecmf.workdir import save_config
-    from ecmf.workdir import Workdir, build_manifest, write_json
+    from ecmf.workdir import Workdir, build_manifest, save_config, write_json
 
     wd = Workdir.of(cfg)
     folders = parse_sources(sources)

@@ -12,7 +12,7 @@ import yaml
 
 from ecmf import jobs
 from ecmf.cli import COMMANDS, main
-from ecmf.config import load_config
+from ecmf.configure import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "jobs").glob("*.yaml"))
@@ -174,7 +174,8 @@ def _spec(tmp_path, **raw) -> Path:
 @pytest.mark.parametrize("raw,message", [
     ({"steps": ["train"], "entrypont_num_cpus": 1}, r"unknown key\(s\) \['entrypont_num_cpus'\]"),
     ({"steps": ["train"], "entrypoint": "echo"}, "exactly one of `steps`"),
-    ({"steps": ["trian"]}, r"steps\[0\]: unknown ecmf command 'trian'; known: \['demo'"),
+    ({"steps": ["trian"]},
+     r"steps\[0\]: unknown ecmf command 'trian'; did you mean 'train'\? known: \['demo'"),
     ({"steps": ["submit"]}, "unknown ecmf command 'submit'"),
     ({"steps": ["train"], "config": "jobs/configs/nope.yaml"},
      "config jobs/configs/nope.yaml not found under working_dir"),
