@@ -17,7 +17,7 @@ class Workdir:
     root: Path
 
     @classmethod
-    def of(cls, cfg: Config) -> "Workdir":
+    def of(cls, cfg: Config) -> Workdir:
         return cls(Path(cfg.workdir))
 
     manifest = property(lambda self: self.root / "manifest.parquet")
@@ -70,6 +70,8 @@ def check_inputs(cfg: Config, stage: str, run: str | Path | None = None) -> pd.D
     if "store" in needs and not any(wd.store.glob("*.parquet")):
         raise MissingInput(f"feature store {wd.store} holds no features: run `ecmf extract` "
                            f"(or `ecmf import-features`) with this config first")
+    if "store" in needs:
+        _check_feature_names(cfg, wd.store)
     fusion = "fusion_run" in needs and cfg.refine.weights.get("fusion", 0) > 0
     if ("train_run" in needs or fusion) and not (wd.train / "metrics.json").is_file():
         why = " (the fusion source of refine.weights; or set refine.weights.fusion=0)" \
@@ -85,6 +87,29 @@ def check_inputs(cfg: Config, stage: str, run: str | Path | None = None) -> pd.D
             raise MissingInput(f"{wd.root} holds no trained run: run `ecmf train` before "
                                f"`ecmf {stage}`")
     return manifest
+
+
+def _check_feature_names(cfg: Config, store: Path) -> None:
+    """The features the config names (train.features, refine.feature_sets, a tune space's
+    feature lists) are in the store: a typo fails here, not inside a training worker."""
+    from ecmf.config_dict import ConfigError
+    from ecmf.features.store import store_dims
+
+    have = sorted(store_dims(store))
+    named = {"train.features": list(cfg.train.features)}
+    for i, fs in enumerate(cfg.refine.feature_sets):
+        named[f"refine.feature_sets[{i}]"] = list(fs)
+    space = cfg.tune.space.get("features")
+    for kind in ("choice", "grid"):
+        for i, fs in enumerate(space.get(kind) or [] if isinstance(space, dict) else []):
+            names = fs if isinstance(fs, list) else [n for n in str(fs).split(",") if n]
+            named[f"tune.space.features.{kind}[{i}]"] = names
+    for key, names in named.items():
+        unknown = [n for n in names if n not in have]
+        if unknown:
+            raise ConfigError(key=key, value=names,
+                              expected=f"features of the store {store} ({have}); "
+                                       f"{unknown} are not there").qualify("")
 
 
 def save_config(cfg: Config, directory: str | Path) -> Path:

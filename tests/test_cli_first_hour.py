@@ -17,7 +17,7 @@ from ecmf.cli import main
 def _ecmf(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     start = time.time()
     done = subprocess.run([sys.executable, "-m", "ecmf.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          check=False, text=True, timeout=timeout)
     return done, time.time() - start
 
 
@@ -88,13 +88,34 @@ def test_an_empty_workdir_is_an_error_for_evaluate_and_predict(command, tiny_cor
 
 def test_a_missing_training_run_names_train_before_ray(tiny_corpus, tmp_path, capsys, no_ray):
     wd = tmp_path / "w"
-    store = wd / "features" / "store"
-    store.mkdir(parents=True)
-    (store / "part-0.parquet").write_bytes(b"")  # what the check looks for; never read
+    _one_feature_store(wd / "features" / "store")
     for command in ("pseudo-label", "predict"):
         code = main([command, "--set", f"corpus.root={tiny_corpus}", "--set", f"workdir={wd}"])
         err = capsys.readouterr().err
         assert code == 2 and "`ecmf train`" in err, (command, err)
+
+
+def _one_feature_store(store):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ecmf import schema
+
+    store.mkdir(parents=True)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4, np.float32)), 4)
+    pq.write_table(pa.table({schema.SAMPLE_ID: ["a"], "error": [""], "feat_text": vec,
+                             "mask_text": [True]}), store / "part-0.parquet")
+
+
+def test_a_feature_name_not_in_the_store_fails_before_ray(tiny_corpus, tmp_path, capsys,
+                                                          no_ray):
+    wd = tmp_path / "w"
+    _one_feature_store(wd / "features" / "store")
+    code = main(["train", "--set", f"corpus.root={tiny_corpus}", "--set", f"workdir={wd}",
+                 "--set", "train.features=text,audoi"])
+    err = capsys.readouterr().err
+    assert code == 2 and "config train.features:" in err and "['audoi'] are not there" in err
 
 
 def test_only_a_users_error_exits_2_a_bug_shows_its_traceback(monkeypatch, tiny_corpus,
