@@ -155,6 +155,14 @@ def test_crd_check_rejects_broken_manifests():
     doc["spec"]["workerGroupSpecs"][0]["minReplica"] = 1
     with pytest.raises(AssertionError, match="minReplica"):
         _check_against_crd(doc, "ray.io_rayclusters.yaml")
+    doc = _load(KUBERAY / "rayjob.yaml")
+    doc["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "Token"
+    with pytest.raises(AssertionError, match="authOptions"):
+        _check_against_crd(doc, "ray.io_rayjobs.yaml")
+    doc = _load(KUBERAY / "rayjob.yaml")
+    doc["spec"]["authOptions"] = doc["spec"]["rayClusterSpec"].pop("authOptions")
+    with pytest.raises(AssertionError, match="authOptions"):  # RayJob's spec has none
+        _check_against_crd(doc, "ray.io_rayjobs.yaml")
 
 
 def _cluster_specs() -> list[tuple[str, dict]]:
@@ -168,24 +176,79 @@ def _pod_specs(spec: dict) -> list[dict]:
         g["template"]["spec"] for g in spec["workerGroupSpecs"]]
 
 
-def _has_token_auth(env: list[dict]) -> bool:
-    by_name = {e["name"]: e for e in env}
-    ref = by_name.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
-    return (by_name.get("RAY_AUTH_MODE", {}).get("value") == "token"
-            and ref.get("name") == SECRET and "value" not in by_name["RAY_AUTH_TOKEN"])
+def _containers(manifest: str) -> list[tuple[str, dict]]:
+    """Every container a manifest defines, init and submitter containers included."""
+    doc = _load(KUBERAY / manifest)
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    pods = _pod_specs(spec)
+    if doc["kind"] == "RayJob":
+        pods.append(doc["spec"]["submitterPodTemplate"]["spec"])
+    return [(f"{manifest}: {c['name']}", c) for pod in pods
+            for c in pod["containers"] + pod.get("initContainers", [])]
 
 
-@pytest.mark.parametrize("name,spec", _cluster_specs(), ids=lambda x: x if isinstance(x, str)
-                         else "")
-def test_kuberay_token_auth_from_the_secret_in_every_container(name, spec):
-    assert spec.get("authOptions", {}).get("mode") != "disabled"
-    assert _has_token_auth(spec["autoscalerOptions"]["env"])
-    for pod in _pod_specs(spec):
-        for c in pod["containers"]:
-            assert _has_token_auth(c["env"]), f"{name}: {c['name']}"
-    if name == "rayjob.yaml":
-        submitter = _load(KUBERAY / name)["spec"]["submitterPodTemplate"]["spec"]
-        assert all(_has_token_auth(c["env"]) for c in submitter["containers"])
+def _auth_option_paths(schema: dict, path: tuple = ()) -> list[tuple[str, ...]]:
+    """Where a CRD schema declares `authOptions`: the paths of the objects that hold it."""
+    props = schema.get("properties", {})
+    out = [path] if "authOptions" in props else []
+    for key, sub in props.items():
+        out += _auth_option_paths(sub, (*path, key))
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            out += _auth_option_paths(schema[key], path)
+    return out
+
+
+@pytest.mark.parametrize("manifest,crd,where", [
+    ("raycluster.yaml", "ray.io_rayclusters.yaml", [("spec",)]),
+    ("rayjob.yaml", "ray.io_rayjobs.yaml", [("spec", "rayClusterSpec")])])
+def test_kuberay_manifests_use_auth_options_wherever_the_crds_have_them(manifest, crd, where):
+    schema = _crd_schema(crd)
+    # A CRD that grows authOptions elsewhere (say, RayJob's own spec) fails here first.
+    assert _auth_option_paths(schema["properties"]["spec"], ("spec",)) == where
+    doc = _load(KUBERAY / manifest)
+    for path in where:
+        node, sub = doc, schema
+        for key in path:
+            node, sub = node[key], sub["properties"][key]
+        opts, allowed = node.get("authOptions"), sub["properties"]["authOptions"]["properties"]
+        assert opts, f"{manifest}: no {'.'.join(path)}.authOptions"
+        assert set(opts) <= set(allowed), f"{manifest}: {sorted(set(opts) - set(allowed))}"
+        assert opts["mode"] == "token" and "token" in allowed["mode"]["enum"]
+        # A Secret of our own (data key auth_token), not one generated per cluster: its name
+        # is what clients read the token from (cluster/README.md).
+        assert opts["secretName"] == SECRET
+        # Kubernetes-delegated auth needs RBAC we do not set up, and KubeRay does not support
+        # it for RayJobs.
+        assert not opts.get("enableK8sTokenAuth")
+
+
+@pytest.mark.parametrize("manifest", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_token_is_not_wired_into_containers_by_hand(manifest):
+    # authOptions sets RAY_AUTH_MODE and RAY_AUTH_TOKEN in the Ray containers, the autoscaler
+    # and the RayJob submitter, and only where they are missing: a hand-set copy would win.
+    containers = _containers(manifest)
+    assert containers
+    for name, c in containers:
+        assert not [e["name"] for e in c.get("env", []) if e["name"].startswith("RAY_AUTH")], name
+        assert not c.get("envFrom"), name
+    doc = _load(KUBERAY / manifest)
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    assert "env" not in spec["autoscalerOptions"]
+    assert "RAY_AUTH" not in json.dumps(doc)  # nor anywhere else in the data (comments aside)
+
+
+def test_docs_read_the_token_from_the_secret_the_manifests_name():
+    # The Jobs API client (ecmf submit, ray job) needs RAY_AUTH_MODE=token and the token: the
+    # docs create and read the Secret that authOptions.secretName names, data key auth_token.
+    names = {spec["authOptions"]["secretName"] for _, spec in _cluster_specs()}
+    for path in (CLUSTER / "README.md", KUBERAY / "raycluster.yaml", KUBERAY / "rayjob.yaml"):
+        text = path.read_text()
+        assert set(re.findall(r"kubectl (?:create|get) secret (?:generic )?(\S+)", text)) == names
+        assert "--from-literal=auth_token=" in text, path.name
+    for path in (CLUSTER / "README.md", KUBERAY / "raycluster.yaml"):
+        text = path.read_text()
+        assert "RAY_AUTH_MODE=token" in text and "{.data.auth_token}" in text, path.name
 
 
 @pytest.mark.parametrize("name,spec", _cluster_specs(), ids=lambda x: x if isinstance(x, str)
