@@ -1,5 +1,5 @@
 """The `ecmf predict` stage: the best run's fold ensemble over every candidate, the submission
-CSV beside its probabilities."""
+CSV beside its probabilities (Parquet, and MERTools' emo_probs npz)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
-    """Fold-ensemble predictions for every candidate; `predict/submission.csv` beside them."""
+    """Fold-ensemble predictions for every candidate; `predict/submission.csv` and
+    `predict/emo_probs.npz` beside them."""
     from ecmf.features.store import ok_ids, usage_counts
     from ecmf.semi.rounds import best_run
     from ecmf.train.predict import predict_store
@@ -49,10 +50,31 @@ def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
                       pd.DataFrame({schema.SAMPLE_ID: missing, schema.PRED: majority})])
     path = write_submission(full, cands, wd.predict / "submission.csv")
     check_submission(path, cands)
+    emo_probs = _write_emo_probs(cfg, wd.predict / "emo_probs.npz", preds, cands, majority)
     summary = {"run": str(run), "candidates": len(cands), "predicted": int(len(preds)),
                "fallbacks": len(missing),
                "candidate_modalities": usage_counts(wd.store, cands)["modalities"],
-               "submission": str(path),
+               "submission": str(path), "emo_probs": str(emo_probs),
                "probabilities": str(wd.predict / "probabilities")}
     write_json(wd.predict / "summary.json", summary)
     return summary
+
+
+def _write_emo_probs(cfg: Config, path: Path, preds: pd.DataFrame, cands: list[str],
+                     fallback: str) -> Path:
+    """MERTools' emo_probs npz of the candidates, in track_all_candidates.csv's order as
+    MERTools' submission.py reads them (the manifest's order for other layouts); a fallback
+    candidate's row is one-hot on `fallback`."""
+    import numpy as np
+
+    from ecmf.features.mertools import write_emo_probs
+
+    names = cands
+    if cfg.corpus.layout == "mer2025" and cfg.corpus.root:
+        from ecmf.data.mer2025 import candidate_names
+
+        names = candidate_names(cfg.corpus.root, cfg.corpus.encoding)
+    probs = preds.set_index(schema.SAMPLE_ID)[list(schema.PROB_COLUMNS)].reindex(names)
+    probs = np.array(probs, dtype=np.float32)  # a copy: pandas may hand out a read-only view
+    probs[np.isnan(probs).any(axis=1)] = np.eye(len(schema.LABELS))[schema.label_index(fallback)]
+    return write_emo_probs(path, names, probs, schema.LABELS)

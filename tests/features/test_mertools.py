@@ -1,9 +1,12 @@
-"""MERTools feature folders: import into the store (missing, corrupt and mis-shaped files), export,
-the round trip, and a MERTools user's path through the CLI: import-features, then train."""
+"""MERTools feature folders: import into the store (missing, corrupt and mis-shaped files, clips
+with no file at all), into a store of extracted features, a whole MERTools tree, export, the round
+trip, emo_probs, and a MERTools user's path through the CLI: import-features, then train."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,9 +15,28 @@ import pytest
 
 from ecmf import schema
 from ecmf.cli import main
-from ecmf.features.mertools import export_mertools, import_mertools
+from ecmf.errors import InputError
+from ecmf.features import mertools
+from ecmf.features.mertools import (
+    MERTOOLS_LABELS,
+    export_mertools,
+    feature_name,
+    find_tree,
+    import_mertools,
+    write_emo_probs,
+)
 from ecmf.features.sequence import pool_steps, sequence_shape
-from ecmf.features.store import read_features, read_sequences, store_dims
+from ecmf.features.store import (
+    check_one_row_per_sample,
+    complete_ids,
+    ok_ids,
+    part_name,
+    read_features,
+    read_sequences,
+    status_table,
+    store_dims,
+    write_part,
+)
 
 
 def _folder(path, arrays: dict[str, np.ndarray]):
@@ -85,9 +107,10 @@ def test_import_by_ids_and_refusals(tmp_path):
     a = _folder(tmp_path / "x-UTT", _rng_arrays(["a", "b"], lambda n: (3,)))
     res = import_mertools({"x": a}, tmp_path / "store", ids=["b", "zz"])
     assert res["summary"]["not_in_ids"] == 1
-    assert res["errors"][schema.SAMPLE_ID].tolist() == ["zz"]
-    assert "no .npy file" in res["errors"]["reason"].iloc[0]
-    with pytest.raises(ValueError, match="not empty.*--overwrite"):
+    # No file for "zz" anywhere: not imported, which is no error and no row.
+    assert res["summary"]["not_imported"] == 1 and res["summary"]["imported"] == 1
+    assert len(res["errors"]) == 0 and ok_ids(tmp_path / "store") == {"b"}
+    with pytest.raises(InputError, match=r"already holds feature\(s\) \['x'\].*--overwrite"):
         import_mertools({"x": a}, tmp_path / "store")
     import_mertools({"x": a}, tmp_path / "store", overwrite=True)
     assert sorted(read_features(tmp_path / "store").ids) == ["a", "b"]
@@ -95,6 +118,141 @@ def test_import_by_ids_and_refusals(tmp_path):
         import_mertools({"x": [a, a]}, tmp_path / "s2")
     with pytest.raises(FileNotFoundError, match="no .npy files"):
         import_mertools({"x": (tmp_path / "empty").mkdir() or tmp_path / "empty"}, tmp_path / "s3")
+
+
+def test_clips_without_any_file_are_not_imported_not_errors(tmp_path, caplog, monkeypatch):
+    """MERTools extracts a subset: a clip with no file in any folder (or only half of a UTT+FRA
+    pair) gets no row and no error; a clip whose only file is broken is an error row."""
+    caplog.set_level(logging.INFO, logger="ecmf.features.mertools")
+    monkeypatch.setattr(mertools, "PROGRESS_S", 0.0)  # a progress line at every file read
+    ids = [f"c{i}" for i in range(10)]
+    a = _folder(tmp_path / "a-UTT", _rng_arrays(ids[:6], lambda n: (4,)))
+    t = _folder(tmp_path / "t-UTT", _rng_arrays(ids[3:8], lambda n: (3,), seed=1))
+    (t / "c7.npy").write_bytes(b"\x93NUMPY broken")
+    v_utt = _folder(tmp_path / "v-UTT", _rng_arrays(["c0", "c8"], lambda n: (2,), seed=2))
+    v_fra = _folder(tmp_path / "v-FRA", _rng_arrays(["c0"], lambda n: (3, 2), seed=3))
+    store = tmp_path / "store"
+    res = import_mertools({"a": a, "t": t, "v": [v_utt, v_fra]}, store, steps=2, ids=ids,
+                          chunk_rows=3)
+    s = res["summary"]
+    assert (s["samples"], s["imported"], s["failed"], s["not_imported"]) == (10, 7, 1, 2)
+    assert s["not_imported_examples"] == ["c8", "c9"]
+    assert s["features"]["v"] == {**s["features"]["v"], "present": 1, "missing": 7}
+    assert res["errors"][[schema.SAMPLE_ID, "feature"]].values.tolist() == [["c7", "t"]]
+    assert check_one_row_per_sample(store) == 8
+    assert ok_ids(store) == set(ids[:7])
+    assert complete_ids(store) == set(ids[:7])  # c7's broken file is tried again
+    assert sorted(read_features(store).ids) == ids[:7]
+    assert re.search(r"import: 4 of 9 clips \(\d+/s, about \d+ s left\)", caplog.text)
+    assert re.search(r"import: 9 of 9 clips \(\d+/s, in [0-9.]+ s\)", caplog.text)  # the end
+
+
+def _extracted_store(store, rng):
+    """A store as `ecmf extract` writes it: face (with a sequence) and voice for e0..e5; e4's
+    voice failed, e5 failed whole, and a resumed run stored e1 a second time."""
+    from ecmf.features.extract import to_store_rows
+
+    def batch(ids, face_status, voice_status):
+        n = len(ids)
+        face_ok = np.array([not s for s in face_status])
+        voice_ok = np.array([not s for s in voice_status])
+        return {schema.SAMPLE_ID: np.array(ids, dtype=object),
+                "feat_face": rng.normal(size=(n, 4)).astype(np.float32) * face_ok[:, None],
+                "mask_face": face_ok, "status_face": np.array(face_status, dtype=object),
+                "seq_face": rng.normal(size=(n, 2, 3)).astype(np.float32),
+                "feat_voice": rng.normal(size=(n, 3)).astype(np.float32) * voice_ok[:, None],
+                "mask_voice": voice_ok, "status_voice": np.array(voice_status, dtype=object),
+                schema.ERROR: np.array([""] * n, dtype=object)}
+
+    tables = [to_store_rows(batch(["e0", "e1", "e2"], [""] * 3, [""] * 3), ["face", "voice"]),
+              to_store_rows(batch(["e3", "e4", "e5"], ["", "", "decode: broken mp4"],
+                                  ["", "encode: too short", "decode: broken mp4"]),
+                            ["face", "voice"]),
+              to_store_rows(batch(["e1"], [""], [""]), ["face", "voice"])]
+    for k, table in enumerate(tables):
+        write_part(table, store / part_name(f"2026010{k}T000000000000000", 0))
+    return tables
+
+
+def test_import_joins_a_store_of_extracted_features(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    tables = _extracted_store(store, np.random.default_rng(0))
+    face = {i: v for t in tables for i, v in zip(t.column("sample_id").to_pylist(),
+                                                 t.column("feat_face").to_pylist())}
+    hub = _rng_arrays(["e0", "e2", "e5", "n0"], lambda n: (5,), seed=4)
+    ids = ["e0", "e1", "e2", "e3", "e4", "e5", "n0", "n1"]
+    res = import_mertools({"hubert": _folder(tmp_path / "hubert-UTT", hub)}, store, ids=ids)
+    s = res["summary"]
+    assert (s["imported"], s["failed"], s["not_imported"]) == (4, 0, 4)
+    assert s["kept_features"] == ["face", "voice"]
+    assert check_one_row_per_sample(store) == 7  # e1 once; n0 new; n1 has no file
+    ft = read_features(store, ["face", "voice", "hubert"])
+    m = dict(zip(ft.ids, range(len(ft))))
+    assert sorted(m) == ["e0", "e1", "e2", "e3", "e4", "e5", "n0"]
+    for sid in ("e0", "e1", "e3"):  # extracted features untouched (e1: its newer row)
+        assert np.array_equal(ft.feats["face"][m[sid]], np.float32(face[sid]))
+    assert ft.masks["hubert"][m["e0"]] and not ft.masks["hubert"][m["e1"]]
+    assert np.array_equal(ft.feats["hubert"][m["n0"]], hub["n0"])
+    assert not ft.masks["face"][m["n0"]] and not ft.masks["voice"][m["n0"]]
+    # e5 failed extraction whole; its hubert vector makes it usable, its reasons stay.
+    assert ft.masks["hubert"][m["e5"]] and not ft.masks["face"][m["e5"]]
+    errors = res["errors"]
+    assert sorted(map(tuple, errors[["sample_id", "feature"]].values)) == [
+        ("e4", "voice"), ("e5", "face"), ("e5", "voice")]
+    assert complete_ids(store) == {"e0", "e1", "e2", "e3", "n0"}
+    _, seq = read_sequences(store, "face", ids=["e2", "n0"])
+    assert seq.shape == (2, 2, 3) and not seq[1].any()
+    assert status_table(store, masks=True).shape[0] == 7
+
+    with pytest.raises(InputError, match=r"already holds feature\(s\) \['hubert'\]"):
+        import_mertools({"hubert": tmp_path / "hubert-UTT"}, store, ids=ids)
+    again = _folder(tmp_path / "h2" / "hubert-UTT", _rng_arrays(["e1"], lambda n: (6,)))
+    import_mertools({"hubert": again}, store, ids=ids, overwrite=True)
+    assert store_dims(store) == {"face": 4, "voice": 3, "hubert": 6}
+    ft = read_features(store, ["face", "hubert"])
+    m = dict(zip(ft.ids, range(len(ft))))
+    assert ft.masks["hubert"][m["e1"]] and not ft.masks["hubert"][m["e0"]]
+    assert ft.masks["face"][m["e0"]] and "e5" not in m  # e5 has no feature read again
+    assert check_one_row_per_sample(store) == 7
+
+
+def test_find_tree_names_features_after_their_models(tmp_path):
+    root = tmp_path / "features"
+    for folder in ("chinese-hubert-large-UTT", "chinese-hubert-large-FRA",
+                   "clip-vit-large-patch14-FRA", "Baichuan-13B-Base-UTT"):
+        _folder(root / folder, {"a": np.zeros(3, np.float32)})
+    (root / "openface_face").mkdir()
+    (root / "busy-UTT").mkdir()  # an extraction that has not written yet
+    (root / "notes-UTT").write_text("a file, not a folder")
+    found, empty = find_tree(root)
+    assert sorted(found) == ["baichuan_13b_base", "chinese_hubert_large",
+                             "clip_vit_large_patch14"]
+    assert [p.name for p in found["chinese_hubert_large"]] == ["chinese-hubert-large-FRA",
+                                                               "chinese-hubert-large-UTT"]
+    assert [p.name for p in empty] == ["busy-UTT"]
+    assert feature_name("wav2vec 2.0-large") == "wav2vec_2_0_large"
+    with pytest.raises(InputError, match=rf"{tmp_path / 'other'}.*<model>-UTT or <model>-FRA"):
+        find_tree((tmp_path / "other").mkdir() or tmp_path / "other")
+    _folder(root / "chinese_hubert_large-UTT", {"a": np.zeros(3, np.float32)})
+    with pytest.raises(InputError, match="both become feature 'chinese_hubert_large'"):
+        find_tree(root)
+
+
+def test_emo_probs_load_as_mertools_reads_them(tmp_path):
+    """MERTools' submission.py: np.load(npz, allow_pickle=True)['emo_probs'], argmax, then
+    idx2emo_mer over (neutral, angry, happy, sad, worried, surprise)."""
+    labels = ("sad", "neutral", "angry", "happy", "worried", "surprise")  # another order
+    probs = np.eye(6, dtype=np.float64)[[0, 1, 2]] * 0.9 + 0.1 / 6
+    path = write_emo_probs(tmp_path / "p" / "emo_probs.npz", ["x", "y", "z"], probs, labels)
+    emo_probs = np.load(path, allow_pickle=True)["emo_probs"].tolist()
+    assert [MERTOOLS_LABELS[i] for i in np.argmax(emo_probs, 1)] == ["sad", "neutral", "angry"]
+    with np.load(path) as npz:  # no pickle needed
+        assert npz["emo_probs"].dtype == np.float32 and npz["emo_probs"].shape == (3, 6)
+        assert npz["names"].tolist() == ["x", "y", "z"]
+        assert tuple(npz["labels"].tolist()) == MERTOOLS_LABELS == schema.LABELS
+    with pytest.raises(InputError, match="shape"):
+        write_emo_probs(tmp_path / "bad.npz", ["x"], probs, labels)
 
 
 def test_export_then_import_gives_identical_arrays(tmp_path):
@@ -180,13 +338,30 @@ def test_mertools_user_imports_then_trains_through_the_cli(tmp_path, ray_local, 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
     sets = _sets([f"workdir={tmp_path / 'run'}"])
     assert main(["import-features", *sets]) == 2
-    assert "--from FEATURE=FOLDER" in capsys.readouterr().err
+    assert "give --mertools DIR or at least one --from FEATURE=FOLDER" in capsys.readouterr().err
+    assert main(["import-features", *sets, "--mertools", str(tmp_path)]) == 2
+    assert f"--mertools {tmp_path}: no MERTools feature folder" in capsys.readouterr().err
     assert main(["import-features", *sets, "--from", "audio"]) == 2
     assert "expected FEATURE=FOLDER" in capsys.readouterr().err
     assert main(["import-features", *sets, "--from", f"audio={tmp_path / 'nope'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["export-features", *sets, "--out", str(tmp_path / "o")]) == 2
     assert "holds no Parquet files" in capsys.readouterr().err
+
+
+def test_cli_imports_a_tree_and_from_folders_together(tmp_path, capsys):
+    tree = tmp_path / "features"
+    _folder(tree / "chinese-hubert-large-UTT", _rng_arrays(["a", "b"], lambda n: (4,)))
+    _folder(tree / "chinese-hubert-large-FRA", _rng_arrays(["a", "b"], lambda n: (3, 2)))
+    extra = _folder(tmp_path / "mine" / "words-UTT", _rng_arrays(["b", "c"], lambda n: (2,)))
+    assert main(["import-features", "--set", f"workdir={tmp_path / 'run'}", "--mertools",
+                 str(tree), "--from", f"words={extra}", "--steps", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["features"]) == {"chinese_hubert_large", "words"}
+    assert summary["features"]["chinese_hubert_large"]["steps"] == 2
+    assert summary["imported"] == 3 and summary["not_imported"] == 0
+    assert store_dims(tmp_path / "run" / "features" / "store") == {"chinese_hubert_large": 4,
+                                                                   "words": 2}
 
 
 def test_a_text_file_named_npy_is_called_what_it_is(tmp_path):
