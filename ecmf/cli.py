@@ -69,7 +69,7 @@ def cmd_import_features(args):
 
 
 def cmd_export_features(args):
-    from ecmf.features.mertools import export_stage
+    from ecmf.features.mertools_out import export_stage
 
     return export_stage(_config(args), args.out, args.features or None, args.overwrite)
 

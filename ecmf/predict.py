@@ -67,7 +67,7 @@ def _write_emo_probs(cfg: Config, path: Path, preds: pd.DataFrame, cands: list[s
     candidate's row is one-hot on `fallback`."""
     import numpy as np
 
-    from ecmf.features.mertools import write_emo_probs
+    from ecmf.features.mertools_out import write_emo_probs
 
     names = cands
     if cfg.corpus.layout == "mer2025" and cfg.corpus.root:
