@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecmf.config_dict import ConfigError, check, from_dict, to_dict
+from ecmf.config_dict import ConfigError, check, from_dict, section, to_dict
 from ecmf.schema import LABELS
 
 __all__ = ["ConfigError", "from_dict", "to_dict"]  # re-exported: the mechanics of config_dict
@@ -25,6 +25,7 @@ TRAIN_BACKENDS = ("auto", "gloo", "nccl")  # TrainConfig.backend
 RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
 
 
+@section("ray")
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # None: start an embedded local Ray for this command
@@ -38,6 +39,7 @@ class RayConfig:
         check(self.object_store_mb >= 64, "object_store_mb", ">= 64", self.object_store_mb)
 
 
+@section("corpus")
 @dataclass(frozen=True)
 class CorpusConfig:
     root: str = ""  # a directory in MER2025's release layout
@@ -59,6 +61,7 @@ class CorpusConfig:
                    self.encoding)
 
 
+@section("demo")
 @dataclass(frozen=True)
 class DemoConfig:
     """Size and difficulty of the generated demo corpus (`ecmf prepare-demo`)."""
@@ -174,6 +177,7 @@ def _default_encoders() -> dict[str, EncoderConfig]:
     }
 
 
+@section("extract")
 @dataclass(frozen=True)
 class ExtractConfig:
     """Feature extraction: decoding parameters and one encoder per feature name."""
@@ -208,6 +212,7 @@ def _default_engine_kwargs() -> dict[str, Any]:
     return {"max_model_len": 4096, "enable_prefix_caching": True}
 
 
+@section("enrich")
 @dataclass(frozen=True)
 class EnrichConfig:
     """LLM text enrichment and label votes: which backend and model, and how to generate."""
@@ -245,6 +250,7 @@ class EnrichConfig:
                self.engine_kwargs)
 
 
+@section("train")
 @dataclass(frozen=True)
 class TrainConfig:
     """Fusion model and its k-fold training through Ray Train."""
@@ -295,6 +301,7 @@ class TrainConfig:
         check(self.num_workers > 0, "num_workers", "> 0", self.num_workers)
 
 
+@section("predict")
 @dataclass(frozen=True)
 class PredictConfig:
     """Fold-ensemble inference over the store (candidates, the pool) with Ray Data."""
@@ -311,6 +318,7 @@ class PredictConfig:
                "num_cpus > 0, num_gpus >= 0", (self.num_cpus, self.num_gpus))
 
 
+@section("pseudo")
 @dataclass(frozen=True)
 class PseudoConfig:
     """Pseudo-labeling rounds over the unlabeled pool."""
@@ -341,6 +349,7 @@ def _default_refine_weights() -> dict[str, float]:
     return {"original": 1.0, "weak": 2.0, "fusion": 2.0, "llm": 1.0}
 
 
+@section("refine")
 @dataclass(frozen=True)
 class RefineConfig:
     """Multi-source label refinement (`ecmf refine`): weak classifiers, the fusion model's
@@ -380,6 +389,7 @@ class RefineConfig:
                self.feature_sets)
 
 
+@section("tune")
 @dataclass(frozen=True)
 class TuneConfig:
     """Hyperparameter search with Ray Tune (`ecmf tune`): a space over train keys, ASHA, resources.

@@ -48,6 +48,25 @@ def check(cond: bool, key: str, expected: str, value: Any) -> None:
         raise ConfigError(key=key, expected=expected, value=value)
 
 
+def section(path: str):
+    """Class decorator of a top-level config section: its checks name their keys under `path`
+    (`train.folds`) even when it is built directly, not through `from_dict`."""
+
+    def wrap(cls):
+        own = cls.__post_init__
+
+        def __post_init__(self):
+            try:
+                own(self)
+            except ConfigError as e:
+                raise e.qualify(path) from None
+
+        cls.__post_init__ = __post_init__
+        return cls
+
+    return wrap
+
+
 def _check_at(cond: bool, key: str, expected: str, value: Any) -> None:
     """`check` for a key whose full path is already known."""
     if not cond:

@@ -63,16 +63,19 @@ def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
 def _write_emo_probs(cfg: Config, path: Path, preds: pd.DataFrame, cands: list[str],
                      fallback: str) -> Path:
     """MERTools' emo_probs npz of the candidates, in track_all_candidates.csv's order as
-    MERTools' submission.py reads them (the manifest's order for other layouts); a fallback
+    MERTools' submission.py reads them (the manifest's order for other layouts, or where the
+    file is gone); a fallback
     candidate's row is one-hot on `fallback`."""
     import numpy as np
 
     from ecmf.features.mertools_out import write_emo_probs
 
-    names = cands
-    if cfg.corpus.layout == "mer2025" and cfg.corpus.root:
-        from ecmf.data.mer2025 import candidate_names
+    from ecmf.data.mer2025 import CANDIDATES, candidate_names
 
+    names = cands
+    # The release's own order where its file is there (a workdir whose manifest was built from
+    # a corpus since moved keeps the manifest's).
+    if cfg.corpus.layout == "mer2025" and (Path(cfg.corpus.root) / CANDIDATES).is_file():
         names = candidate_names(cfg.corpus.root, cfg.corpus.encoding)
     probs = preds.set_index(schema.SAMPLE_ID)[list(schema.PROB_COLUMNS)].reindex(names)
     probs = np.array(probs, dtype=np.float32)  # a copy: pandas may hand out a read-only view

@@ -220,13 +220,15 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
 
 
 def weak_probabilities(cfg: Config) -> pd.DataFrame:
-    """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks;
-    reused from `refine/weak_probs.parquet` while `weak_key` is unchanged. With
-    `refine.fold_blind`, also rows of part "pair": fold model j's fold-blind probabilities
-    (`pair_oof`) on the labeled samples outside fold j, `train_fold` j (-1 on other rows)."""
+    """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks
+    (their progress logged by `ecmf.progress.collect`); reused from `refine/weak_probs.parquet`
+    while `weak_key` is unchanged. With `refine.fold_blind`, also rows of part "pair": fold
+    model j's fold-blind probabilities (`pair_oof`) on the labeled samples outside fold j,
+    `train_fold` j (-1 on other rows)."""
     import ray
 
     from ecmf.features.store import read_features
+    from ecmf.progress import collect
     from ecmf.semi.keys import changed_keys
 
     rc = cfg.refine
@@ -258,8 +260,8 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
             for clf in rc.classifiers for s in sets}
     frames = []
     folds = table["fold"].to_numpy()
-    for (clf, group), ref in jobs.items():
-        oof, pool_p, tops, pairs = ray.get(ref)
+    results = collect(list(jobs.values()), "weak classifiers")
+    for (clf, group), (oof, pool_p, tops, pairs) in zip(jobs, results):
         no_tops = np.full((cfg.train.folds, len(lab.ids)), -1, dtype=np.int64)
         parts = [("oof", lab.ids, oof, no_tops, -1), ("pool", pool.ids, pool_p, tops, -1)]
         for j in range(cfg.train.folds if pairs is not None else 0):

@@ -16,6 +16,8 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config, ConfigError, TrainConfig
+from ecmf.errors import MissingInput
+from ecmf.progress import EpochLines, epoch_relay
 from ecmf.train.loop import train_loop_per_worker
 from ecmf.workdir import Workdir, save_config, write_json
 
@@ -266,7 +268,7 @@ def _resume_target(out: Path, record: dict) -> tuple[str, str]:
     """The interrupted run to go on with; refuses, naming them, settings that changed since."""
     path = out / RUN_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {out} has no run to resume; train "
+        raise MissingInput(f"{path} does not exist: {out} has no run to resume; train "
                                 f"without --resume")
     saved = json.loads(path.read_text())
     changed = _changes(saved["record"], record)
@@ -282,6 +284,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
 
     `resume`: go on with the run recorded in `<out_dir>/ray_run.json` (same Ray Train name and
     storage, so Ray hands the workers its last checkpoint and finished folds are kept).
+    While it trains, the `ecmf.progress` logger shows each epoch of each fold (`EpochLines`).
     """
     from ecmf.capacity import check_placeable, cluster_capacity
     from ecmf.features.store import store_dataset, usage_counts
@@ -311,10 +314,11 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     ds = ds.map_batches(attach_labels, fn_kwargs={"lookup": label_lookup(table)},
                         batch_format="numpy")
 
-    trainer = make_trainer(tc, {"train": asdict(tc), "features": features, "dims": dims},
-                           name, storage, {"train": ds})
+    loop_config = {"train": asdict(tc), "features": features, "dims": dims}
     start = time.time()
-    result = trainer.fit()
+    with epoch_relay(EpochLines(out.name, tc.folds, tc.epochs)) as queue:
+        loop_config["progress"] = queue
+        result = make_trainer(tc, loop_config, name, storage, {"train": ds}).fit()
     seconds = time.time() - start
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint: {result.error}")

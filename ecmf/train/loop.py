@@ -1,8 +1,9 @@
 """The training loop: k folds over one worker's data, best epoch of each fold by validation WAF.
 
-`train_folds` is plain PyTorch on NumPy arrays (usable without Ray); `train_loop_per_worker`
+`train_one_fold` is plain PyTorch on NumPy arrays (usable without Ray); `train_loop_per_worker`
 feeds it a Ray Data shard and reports a checkpoint of the finished folds after each fold, so
-a restarted worker resumes from the last finished fold.
+a restarted worker resumes from the last finished fold. Each epoch's metrics go to the driver's
+progress queue when it hands one over (`ecmf.progress.Relay`, shown by `ecmf.train.fit`).
 """
 
 from __future__ import annotations
@@ -275,9 +276,9 @@ def _injected_fault(finished: int, rank: int) -> None:
     after, marker = os.environ.get("ECMF_FAULT_AFTER_FOLDS"), os.environ.get("ECMF_FAULT_MARKER")
     if rank != 0 or not after or not marker or finished != int(after) or Path(marker).exists():
         return
-    # A failure right after a report could beat the controller's poll of that checkpoint;
-    # a real failure mid-fold comes at least a poll later.
-    time.sleep(2.0)
+    # A failure right after a report could beat the controller's poll of that checkpoint (every
+    # 2 s, later on a loaded machine); a real failure mid-fold comes polls later.
+    time.sleep(5.0)
     Path(marker).write_text(f"{time.time()}\n")
     if os.environ.get("ECMF_FAULT_MODE", "exit") == "exit":
         os._exit(1)
@@ -328,11 +329,28 @@ def prepare_on(device):
     return functools.partial(ray.train.torch.prepare_model, move_to_device=device)
 
 
+def _progress_sender(config: dict, rank: int) -> Callable[[dict], None] | None:
+    """Where rank 0 sends its progress records: the queue in `config["progress"]` (a
+    `ecmf.progress.Relay`'s), or nowhere. Every rank computes the same all-reduced metrics, so
+    one rank's records tell the driver all there is."""
+    queue = config.get("progress")
+    if queue is None or rank != 0:
+        return None
+    from ecmf.progress import send
+
+    return lambda record: send(queue, record)
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point: k folds over this worker's shard, a checkpoint after each fold.
 
     A restarted worker group (FailureConfig) or a resumed run (`ecmf train --resume`, the same
     run name under the same storage) gets the last checkpoint and trains only the missing folds.
+    With a progress queue in `config["progress"]`, rank 0 sends it records (dicts with a
+    "kind"): "start" (the folds to train, those kept from a checkpoint), "epoch" (each epoch's
+    `train_one_fold` history entry) and "fold" (a fold's best epoch and validation WAF). They
+    travel outside `ray.train.report`, which would hold the workers up to a controller poll
+    (about 2 s) per report.
     """
     import ray.train
     import ray.train.torch
@@ -357,17 +375,26 @@ def train_loop_per_worker(config: dict) -> dict:
     # Shards may be uneven (every row is kept); the metrics show how the rows were dealt.
     base = {"resumed_folds": sorted(done), "shard_rows": _Dist(device).gather(len(data["y"]))}
     summary = {"fold": -1, **base}
+    send = _progress_sender(config, rank)
+    on_epoch = (lambda h: send({"kind": "epoch", **h})) if send else None
+    if send:
+        send({"kind": "start", "folds": [k for k in range(cfg.folds) if k not in done],
+              "resumed": sorted(done)})
     trained = 0
     for fold in range(cfg.folds):
         if fold in done:
             continue
         _injected_fault(len(done), rank)
         result = train_one_fold(cfg, data, features, dims, fold,
-                                prepare=prepare_on(device), device=device)
+                                prepare=prepare_on(device), device=device,
+                                on_epoch=on_epoch)
         done[fold] = result
         trained += 1
         summary = {"fold": fold, "val_waf": result["val_waf"], "best_epoch": result["best_epoch"],
                    **base}
+        if send:
+            send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
+                  "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
         _report_folds(done, summary, cfg, features, dims, rank)
     if trained == 0:  # every fold came from the checkpoint: hand it on as this run's result
         _report_folds(done, summary, cfg, features, dims, rank)

@@ -38,7 +38,7 @@ def test_yaml_overrides(tmp_path):
     ({"language": "fr"}, "enrich.language"),
 ])
 def test_bad_values_name_their_key(kwargs, key):
-    with pytest.raises(ConfigError, match=f"config {key.split('.')[1]}: expected"):
-        EnrichConfig(**kwargs)  # built alone, a section names its key within itself
+    with pytest.raises(ConfigError, match=f"config {key}: expected"):
+        EnrichConfig(**kwargs)
     with pytest.raises(ConfigError, match=f"config {key}: expected"):
         load_config(None, [f"enrich.{k}={json.dumps(v)}" for k, v in kwargs.items()])
