@@ -1,4 +1,4 @@
-"""Fitting with Ray Train: a `TorchTrainer` over the feature store, fold models and OOF metrics out."""
+"""Fitting with Ray Train: a `TorchTrainer` over the feature store; fold models, OOF metrics."""
 
 from __future__ import annotations
 
@@ -209,11 +209,11 @@ def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, da
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              worker_runtime_env=_fault_env()),
         datasets=datasets,
-        dataset_config=_all_rows_data_config(),
+        dataset_config=all_rows_data_config(),
     )
 
 
-def _all_rows_data_config():
+def all_rows_data_config():
     """Ray Train's DataConfig, but shards keep every row: the default `equal=True` split drops
     rows to even out the shards, and the loop copes with uneven ones (see `train_one_fold`)."""
     from ray.train import DataConfig

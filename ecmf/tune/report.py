@@ -47,6 +47,8 @@ def load_trials(experiment: str | Path, keys: list[str], base_epochs: int
         row.update({"best_val_waf": float(best.max()) if run else float("nan"),
                     "best_epoch": int(h.loc[best.idxmax(), "epoch"]) if run else -1,
                     "epochs_run": run, "epochs": epochs,
+                    "train_rows": int(df["train_rows"].iloc[-1])
+                    if "train_rows" in df and len(df) else 0,
                     "seconds": round(float(df["time_total_s"].iloc[-1]), 2)
                     if "time_total_s" in df and len(df) else 0.0,
                     "error": _first_line(trial.error_file)})

@@ -102,12 +102,13 @@ def _features(cfg: TrainConfig, dims: dict[str, int]) -> tuple[list[str], dict[s
     return features, {f: dims[f] for f in features}
 
 
-def _report_epochs(records, report: Callable[[dict], None]) -> None:
+def _report_epochs(records, report: Callable[[dict], None], extra: dict | None = None) -> None:
+    """Each epoch's record with the best validation WAF so far (and `extra`) to `report`."""
     best = -1.0
     try:
         for rec in records:
             best = max(best, rec["val_waf"])
-            report({**rec, "best_val_waf": best})
+            report({**rec, "best_val_waf": best, **(extra or {})})
     finally:
         # Tune stops a trial by raising in `report`; end the paused fold threads now rather
         # than whenever the exception's traceback lets go of the generator.
@@ -127,7 +128,8 @@ def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: 
     dims = {f: int(data[schema.feature_column(f)].shape[1])
             for f in schema.feature_names(data)}
     features, dims = _features(cfg, dims)
-    _report_epochs(lockstep_folds(cfg, data, features, dims, folds, device=device), tune.report)
+    _report_epochs(lockstep_folds(cfg, data, features, dims, folds, device=device), tune.report,
+                   {"train_rows": len(data["y"])})
 
 
 def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict, folds: int,
@@ -143,7 +145,7 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ecmf.features.store import store_dataset, store_dims
-    from ecmf.train.fit import attach_labels, label_lookup, torch_config
+    from ecmf.train.fit import all_rows_data_config, attach_labels, label_lookup, torch_config
 
     # Set on the context the dataset captures, so a stalled read fails on any cluster.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s
@@ -164,6 +166,7 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
                              storage_path=storage, callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=0)),
         datasets={"train": ds},
+        dataset_config=all_rows_data_config(),  # as `fit`: every row, shards uneven
     )
     trainer.fit()
 
@@ -174,15 +177,17 @@ def tune_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ecmf.train.loop import arrays_from_batches, prepare_on, training_device
+    from ecmf.train.loop import _Dist, arrays_from_batches, prepare_on, training_device
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     shard = ray.train.get_dataset_shard("train")
-    data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"), features)
+    data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
+                               features, dims)
     device = training_device()
+    rows = sum(_Dist(device).gather(len(data["y"])))  # every worker's shard: the whole table
     records = lockstep_folds(cfg, data, features, dims, config["folds"],
                              prepare=prepare_on(device), device=device)
     # Every worker reports (a barrier in Ray Train); the metrics are all-reduced, so equal.
-    _report_epochs(records, ray.train.report)
+    _report_epochs(records, ray.train.report, {"train_rows": rows})

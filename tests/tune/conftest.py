@@ -46,3 +46,9 @@ def write_workdir(root, n_train: int = 72, n_pool: int = 12, seed: int = 0):
 @pytest.fixture
 def workdir(tmp_path):
     return write_workdir(tmp_path / "wd")
+
+
+@pytest.fixture
+def odd_workdir(tmp_path):
+    """73 labeled rows: a split into two even shards would have to drop one."""
+    return write_workdir(tmp_path / "odd", n_train=73)

@@ -176,7 +176,8 @@ def test_a_silent_trial_fails_the_search_instead_of_hanging(ray_local, workdir):
         run_search(cfg, workdir / "tune")
 
 
-def test_ray_train_runner_reports_every_epoch_through_tune(ray_local, workdir):
+def test_ray_train_runner_reports_every_epoch_through_tune(ray_local, odd_workdir):
+    workdir = odd_workdir
     cfg = load_config(SEARCH, [f"workdir={workdir}", "tune.num_samples=1", "tune.runner=ray_train",
                                "train.num_workers=2", "train.cpus_per_worker=0.5",
                                "tune.cpus_per_trial=0.5", "train.epochs=2"])
@@ -185,3 +186,8 @@ def test_ray_train_runner_reports_every_epoch_through_tune(ray_local, workdir):
     assert summary["completed"] == 1 and trials["epochs_run"].tolist() == [2]
     assert 0.0 < summary["best_val_waf"] <= 1.0
     assert any((workdir / "tune" / "ray" / "train_runs").iterdir())
+    # The two workers' shards hold every labeled row, as `fit`'s do (none dropped to even them).
+    from ecmf.workdir import load_manifest
+
+    labeled = int((load_manifest(cfg)["split"] == "train").sum())
+    assert trials["train_rows"].tolist() == [labeled] and labeled == 73
