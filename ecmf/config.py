@@ -20,6 +20,7 @@ __all__ = ["ConfigError", "from_dict", "to_dict"]  # re-exported: the mechanics 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # EncoderConfig.precision
 TRAIN_BACKENDS = ("auto", "gloo", "nccl")  # TrainConfig.backend
+TRAIN_STRATEGIES = ("folds", "ddp")  # TrainConfig.strategy
 # Where the GPU image stages RetinaFace's release (STAGE_RETINAFACE, TORCH_HOME=/opt/ecmf/torch;
 # docker/README.md), so no node downloads weights at run time.
 RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
@@ -270,7 +271,14 @@ class TrainConfig:
     batch_size: int = 32  # rows per optimiser step
     folds: int = 5  # stratified k-fold cross-validation over the labeled set
     seed: int = 0  # folds, initialisation and batch order
-    num_workers: int = 1  # Ray Train workers (data-parallel over each fold)
+    # Ray Train workers. Strategy "folds": each trains its own folds, no gradient sync (2 workers
+    # train 2 folds at once); "ddp": all train each fold together (a model or table too big
+    # for one device), gradients all-reduced.
+    num_workers: int = 1
+    strategy: str = "folds"
+    # A training table up to this size is read once by the driver and handed to the workers
+    # through the object store; a larger one streams from the store to each worker.
+    in_memory_mb: int = 2048
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs per Ray Train worker (also its torch threads)
     storage_path: str = ""  # Ray Train storage (local path or URI); empty: <workdir>/ray_results
@@ -299,6 +307,10 @@ class TrainConfig:
         check(self.epochs > 0 and self.batch_size > 0, "epochs/batch_size", "> 0",
                (self.epochs, self.batch_size))
         check(self.num_workers > 0, "num_workers", "> 0", self.num_workers)
+        check(self.strategy in TRAIN_STRATEGIES, "strategy", f"one of {TRAIN_STRATEGIES}",
+              self.strategy)
+        check(self.in_memory_mb >= 0, "in_memory_mb", ">= 0 (0: always stream)",
+              self.in_memory_mb)
 
 
 @section("predict")

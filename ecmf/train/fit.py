@@ -150,6 +150,32 @@ def attach_labels(batch: dict[str, np.ndarray], lookup: dict[str, list[tuple]]) 
     return out
 
 
+def table_bytes(table: pd.DataFrame, dims: dict[str, int]) -> int:
+    """About how much memory the training table's arrays take (float32 features, masks, ids)."""
+    return len(table) * (4 * sum(dims.values()) + len(dims) + 64)
+
+
+def table_arrays(store: str | Path, table: pd.DataFrame, features: list[str]) -> dict:
+    """The training table's rows with their features, as `train_one_fold` takes them, in the
+    order a worker's streamed rows come in (sorted by sample_id, a clip's rows in table order).
+    Rows whose clip has no error-free features are left out, as the streamed read leaves them."""
+    from ecmf.features.store import ok_ids, read_features
+
+    have = ok_ids(store)
+    rows = table[table[schema.SAMPLE_ID].astype(str).isin(have)]
+    rows = rows.iloc[np.argsort(rows[schema.SAMPLE_ID].astype(str).to_numpy(), kind="stable")]
+    ft = read_features(store, features, ids=rows[schema.SAMPLE_ID].astype(str).tolist())
+    train_fold = rows["train_fold"] if "train_fold" in rows else np.full(len(rows), -1)
+    data = {schema.SAMPLE_ID: np.asarray(ft.ids, dtype=object),
+            "y": rows["y"].to_numpy(np.int64), "weight": rows["weight"].to_numpy(np.float32),
+            "fold": rows["fold"].to_numpy(np.int64),
+            "train_fold": np.asarray(train_fold, dtype=np.int64)}
+    for f in features:
+        data[schema.feature_column(f)] = ft.feats[f]
+        data[schema.mask_column(f)] = ft.masks[f]
+    return data
+
+
 def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
     from ecmf.features.store import store_dims
 
@@ -195,7 +221,7 @@ def torch_config(tc: TrainConfig):
 
 def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, datasets: dict):
     """The TorchTrainer of `fit` (built, not run): `tc`'s workers, backend and fault handling."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
@@ -209,7 +235,9 @@ def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, da
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              worker_runtime_env=_fault_env()),
         datasets=datasets,
-        dataset_config=all_rows_data_config(),
+        # DDP: a shard each, every row kept; "folds": every worker reads every row.
+        dataset_config=all_rows_data_config() if tc.strategy == "ddp"
+        else DataConfig(datasets_to_split=[]),
     )
 
 
@@ -310,15 +338,21 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     save_config(cfg, out)
     table.to_parquet(out / "training_table.parquet", index=False)
     write_json(out / RUN_FILE, {"name": name, "storage": storage, "record": record})
-    ds = store_dataset(wd.store, features)
-    ds = ds.map_batches(attach_labels, fn_kwargs={"lookup": label_lookup(table)},
-                        batch_format="numpy")
-
     loop_config = {"train": asdict(tc), "features": features, "dims": dims}
     start = time.time()
+    datasets = {}
+    if table_bytes(table, dims) <= tc.in_memory_mb * 2**20:
+        import ray
+
+        # Read once here and shared through the object store: no streaming read per fit.
+        loop_config["table"] = ray.put(table_arrays(wd.store, table, features))
+    else:
+        ds = store_dataset(wd.store, features)
+        datasets["train"] = ds.map_batches(attach_labels, batch_format="numpy",
+                                           fn_kwargs={"lookup": label_lookup(table)})
     with epoch_relay(EpochLines(out.name, tc.folds, tc.epochs)) as queue:
         loop_config["progress"] = queue
-        result = make_trainer(tc, loop_config, name, storage, {"train": ds}).fit()
+        result = make_trainer(tc, loop_config, name, storage, datasets).fit()
     seconds = time.time() - start
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint: {result.error}")

@@ -67,12 +67,13 @@ class _Dist:
     tensors only, gloo takes both; results come back to the host.
     """
 
-    def __init__(self, device="cpu"):
+    def __init__(self, device="cpu", distributed: bool = True):
         import torch
         import torch.distributed as dist
 
         self.device = torch.device(device)
-        self.on = dist.is_available() and dist.is_initialized()
+        # Off for a worker that trains its folds alone ("folds" strategy), in a process group.
+        self.on = distributed and dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.on else 0
         self.world = dist.get_world_size() if self.on else 1
 
@@ -163,7 +164,8 @@ def _placeholder_batch(features: list[str], dims: dict[str, int], device):
 
 def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
                    fold: int, prepare: Callable = lambda m: m, device="cpu",
-                   on_epoch: Callable[[dict], None] | None = None) -> dict:
+                   on_epoch: Callable[[dict], None] | None = None,
+                   distributed: bool = True) -> dict:
     """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
 
     Rows with a `train_fold` (`data["train_fold"]`, optional) of another fold than `fold` are
@@ -172,8 +174,9 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
 
     Under DDP every rank takes the same number of steps (the most any rank needs); a rank whose
     shard is shorter or empty fills its last steps with zero-weight rows, and the loss is the
-    global weighted mean, so those rows change nothing. `on_epoch`, if given, is called with each
-    epoch's history entry (a search reports it).
+    global weighted mean, so those rows change nothing. `distributed=False` trains the fold in
+    this process alone, whatever process group it is in (the "folds" strategy). `on_epoch`, if
+    given, is called with each epoch's history entry (a search reports it).
     """
     import torch
 
@@ -181,7 +184,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     from ecmf.models.losses import balanced_from_counts, weighted_cross_entropy
     from ecmf.train.metrics import weighted_f1_from_confusion
 
-    dist = _Dist(device)
+    dist = _Dist(device, distributed)
     torch.manual_seed(cfg.seed * 1000 + fold)  # identical initial weights on every rank
     model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -286,20 +289,21 @@ def _injected_fault(finished: int, rank: int) -> None:
 
 
 def _report_folds(done: dict[int, dict], summary: dict, cfg: TrainConfig, features: list[str],
-                  dims: dict[str, int], rank: int) -> None:
+                  dims: dict[str, int], mine: Callable[[int], bool]) -> None:
+    """Every worker reports (a barrier in Ray Train); each saves the finished folds it owns
+    (`mine`) into its part of the checkpoint, which Ray Train gathers into one directory."""
     import ray.train
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        if rank == 0:
-            for r in done.values():
-                if "state" in r:
-                    save_fold(r, cfg, features, dims, Path(tmp))
-                else:  # loaded from a checkpoint: already in saved form
-                    torch.save(r, Path(tmp) / MODEL_FILE.format(r["fold"]))
-            ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(summary)
+        owned = [r for k, r in done.items() if mine(k)]
+        for r in owned:
+            if "state" in r:
+                save_fold(r, cfg, features, dims, Path(tmp))
+            else:  # loaded from a checkpoint: already in saved form
+                torch.save(r, Path(tmp) / MODEL_FILE.format(r["fold"]))
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if owned else None
+        ray.train.report(summary, checkpoint=ckpt)
 
 
 def training_device():
@@ -329,24 +333,48 @@ def prepare_on(device):
     return functools.partial(ray.train.torch.prepare_model, move_to_device=device)
 
 
-def _progress_sender(config: dict, rank: int) -> Callable[[dict], None] | None:
-    """Where rank 0 sends its progress records: the queue in `config["progress"]` (a
-    `ecmf.progress.Relay`'s), or nowhere. Every rank computes the same all-reduced metrics, so
-    one rank's records tell the driver all there is."""
+def _progress_sender(config: dict, sends: bool) -> Callable[[dict], None] | None:
+    """Where this worker sends its progress records: the queue in `config["progress"]` (a
+    `ecmf.progress.Relay`'s) if it `sends`, or nowhere. Under DDP every rank computes the same
+    all-reduced metrics, so rank 0 alone sends; with the "folds" strategy each worker sends
+    its own folds'."""
     queue = config.get("progress")
-    if queue is None or rank != 0:
+    if queue is None or not sends:
         return None
     from ecmf.progress import send
 
     return lambda record: send(queue, record)
 
 
-def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point: k folds over this worker's shard, a checkpoint after each fold.
+def worker_data(config: dict, features: list[str], dims: dict[str, int]) -> dict:
+    """This worker's rows as `train_one_fold` takes them, sorted by sample_id: the whole table
+    the driver put in the object store (`config["table"]`; a DDP worker keeps every world-th
+    row), else the dataset Ray Train hands it (its shard under DDP, every row for "folds")."""
+    import ray
+    import ray.train
 
-    A restarted worker group (FailureConfig) or a resumed run (`ecmf train --resume`, the same
-    run name under the same storage) gets the last checkpoint and trains only the missing folds.
-    With a progress queue in `config["progress"]`, rank 0 sends it records (dicts with a
+    ref = config.get("table")
+    if ref is None:
+        shard = ray.train.get_dataset_shard("train")
+        return arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
+                                   features, dims)
+    data = ray.get(ref)
+    if config["train"].get("strategy") == "ddp":
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        data = {k: v[rank::world] for k, v in data.items()}
+    return data
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train entry point: k folds, a checkpoint after each round of folds.
+
+    Strategy "folds": worker r of W trains folds r, r + W, ... on every row, alone (no gradient
+    sync), so W folds train at once; "ddp": every worker trains every fold on its shard, the
+    gradients all-reduced. A restarted worker group (FailureConfig) or a resumed run (`ecmf
+    train --resume`, the same run name under the same storage) gets the last checkpoint and
+    trains only the missing folds.
+    With a progress queue in `config["progress"]`, workers send it records (dicts with a
     "kind"): "start" (the folds to train, those kept from a checkpoint), "epoch" (each epoch's
     `train_one_fold` history entry) and "fold" (a fold's best epoch and validation WAF). They
     travel outside `ray.train.report`, which would hold the workers up to a controller poll
@@ -359,11 +387,14 @@ def train_loop_per_worker(config: dict) -> dict:
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
     device = training_device()
-    shard = ray.train.get_dataset_shard("train")
-    data = arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
-                               features, dims)
-    rank = ray.train.get_context().get_world_rank()
+    data = worker_data(config, features, dims)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    alone = cfg.strategy == "folds"
+
+    def mine(k: int) -> bool:
+        return k % world == rank if alone else rank == 0
 
     done: dict[int, dict] = {}
     ckpt = ray.train.get_checkpoint()
@@ -372,30 +403,33 @@ def train_loop_per_worker(config: dict) -> dict:
             for p in sorted(Path(d).glob("fold_*.pt")):
                 saved = load_fold(p)
                 done[saved["fold"]] = saved
-    # Shards may be uneven (every row is kept); the metrics show how the rows were dealt.
-    base = {"resumed_folds": sorted(done), "shard_rows": _Dist(device).gather(len(data["y"]))}
+    todo = [k for k in range(cfg.folds) if k not in done]
+    # Each worker's folds to train, in rounds; every worker reports once per round.
+    queues = [[k for k in todo if k % world == r] for r in range(world)] if alone else [todo]
+    rounds = max(len(q) for q in queues)
+    mine_todo = queues[rank] if alone else todo
+    # DDP shards may be uneven (every row is kept); the metrics show how the rows were dealt.
+    rows = _Dist(device).gather(len(data["y"]))
+    base = {"resumed_folds": sorted(done), "shard_rows": rows, "strategy": cfg.strategy}
     summary = {"fold": -1, **base}
-    send = _progress_sender(config, rank)
+    send = _progress_sender(config, alone or rank == 0)
     on_epoch = (lambda h: send({"kind": "epoch", **h})) if send else None
-    if send:
-        send({"kind": "start", "folds": [k for k in range(cfg.folds) if k not in done],
-              "resumed": sorted(done)})
-    trained = 0
-    for fold in range(cfg.folds):
-        if fold in done:
-            continue
-        _injected_fault(len(done), rank)
-        result = train_one_fold(cfg, data, features, dims, fold,
-                                prepare=prepare_on(device), device=device,
-                                on_epoch=on_epoch)
-        done[fold] = result
-        trained += 1
-        summary = {"fold": fold, "val_waf": result["val_waf"], "best_epoch": result["best_epoch"],
-                   **base}
-        if send:
-            send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
-                  "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
-        _report_folds(done, summary, cfg, features, dims, rank)
-    if trained == 0:  # every fold came from the checkpoint: hand it on as this run's result
-        _report_folds(done, summary, cfg, features, dims, rank)
+    if send and rank == 0:
+        send({"kind": "start", "folds": todo, "resumed": sorted(done)})
+    for i in range(rounds):
+        if i < len(mine_todo):
+            fold = mine_todo[i]
+            _injected_fault(len(done), rank)
+            prepare = (lambda m: m.to(device)) if alone else prepare_on(device)
+            result = train_one_fold(cfg, data, features, dims, fold, prepare=prepare,
+                                    device=device, on_epoch=on_epoch, distributed=not alone)
+            done[fold] = result
+            summary = {"fold": fold, "val_waf": result["val_waf"],
+                       "best_epoch": result["best_epoch"], **base}
+            if send:
+                send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
+                      "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
+        _report_folds(done, summary, cfg, features, dims, mine)
+    if rounds == 0:  # every fold came from the checkpoint: hand it on as this run's result
+        _report_folds(done, summary, cfg, features, dims, mine)
     return summary

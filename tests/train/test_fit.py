@@ -112,12 +112,28 @@ def test_resume_without_a_run_says_so(tmp_path, capsys):
     assert "no run to resume" in capsys.readouterr().err
 
 
-def test_two_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path):
+@pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "streamed"])
+def test_ddp_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path, in_memory_mb):
     wd = make_workdir(tmp_path, n_train=N_TRAIN + 1)  # odd: an equal split would drop a row
-    assert main(["train", *sets(wd, "train.num_workers=2", "train.cpus_per_worker=0.5")]) == 0
+    assert main(["train", *sets(wd, "train.num_workers=2", "train.cpus_per_worker=0.5",
+                                "train.strategy=ddp", f"train.in_memory_mb={in_memory_mb}")]) == 0
     m = metrics(wd)
     assert len(m["shard_rows"]) == 2 and sum(m["shard_rows"]) == N_TRAIN + 1
     assert m["cv"]["waf"] > 0.3
+
+
+@pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "streamed"])
+def test_fold_parallel_workers_train_the_same_models_as_one(reference, tmp_path, in_memory_mb):
+    """The "folds" strategy: 2 workers train folds 0 and 1 at once, then fold 2, each on every
+    row, alone; the models are those one worker trains in turn, and so are the metrics."""
+    wd = make_workdir(tmp_path, n_train=N_TRAIN)
+    assert main(["train", *sets(wd, "train.num_workers=2", "train.cpus_per_worker=0.5",
+                                f"train.in_memory_mb={in_memory_mb}")]) == 0
+    m = metrics(wd)
+    assert m["shard_rows"] == [N_TRAIN, N_TRAIN]  # every worker holds the whole table
+    assert m["cv"] == metrics(reference)["cv"]
+    pd.testing.assert_frame_equal(pd.read_parquet(wd / "train" / "oof.parquet"),
+                                  pd.read_parquet(reference / "train" / "oof.parquet"))
 
 
 def test_predict_writes_a_checked_submission_and_probabilities(reference, tmp_path):
