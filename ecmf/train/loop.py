@@ -211,6 +211,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     best = {"val_waf": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in range(cfg.epochs):
+        began = time.perf_counter()
         model.train()
         perm = rng.permutation(train_idx) if len(train_idx) else train_idx
         total, weight = 0.0, 0.0
@@ -240,7 +241,8 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
         acc = float(np.trace(cm) / max(cm.sum(), 1))
         loss_sum = dist.sum(np.array([total, weight]))
         history.append({"fold": fold, "epoch": epoch, "val_waf": waf, "val_acc": acc,
-                        "train_loss": float(loss_sum[0] / max(loss_sum[1], 1e-8))})
+                        "train_loss": float(loss_sum[0] / max(loss_sum[1], 1e-8)),
+                        "seconds": time.perf_counter() - began})
         if waf > best["val_waf"]:
             inner = getattr(model, "module", model)
             best = {"val_waf": waf, "val_acc": acc, "epoch": epoch,
