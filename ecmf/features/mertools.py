@@ -53,7 +53,7 @@ PROGRESS_S = 5.0  # seconds between progress lines where no terminal shows a bar
 EXAMPLES = 5  # sample names shown of a count
 
 
-class BadFeatureFile(ValueError):
+class BadFeatureFile(InputError):
     """A .npy that cannot be read or has the wrong shape; the message names file and shape."""
 
 

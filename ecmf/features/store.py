@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ecmf import schema
-from ecmf.errors import MissingInput, UnknownName
+from ecmf.errors import InputError, MissingInput, UnknownName
 
 log = logging.getLogger(__name__)
 QUARANTINE = "quarantine"  # <store>/../store-quarantine: files set aside by heal_store
@@ -56,7 +56,7 @@ def _dataset(store: str | Path) -> pads.Dataset:
         raise _store_error(path, e) from None
 
 
-class StoreFileError(ValueError):
+class StoreFileError(InputError):
     """A store file that cannot be read; the message names it and what mends it."""
 
 

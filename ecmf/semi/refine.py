@@ -20,6 +20,7 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config
+from ecmf.errors import MissingInput
 from ecmf.workdir import Workdir, load_manifest, save_config, write_json
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,8 @@ def gather_sources(cfg: Config, ids: np.ndarray, train_fold: int = -1,
         if fusion is None:
             path = wd.train / "oof.parquet"
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: the fusion source needs a trained run; run "
-                                        "`ecmf train` first (or set refine.weights.fusion=0)")
+                raise MissingInput(f"{path}: the fusion source needs a trained run; run "
+                                   "`ecmf train` first (or set refine.weights.fusion=0)")
             fusion = pd.read_parquet(path)
         if "train_fold" in fusion:
             fusion = fusion[fusion["train_fold"] == train_fold]

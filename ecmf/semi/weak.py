@@ -21,6 +21,7 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config
+from ecmf.errors import UnknownName
 from ecmf.registry import Registry
 from ecmf.workdir import Workdir, load_manifest
 
@@ -182,8 +183,8 @@ def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
         sets = [[f] for f in base] + ([base] if len(base) > 1 else [])
     unknown = sorted({f for s in sets for f in s} - set(available))
     if unknown:
-        raise KeyError(f"refine.feature_sets names {unknown}, not in the feature store; "
-                       f"available: {sorted(available)}")
+        raise UnknownName(f"refine.feature_sets names {unknown}, not in the feature store; "
+                          f"available: {sorted(available)}")
     return sets
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config, ConfigError, TrainConfig
-from ecmf.errors import MissingInput
+from ecmf.errors import InputError, MissingInput, UnknownName
 from ecmf.progress import EpochLines, epoch_relay
 from ecmf.train.loop import train_loop_per_worker
 from ecmf.workdir import Workdir, save_config, write_json
@@ -36,7 +36,7 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
     if len(y) < folds:
-        raise ValueError(f"{len(y)} labeled samples cannot make {folds} folds")
+        raise InputError(f"{len(y)} labeled samples cannot make {folds} folds")
     counts = np.bincount(y, minlength=len(schema.LABELS))
     present = counts[counts > 0]
     # StratifiedKFold needs every class to reach the fold count; tiny corpora may not.
@@ -77,7 +77,7 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
         r = refined.set_index(schema.SAMPLE_ID).reindex(table[schema.SAMPLE_ID])
         absent = table.loc[r["refined"].isna().to_numpy(), schema.SAMPLE_ID].tolist()
         if absent:
-            raise ValueError(f"refined labels miss {len(absent)} labeled sample(s), e.g. "
+            raise InputError(f"refined labels miss {len(absent)} labeled sample(s), e.g. "
                              f"{absent[:5]}; run `ecmf refine` again")
         table["y"] = [schema.label_index(v, "refined labels") for v in r["refined"]]
         table["weight"] = r["weight"].astype(float).to_numpy()
@@ -87,7 +87,7 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
         bad = (train_fold < -1) | (train_fold >= folds)
         if bad.any():
             wrong = sorted(set(train_fold[bad].tolist()))[:5]
-            raise ValueError(f"pseudo-labels for fold(s) {wrong} of a {folds}-fold run (rows of "
+            raise InputError(f"pseudo-labels for fold(s) {wrong} of a {folds}-fold run (rows of "
                              f"e.g. {pseudo[schema.SAMPLE_ID].to_numpy()[bad][:3].tolist()})")
         extra = pd.DataFrame({
             schema.SAMPLE_ID: pseudo[schema.SAMPLE_ID].values,
@@ -111,7 +111,7 @@ def _fold_blind_rows(table: pd.DataFrame, refined: pd.DataFrame, folds: int) -> 
     if len(absent) or len(got) != len(rows):
         example = (absent[[schema.SAMPLE_ID, "train_fold"]].head(3).to_dict("records")
                    if len(absent) else "rows for a clip's own fold, or repeated rows")
-        raise ValueError(f"fold-blind refined labels do not match a {folds}-fold split of the "
+        raise InputError(f"fold-blind refined labels do not match a {folds}-fold split of the "
                          f"labeled set (each clip needs a label for every other fold's model): "
                          f"{len(absent)} missing, e.g. {example}, {len(got)} given for "
                          f"{len(rows)} expected; run `ecmf refine` again")
@@ -183,8 +183,8 @@ def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
     features = list(cfg.train.features) or list(dims)
     unknown = [f for f in features if f not in dims]
     if unknown:
-        raise KeyError(f"train.features {unknown} not in the feature store; available: "
-                       f"{sorted(dims)}")
+        raise UnknownName(f"train.features {unknown} not in the feature store; available: "
+                          f"{sorted(dims)}")
     return features, {f: dims[f] for f in features}
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
+from ecmf.errors import MissingInput
 from ecmf.train.loop import load_fold
 
 
@@ -21,7 +22,7 @@ class FoldEnsemble:
 
         paths = sorted(Path(run_dir, "models").glob("fold_*.pt"))
         if not paths:
-            raise FileNotFoundError(f"{run_dir}/models holds no fold_*.pt; run `ecmf train` first")
+            raise MissingInput(f"{run_dir}/models holds no fold_*.pt; run `ecmf train` first")
         self.models, self.folds = [], []
         for p in paths:
             saved = load_fold(p)
