@@ -274,8 +274,8 @@ class TrainConfig:
     # Ray Train workers. Strategy "folds": each trains its own folds, no gradient sync (2 workers
     # train 2 folds at once); "ddp": all train each fold together (a model or table too big
     # for one device), gradients all-reduced.
-    num_workers: int = 1
-    strategy: str = "folds"
+    num_workers: int = 1  # Ray Train workers
+    strategy: str = "folds"  # "folds": a worker per fold at a time; "ddp": all on each fold
     # A training table up to this size is read once by the driver and handed to the workers
     # through the object store; a larger one streams from the store to each worker.
     in_memory_mb: int = 2048

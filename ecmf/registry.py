@@ -30,7 +30,10 @@ class Registry(Generic[T]):
         try:
             return self._items[name.lower()]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; {self.expected(name)}") from None
+            close = difflib.get_close_matches(str(name).lower(), self.names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"unknown {self.kind} {name!r}; available: {self.names()}{hint}") \
+                from None
 
     def expected(self, name: str) -> str:
         """'one of [...]', with the closest registered name when one is close: the text of an

@@ -66,6 +66,6 @@ def test_votes_come_back_with_a_column_per_label(ray_local, tiny_llm):
 def test_unknown_task_or_backend_fails_before_any_work():
     with pytest.raises(ValueError, match="task 'summary'"):
         enrich_dataset(None, EnrichConfig(), "unused", task="summary")
-    with pytest.raises(KeyError, match=r"unknown LLM backend 'tgi'; one of \['transformers', "
+    with pytest.raises(KeyError, match=r"unknown LLM backend 'tgi'; available: \['transformers', "
                                        r"'vllm'\]"):
         enrich_dataset(None, EnrichConfig(backend="tgi"), "unused")

@@ -59,7 +59,7 @@ def test_text_encoder_uses_packaged_minilm_and_masks_empty_text():
 
 
 def test_unknown_encoder_lists_available():
-    with pytest.raises(KeyError, match=r"one of \[.*'clip'"):
+    with pytest.raises(KeyError, match=r"available: \[.*'clip'"):
         ENCODERS.get("whisper")
     with pytest.raises(KeyError, match="did you mean 'clip'"):
         ENCODERS.get("clipp")

@@ -71,7 +71,7 @@ def _ragged(items):
 def test_detectors_are_registered_and_unknown_names_list_them():
     assert {"haar", "retinaface", "provided"} <= set(FACE_DETECTORS.names())
     cfg = FaceEncoderConfig("faces", detector="mtcnn")  # built past the config's validation
-    with pytest.raises(KeyError, match=r"one of \[.*'haar'.*'provided'.*'retinaface'"):
+    with pytest.raises(KeyError, match=r"available: \[.*'haar'.*'provided'.*'retinaface'"):
         build_detector(cfg)
     from ecmf.configure import load_config
 
