@@ -80,13 +80,13 @@ def ecmf_run(cfg, table, out: Path) -> dict:
 def worker_epoch_seconds(out: Path, workers: int) -> float:
     """The wall time a fold-parallel fit's epochs cover: worker r trains folds r, r + W, ...
     one after another, the workers side by side, so the longest worker's sum of epoch times
-    (from each fold's history)."""
+    (each fold's `epoch_seconds`)."""
     from ecmf.train.loop import load_fold
 
     per_worker = [0.0] * workers
     for p in sorted((out / "models").glob("fold_*.pt")):
         saved = load_fold(p)
-        per_worker[saved["fold"] % workers] += sum(h["seconds"] for h in saved["history"])
+        per_worker[saved["fold"] % workers] += sum(saved["epoch_seconds"])
     return max(per_worker)
 
 
