@@ -51,3 +51,18 @@ def tiny_corpus(tmp_path_factory):
     write_demo_corpus(DemoConfig(n_train=12, n_pool=6, n_candidates=6, n_test=4, seconds=1.0,
                                  workers=2), root)
     return root
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if a command starts Ray: for what must fail before it."""
+    import contextlib
+
+    import ecmf.runtime
+
+    @contextlib.contextmanager
+    def refuse(cfg):
+        raise AssertionError("Ray was started")
+        yield
+
+    monkeypatch.setattr(ecmf.runtime, "ray_session", refuse)

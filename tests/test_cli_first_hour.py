@@ -21,19 +21,6 @@ def _ecmf(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess
     return done, time.time() - start
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    import contextlib
-
-    import ecmf.runtime
-
-    @contextlib.contextmanager
-    def refuse(cfg):
-        raise AssertionError("Ray was started")
-        yield
-
-    monkeypatch.setattr(ecmf.runtime, "ray_session", refuse)
-
 
 def test_train_on_an_empty_workdir_exits_2_within_5_s_naming_extract(tiny_corpus, tmp_path):
     # The faster of two runs: a run on a machine busy with another test's leftovers measures

@@ -169,19 +169,6 @@ def _csv_only_copy(root: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    import contextlib
-
-    import ecmf.runtime
-
-    @contextlib.contextmanager
-    def refuse(cfg):
-        raise AssertionError("Ray was started before the corpus was read")
-        yield
-
-    monkeypatch.setattr(ecmf.runtime, "ray_session", refuse)
-
 
 def _extract_error(root: Path, tmp_path: Path, capsys, *extra: str) -> str:
     capsys.readouterr()
