@@ -12,10 +12,11 @@ from ecmf.commands import HELP, JOB_COMMANDS
 from ecmf.errors import UserError
 
 
-def _config(args, extra: list[str] = ()):
+def _config(args, extra: list[str] = (), check_names: bool = True):
     from ecmf.configure import load_config
 
-    cfg = load_config(args.config, [*extra, *args.set])  # names checked: a typo fails here
+    # Types are checked here; registered names too unless the caller checks them later.
+    cfg = load_config(args.config, [*extra, *args.set], check_names=check_names)
     if args.command != "tune":  # a search starts from the configured train keys
         from ecmf.tune.report import apply_best
 
@@ -26,12 +27,16 @@ def _config(args, extra: list[str] = ()):
 def _with_ray(args, fn, extra: list[str] = (), run: str | None = None):
     """Load the config, check the stage's inputs (`ecmf.workdir.check_inputs`: the corpus
     reads, the store and earlier runs it needs exist) before Ray starts, then run `fn(cfg)`
-    inside a Ray session."""
-    from ecmf.runtime import ray_session
+    inside a Ray session. The inputs are checked before the registered names, whose check
+    imports the components (torch: seconds): a missing stage is named in about a second."""
+    from ecmf.configure import validate
     from ecmf.workdir import check_inputs
 
-    cfg = _config(args, extra)
+    cfg = _config(args, extra, check_names=False)
     check_inputs(cfg, args.command, run)
+    validate(cfg)
+    from ecmf.runtime import ray_session
+
     with ray_session(cfg.ray):
         return fn(cfg)
 
@@ -74,46 +79,68 @@ def cmd_export_features(args):
     return export_stage(_config(args), args.out, args.features or None, args.overwrite)
 
 
-def cmd_enrich(args):
-    from ecmf.enrichment.stage import enrich_corpus
+# The stage modules import torch and Ray: each is imported once the inputs are checked.
 
-    return _with_ray(args, enrich_corpus)
+
+def cmd_enrich(args):
+    def stage(cfg):
+        from ecmf.enrichment.stage import enrich_corpus
+
+        return enrich_corpus(cfg)
+
+    return _with_ray(args, stage)
 
 
 def cmd_train(args):
-    from ecmf.train.fit import train_stage
+    def stage(cfg):
+        from ecmf.train.fit import train_stage
+
+        return train_stage(cfg, resume=args.resume)
+
+    result = _with_ray(args, stage)
     from ecmf.train.metrics import format_per_class
 
-    result = _with_ray(args, lambda cfg: train_stage(cfg, resume=args.resume))
     print(format_per_class(result["cv"], "train (out-of-fold)"), file=sys.stderr)
     return result
 
 
 def cmd_refine(args):
-    from ecmf.semi.refine import refine_labels
+    def stage(cfg):
+        from ecmf.semi.refine import refine_labels
 
-    return _with_ray(args, refine_labels)
+        return refine_labels(cfg)
+
+    return _with_ray(args, stage)
 
 
 def cmd_pseudo_label(args):
-    from ecmf.semi.rounds import run_rounds
+    def stage(cfg):
+        from ecmf.semi.rounds import run_rounds
 
-    return _with_ray(args, run_rounds)
+        return run_rounds(cfg)
+
+    return _with_ray(args, stage)
 
 
 def cmd_tune(args):
-    from ecmf.tune.driver import SearchError, tune_stage
+    def stage(cfg):
+        from ecmf.tune.driver import SearchError, tune_stage
 
-    try:
-        return _with_ray(args, lambda cfg: tune_stage(cfg, resume=args.resume))
-    except SearchError as e:
-        raise SystemExit(f"ecmf tune: {e}") from None
+        try:
+            return tune_stage(cfg, resume=args.resume)
+        except SearchError as e:
+            raise SystemExit(f"ecmf tune: {e}") from None
+
+    return _with_ray(args, stage)
 
 
 def cmd_predict(args):
-    from ecmf.predict import predict_candidates
+    def stage(cfg):
+        from ecmf.predict import predict_candidates
 
-    return _with_ray(args, lambda cfg: predict_candidates(cfg, args.run), run=args.run)
+        return predict_candidates(cfg, args.run)
+
+    return _with_ray(args, stage, run=args.run)
 
 
 def cmd_evaluate(args):

@@ -30,9 +30,10 @@ __all__ = ["describe", "load_config", "save_config", "validate"]
 
 
 def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> Config:
+                base: dict | None = None, check_names: bool = True) -> Config:
     """Defaults, then `base` (a command's own defaults), then the YAML file, then `--set` items;
-    validated."""
+    types checked, and the registered names unless `check_names` is False (the caller runs
+    `validate` later: it imports the components, torch among them)."""
     data = to_dict(Config())
     if base:
         data = merge(data, base)
@@ -49,7 +50,8 @@ def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...
         data = merge(data, loaded)
     for item in sets:
         data = merge(data, parse_set(item))
-    return validate(from_dict(Config, data))
+    cfg = from_dict(Config, data)
+    return validate(cfg) if check_names else cfg
 
 
 def _name(registry, value: str, key: str) -> None:

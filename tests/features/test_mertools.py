@@ -267,8 +267,12 @@ def test_export_then_import_gives_identical_arrays(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         export_mertools(store1, out)
     store2 = tmp_path / "store2"
-    import_mertools({"audio": out / "audio-UTT", "video": [out / "video-UTT", out / "video-FRA"]},
-                    store2, steps=4)
+    again = import_mertools({"audio": out / "audio-UTT",
+                             "video": [out / "video-UTT", out / "video-FRA"]}, store2, steps=4)
+    # Every exported file reads back: a failure names the file and why (a CI run once found
+    # c04 an error row here and could not say why).
+    assert again["summary"]["failed"] == 0, again["errors"].to_dict("records")
+    assert again["summary"]["imported"] == 9, again["summary"]
     a, b = read_features(store1), read_features(store2, ids=list(read_features(store1).ids))
     for f in ("audio", "video"):
         assert np.array_equal(a.feats[f], b.feats[f]) and np.array_equal(a.masks[f], b.masks[f])
