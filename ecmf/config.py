@@ -277,7 +277,8 @@ class TrainConfig:
     num_workers: int = 1  # Ray Train workers
     strategy: str = "folds"  # "folds": a worker per fold at a time; "ddp": all on each fold
     # A training table up to this size is read once by the driver and handed to the workers
-    # through the object store; a larger one streams from the store to each worker.
+    # through the object store; a larger one each "folds" worker reads from the store itself,
+    # and DDP streams a shard to each worker.
     in_memory_mb: int = 2048
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs per Ray Train worker (also its torch threads)
@@ -309,7 +310,7 @@ class TrainConfig:
         check(self.num_workers > 0, "num_workers", "> 0", self.num_workers)
         check(self.strategy in TRAIN_STRATEGIES, "strategy", f"one of {TRAIN_STRATEGIES}",
               self.strategy)
-        check(self.in_memory_mb >= 0, "in_memory_mb", ">= 0 (0: always stream)",
+        check(self.in_memory_mb >= 0, "in_memory_mb", ">= 0 (0: never through the object store)",
               self.in_memory_mb)
 
 

@@ -363,7 +363,7 @@ def store_dataset(store: str | Path, features: list[str], ids: list[str] | None 
     _dataset(store)  # fail early, naming the store, if it is empty
     cols = [schema.SAMPLE_ID, "error"]
     cols += [c for f in features for c in (schema.feature_column(f), schema.mask_column(f))]
-    ds = ray.data.read_parquet(str(store), columns=cols).filter(expr=col("error") == "")
+    ds = ray.data.read_parquet(str(store)).select_columns(cols).filter(expr=col("error") == "")
     if ids is not None:
         ds = ds.filter(expr=col(schema.SAMPLE_ID).is_in(list(ids)))
     return ds.drop_columns(["error"])

@@ -19,6 +19,7 @@ from ecmf.config import Config, ConfigError, TrainConfig
 from ecmf.errors import InputError, MissingInput, UnknownName
 from ecmf.progress import EpochLines, epoch_relay
 from ecmf.train.loop import train_loop_per_worker
+from ecmf.train.rows import table_arrays, table_bytes
 from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
@@ -150,32 +151,6 @@ def attach_labels(batch: dict[str, np.ndarray], lookup: dict[str, list[tuple]]) 
     return out
 
 
-def table_bytes(table: pd.DataFrame, dims: dict[str, int]) -> int:
-    """About how much memory the training table's arrays take (float32 features, masks, ids)."""
-    return len(table) * (4 * sum(dims.values()) + len(dims) + 64)
-
-
-def table_arrays(store: str | Path, table: pd.DataFrame, features: list[str]) -> dict:
-    """The training table's rows with their features, as `train_one_fold` takes them, in the
-    order a worker's streamed rows come in (sorted by sample_id, a clip's rows in table order).
-    Rows whose clip has no error-free features are left out, as the streamed read leaves them."""
-    from ecmf.features.store import ok_ids, read_features
-
-    have = ok_ids(store)
-    rows = table[table[schema.SAMPLE_ID].astype(str).isin(have)]
-    rows = rows.iloc[np.argsort(rows[schema.SAMPLE_ID].astype(str).to_numpy(), kind="stable")]
-    ft = read_features(store, features, ids=rows[schema.SAMPLE_ID].astype(str).tolist())
-    train_fold = rows["train_fold"] if "train_fold" in rows else np.full(len(rows), -1)
-    data = {schema.SAMPLE_ID: np.asarray(ft.ids, dtype=object),
-            "y": rows["y"].to_numpy(np.int64), "weight": rows["weight"].to_numpy(np.float32),
-            "fold": rows["fold"].to_numpy(np.int64),
-            "train_fold": np.asarray(train_fold, dtype=np.int64)}
-    for f in features:
-        data[schema.feature_column(f)] = ft.feats[f]
-        data[schema.mask_column(f)] = ft.masks[f]
-    return data
-
-
 def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
     from ecmf.features.store import store_dims
 
@@ -221,7 +196,7 @@ def torch_config(tc: TrainConfig):
 
 def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, datasets: dict):
     """The TorchTrainer of `fit` (built, not run): `tc`'s workers, backend and fault handling."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
@@ -235,9 +210,8 @@ def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, da
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              worker_runtime_env=_fault_env()),
         datasets=datasets,
-        # DDP: a shard each, every row kept; "folds": every worker reads every row.
-        dataset_config=all_rows_data_config() if tc.strategy == "ddp"
-        else DataConfig(datasets_to_split=[]),
+        # Only DDP streams a dataset: a shard each, every row kept.
+        dataset_config=all_rows_data_config(),
     )
 
 
@@ -346,7 +320,13 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
 
         # Read once here and shared through the object store: no streaming read per fit.
         loop_config["table"] = ray.put(table_arrays(wd.store, table, features))
-    else:
+    elif tc.strategy == "folds":
+        import ray
+
+        # Each worker trains folds over every row and so holds the whole table: it reads the
+        # store itself, without a Ray Data execution (and its CPU demand) per worker.
+        loop_config["read"] = {"store": str(wd.store), "rows": ray.put(table)}
+    else:  # DDP over a table too big to put: a streaming split, a shard per worker
         ds = store_dataset(wd.store, features)
         datasets["train"] = ds.map_batches(attach_labels, batch_format="numpy",
                                            fn_kwargs={"lookup": label_lookup(table)})

@@ -353,11 +353,17 @@ def _progress_sender(config: dict, sends: bool) -> Callable[[dict], None] | None
 def worker_data(config: dict, features: list[str], dims: dict[str, int]) -> dict:
     """This worker's rows as `train_one_fold` takes them, sorted by sample_id: the whole table
     the driver put in the object store (`config["table"]`; a DDP worker keeps every world-th
-    row), else the dataset Ray Train hands it (its shard under DDP, every row for "folds")."""
+    row), else the table's rows read from the store here (`config["read"]`, "folds": every
+    worker trains on every row), else the DDP shard Ray Train streams to it."""
     import ray
     import ray.train
 
     ref = config.get("table")
+    if ref is None and config.get("read"):
+        from ecmf.train.rows import table_arrays
+
+        read = config["read"]
+        return table_arrays(read["store"], ray.get(read["rows"]), features)
     if ref is None:
         shard = ray.train.get_dataset_shard("train")
         return arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),

@@ -84,17 +84,10 @@ def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict
 
 
 def trial_data(store: str | Path, table: pd.DataFrame, features: list[str]) -> dict:
-    """The arrays `train_one_fold` takes: the table's rows with their features, in table order."""
-    from ecmf.features.store import read_features
+    """The arrays `train_one_fold` takes, as `fit` reads them (`ecmf.train.rows.table_arrays`)."""
+    from ecmf.train.rows import table_arrays
 
-    ft = read_features(store, features, ids=table[schema.SAMPLE_ID].astype(str).tolist())
-    data = {schema.SAMPLE_ID: ft.ids, "y": table["y"].to_numpy(np.int64),
-            "weight": table["weight"].to_numpy(np.float32),
-            "fold": table["fold"].to_numpy(np.int64)}
-    for f in features:
-        data[schema.feature_column(f)] = ft.feats[f]
-        data[schema.mask_column(f)] = ft.masks[f]
-    return data
+    return table_arrays(store, table, features)
 
 
 def _features(cfg: TrainConfig, dims: dict[str, int]) -> tuple[list[str], dict[str, int]]:

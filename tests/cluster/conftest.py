@@ -130,9 +130,10 @@ def start_head(temp_dir: str, num_cpus: int, object_store_mb: int, args: list[st
     return proc, gcs, dashboard
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head():
-    """A local Ray head (4 logical CPUs, dashboard on 127.0.0.1) started from this environment."""
+    """A local Ray head (4 logical CPUs, dashboard on 127.0.0.1) started from this environment,
+    for one module: left running, its dashboard and log monitor took CPU from every later test."""
     # Short: Ray's unix sockets live under it and their paths are limited to ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="ecmfray-", dir="/tmp")
     proc, _, dashboard = start_head(temp_dir, num_cpus=4, object_store_mb=384)

@@ -122,10 +122,11 @@ def test_ddp_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path, in_m
     assert m["cv"]["waf"] > 0.3
 
 
-@pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "streamed"])
+@pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "worker-read"])
 def test_fold_parallel_workers_train_the_same_models_as_one(reference, tmp_path, in_memory_mb):
     """The "folds" strategy: 2 workers train folds 0 and 1 at once, then fold 2, each on every
-    row, alone; the models are those one worker trains in turn, and so are the metrics."""
+    row, alone; the models are those one worker trains in turn, and so are the metrics. The
+    table comes through the object store, or (too big to put) each worker reads the store."""
     wd = make_workdir(tmp_path, n_train=N_TRAIN)
     assert main(["train", *sets(wd, "train.num_workers=2", "train.cpus_per_worker=0.5",
                                 f"train.in_memory_mb={in_memory_mb}")]) == 0
