@@ -42,9 +42,10 @@ def loop_run(cfg, table, cpus: int) -> dict:
     import torch
 
     from ecmf import schema
-    from ecmf.train.fit import resolve_features, table_arrays
+    from ecmf.train.fit import resolve_features
     from ecmf.train.loop import train_one_fold
     from ecmf.train.metrics import weighted_f1
+    from ecmf.train.rows import table_arrays
 
     torch.set_num_threads(cpus)
     features, dims = resolve_features(cfg)
