@@ -79,25 +79,23 @@ def cmd_export_features(args):
     return export_stage(_config(args), args.out, args.features or None, args.overwrite)
 
 
-# The stage modules import torch and Ray: each is imported once the inputs are checked.
+def _stage(args, target: str, *params, run: str | None = None):
+    """`_with_ray` for the stage function `target` ("module:function", called as
+    `function(cfg, *params)`): its module, which imports torch and Ray, is imported only once
+    the inputs are checked."""
+    import importlib
+
+    module, name = target.split(":")
+    return _with_ray(args, lambda cfg: getattr(importlib.import_module(module), name)(cfg, *params),
+                     run=run)
 
 
 def cmd_enrich(args):
-    def stage(cfg):
-        from ecmf.enrichment.stage import enrich_corpus
-
-        return enrich_corpus(cfg)
-
-    return _with_ray(args, stage)
+    return _stage(args, "ecmf.enrichment.stage:enrich_corpus")
 
 
 def cmd_train(args):
-    def stage(cfg):
-        from ecmf.train.fit import train_stage
-
-        return train_stage(cfg, resume=args.resume)
-
-    result = _with_ray(args, stage)
+    result = _stage(args, "ecmf.train.fit:train_stage", args.resume)
     from ecmf.train.metrics import format_per_class
 
     print(format_per_class(result["cv"], "train (out-of-fold)"), file=sys.stderr)
@@ -105,25 +103,15 @@ def cmd_train(args):
 
 
 def cmd_refine(args):
-    def stage(cfg):
-        from ecmf.semi.refine import refine_labels
-
-        return refine_labels(cfg)
-
-    return _with_ray(args, stage)
+    return _stage(args, "ecmf.semi.refine:refine_labels")
 
 
 def cmd_pseudo_label(args):
-    def stage(cfg):
-        from ecmf.semi.rounds import run_rounds
-
-        return run_rounds(cfg)
-
-    return _with_ray(args, stage)
+    return _stage(args, "ecmf.semi.rounds:run_rounds")
 
 
 def cmd_tune(args):
-    def stage(cfg):
+    def stage(cfg):  # SearchError lives beside tune_stage, in a module that imports Ray
         from ecmf.tune.driver import SearchError, tune_stage
 
         try:
@@ -135,12 +123,7 @@ def cmd_tune(args):
 
 
 def cmd_predict(args):
-    def stage(cfg):
-        from ecmf.predict import predict_candidates
-
-        return predict_candidates(cfg, args.run)
-
-    return _with_ray(args, stage, run=args.run)
+    return _stage(args, "ecmf.predict:predict_candidates", args.run, run=args.run)
 
 
 def cmd_evaluate(args):
