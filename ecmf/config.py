@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ecmf.config_dict import ConfigError, check, from_dict, section, to_dict
-from ecmf.schema import LABELS
 
 __all__ = ["ConfigError", "from_dict", "to_dict"]  # re-exported: the mechanics of config_dict
 
@@ -267,7 +266,13 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     label_smoothing: float = 0.0  # of the cross-entropy loss
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency of each fold)
-    epochs: int = 40  # per fold; the best epoch by validation WAF is kept
+    epochs: int = 40  # per fold; the epoch kept is chosen by `select_epoch`
+    # How a fold's epoch is chosen, never on the fold it is scored on (its out-of-fold WAF is
+    # what the rounds and predict compare): "inner": the best WAF on an inner split of the
+    # fold's labeled training rows (`inner_fraction` of each class, held out of its training);
+    # "last": the last epoch, every labeled row trained on.
+    select_epoch: str = "inner"
+    inner_fraction: float = 0.15  # "inner": share of each class's labeled training rows held out
     batch_size: int = 32  # rows per optimiser step
     folds: int = 5  # stratified k-fold cross-validation over the labeled set
     seed: int = 0  # folds, initialisation and batch order
@@ -308,6 +313,10 @@ class TrainConfig:
         check(self.epochs > 0 and self.batch_size > 0, "epochs/batch_size", "> 0",
                (self.epochs, self.batch_size))
         check(self.num_workers > 0, "num_workers", "> 0", self.num_workers)
+        check(self.select_epoch in ("inner", "last"), "select_epoch", "'inner' or 'last'",
+              self.select_epoch)
+        check(0.0 < self.inner_fraction < 0.5, "inner_fraction", "in (0, 0.5)",
+              self.inner_fraction)
         check(self.strategy in TRAIN_STRATEGIES, "strategy", f"one of {TRAIN_STRATEGIES}",
               self.strategy)
         check(self.in_memory_mb >= 0, "in_memory_mb", ">= 0 (0: never through the object store)",
@@ -337,7 +346,15 @@ class PseudoConfig:
     """Pseudo-labeling rounds over the unlabeled pool."""
 
     rounds: int = 2  # rounds after the first training run; 0: none
-    threshold: float = 0.7  # minimum fold-ensemble confidence (after calibration)
+    # How pool rows are chosen (`ecmf.semi.select.SELECTION`): "curriculum": a further `step`
+    # of the pool per round, most confident first, per class in the labeled mix; "threshold":
+    # calibrated confidence >= `threshold`; "adaptive": FreeMatch-style class-adaptive
+    # thresholds; "soft": every row, SoftMatch-style confidence weights.
+    strategy: str = "curriculum"
+    step: float = 0.2  # curriculum: share of the pool each round adds
+    max_share: float = 1.0  # curriculum: share of the pool taken in all, at most
+    min_soft_weight: float = 0.1  # soft: rows weighing less (relative to `weight`) are left out
+    threshold: float = 0.7  # threshold: minimum fold-model confidence (after calibration)
     # Temperature-scale the pool probabilities, fitted on the previous run's out-of-fold
     # predictions against the original labels: later rounds' models grow over-confident.
     calibrate: bool = True
@@ -346,6 +363,9 @@ class PseudoConfig:
     # supply its share (a class without candidates stops it); false: the candidates' own mix.
     class_balance: bool = True
     weight: float = 0.7  # sample weight of a pseudo-label in training (labeled: 1.0)
+    # true: the candidates (clips a submission covers) join the unlabeled pool, as in MER2025's
+    # semi-supervised track; false: the pool split alone.
+    candidates: bool = True
     patience: int = 1  # stop when validation WAF has not improved for this many rounds
     # Feature sets of weak classifiers (refine.classifiers on refine.feature_sets) whose pool
     # prediction must equal the fusion model's for a pseudo-label to be taken; 0: no agreement.
@@ -354,6 +374,10 @@ class PseudoConfig:
     def __post_init__(self):
         check(self.rounds >= 0, "rounds", ">= 0", self.rounds)
         check(0.0 < self.threshold <= 1.0, "threshold", "in (0, 1]", self.threshold)
+        check(0.0 < self.step <= 1.0, "step", "in (0, 1]", self.step)
+        check(0.0 < self.max_share <= 1.0, "max_share", "in (0, 1]", self.max_share)
+        check(0.0 <= self.min_soft_weight < 1.0, "min_soft_weight", "in [0, 1)",
+              self.min_soft_weight)
         check(0.0 < self.weight <= 1.0, "weight", "in (0, 1]", self.weight)
         check(self.min_agree >= 0, "min_agree", ">= 0", self.min_agree)
 
@@ -452,7 +476,10 @@ class TuneConfig:
 @dataclass(frozen=True)
 class Config:
     workdir: str = "runs/ecmf"  # every stage reads and writes under this directory
-    labels: list[str] = field(default_factory=lambda: list(LABELS))  # the class names, in order
+    # The class names, in order. []: the corpus' own (`ecmf.workdir.with_labels`): MER2025's six
+    # for the mer2025 layout and for a CSV whose labels are all MER2025 classes, else the CSV's
+    # labels sorted. A list fixes the set and its order (a corpus label outside it is an error).
+    labels: list[str] = field(default_factory=list)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)  # where the clips and labels are
     demo: DemoConfig = field(default_factory=DemoConfig)  # the generated demo corpus
     ray: RayConfig = field(default_factory=RayConfig)  # which Ray, and an embedded one's size
@@ -465,8 +492,11 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)  # `ecmf tune`
 
     def __post_init__(self):
-        check(tuple(self.labels) == LABELS, "labels", f"the MER2025 label set {list(LABELS)}",
-               self.labels)
+        names = list(self.labels)
+        check(not names or (len(names) >= 2 and len(set(names)) == len(names)
+                            and all(isinstance(n, str) and n.strip() == n and n for n in names)),
+              "labels", "[] (the corpus' labels) or two or more distinct, non-empty class names",
+              self.labels)
 
     @property
     def root(self) -> Path:

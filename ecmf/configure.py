@@ -77,6 +77,9 @@ def validate(cfg: Config) -> Config:
     from ecmf.enrichment.backends import BACKENDS
 
     _name(BACKENDS, cfg.enrich.backend, "enrich.backend")
+    from ecmf.semi.select import SELECTION
+
+    _name(SELECTION, cfg.pseudo.strategy, "pseudo.strategy")
     from ecmf.semi.weak import WEAK_CLASSIFIERS
 
     for i, name in enumerate(cfg.refine.classifiers):

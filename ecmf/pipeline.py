@@ -67,9 +67,10 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     from ecmf.features.extract import extract_features
     from ecmf.predict import predict_candidates
     from ecmf.runtime import ray_session
+    from ecmf.semi.refine import refine_labels
     from ecmf.train.evaluate import evaluate, read_truth, score_run
     from ecmf.train.fit import fit, train_stage, training_table
-    from ecmf.workdir import load_manifest
+    from ecmf.workdir import load_manifest, with_labels
 
     out = Path(out)
     start = time.time()
@@ -88,8 +89,9 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
 
     timings = {}
     with ray_session(cfg.ray):
+        refine = [("refine", refine_labels)] if cfg.refine.enabled else []
         for stage, fn in (("enrich", enrich_corpus), ("extract", extract_features),
-                          ("train", train_stage), ("pseudo-label", demo_rounds),
+                          ("train", train_stage), *refine, ("pseudo-label", demo_rounds),
                           ("predict", predict_candidates)):
             t = time.time()
             log.info("demo: stage %s", stage)
@@ -97,7 +99,8 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
             timings[stage] = round(time.time() - t, 1)
         t = time.time()
         manifest = load_manifest(cfg)
-        table = training_table(manifest, cfg.train.folds, cfg.train.seed)
+        table = training_table(manifest, cfg.train.folds, cfg.train.seed,
+                               labels=with_labels(cfg, manifest).labels)
         single = {}
         for feature in singles:
             one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,

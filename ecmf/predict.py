@@ -11,19 +11,20 @@ import pandas as pd
 from ecmf import schema
 from ecmf.config import Config
 from ecmf.errors import InputError
-from ecmf.workdir import Workdir, load_manifest, save_config, write_json
+from ecmf.workdir import Workdir, load_manifest, save_config, with_labels, write_json
 
 log = logging.getLogger(__name__)
 
 
 def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
-    """Fold-ensemble predictions for every candidate; `predict/submission.csv` and
-    `predict/emo_probs.npz` beside them."""
+    """Fold-ensemble predictions for every candidate; `predict/submission.csv` and, for
+    MER2025's label set, MERTools' `predict/emo_probs.npz` beside them."""
     from ecmf.features.store import ok_ids, usage_counts
     from ecmf.semi.rounds import best_run
-    from ecmf.train.predict import predict_store
+    from ecmf.train.predict import predict_store, run_labels
     from ecmf.train.submission import check_submission, write_submission
 
+    cfg = with_labels(cfg)
     wd = Workdir.of(cfg)
     run = Path(run) if run else best_run(cfg)
     manifest = load_manifest(cfg)
@@ -48,13 +49,16 @@ def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
             wd.predict / "fallbacks.csv", index=False)
     full = pd.concat([preds[[schema.SAMPLE_ID, schema.PRED]],
                       pd.DataFrame({schema.SAMPLE_ID: missing, schema.PRED: majority})])
-    path = write_submission(full, cands, wd.predict / "submission.csv")
-    check_submission(path, cands)
-    emo_probs = _write_emo_probs(cfg, wd.predict / "emo_probs.npz", preds, cands, majority)
+    labels = run_labels(run)
+    path = write_submission(full, cands, wd.predict / "submission.csv", labels)
+    check_submission(path, cands, labels)
+    emo_probs = None
+    if sorted(labels) == sorted(schema.LABELS):  # MERTools reads MER2025's six only
+        emo_probs = _write_emo_probs(cfg, wd.predict / "emo_probs.npz", preds, cands, majority)
     summary = {"run": str(run), "candidates": len(cands), "predicted": int(len(preds)),
                "fallbacks": len(missing),
                "candidate_modalities": usage_counts(wd.store, cands)["modalities"],
-               "submission": str(path), "emo_probs": str(emo_probs),
+               "submission": str(path), "emo_probs": str(emo_probs) if emo_probs else None,
                "probabilities": str(wd.predict / "probabilities")}
     write_json(wd.predict / "summary.json", summary)
     return summary

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ecmf.errors import InputError
 
+# MER2025's six classes, in its order: the label set of the MER2025 and demo layouts. Another
+# corpus brings its own (`Config.labels`, resolved by `ecmf.workdir.with_labels`); functions that
+# take a `labels` argument default to these six.
 LABELS: tuple[str, ...] = ("neutral", "angry", "happy", "sad", "worried", "surprise")
-LABEL_TO_INDEX = {name: i for i, name in enumerate(LABELS)}
 
 SAMPLE_ID = "sample_id"
 
@@ -48,6 +50,11 @@ CONFIDENCE = "confidence"
 PROB_COLUMNS = tuple(f"prob_{name}" for name in LABELS)
 
 
+def prob_columns(labels=LABELS) -> list[str]:
+    """The "prob_<label>" columns of a label set, in its order."""
+    return [f"prob_{name}" for name in labels]
+
+
 def feature_column(name: str) -> str:
     return FEATURE_PREFIX + name
 
@@ -74,10 +81,23 @@ def feature_names(columns) -> list[str]:
     return [c[len(FEATURE_PREFIX):] for c in columns if c.startswith(FEATURE_PREFIX)]
 
 
-def label_index(label: str, where: str = "") -> int:
-    """Index of a class name; unknown names fail with the label set and where they came from."""
+def label_index(label: str, where: str = "", labels=LABELS) -> int:
+    """Index of a class name in `labels`; unknown names fail with the label set and where they
+    came from."""
     try:
-        return LABEL_TO_INDEX[label]
-    except KeyError:
+        return list(labels).index(label)
+    except ValueError:
         place = f" in {where}" if where else ""
-        raise InputError(f"unknown label {label!r}{place}; expected one of {list(LABELS)}") from None
+        raise InputError(f"unknown label {label!r}{place}; expected one of {list(labels)}") from None
+
+
+def label_indices(values, where: str = "", labels=LABELS):
+    """Indices (int64 array) of class names; the first unknown one fails as `label_index`."""
+    import numpy as np
+
+    index = {name: i for i, name in enumerate(labels)}
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        k = index.get(v)
+        out[i] = k if k is not None else label_index(v, where, labels)
+    return out

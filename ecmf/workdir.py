@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecmf.config import Config
-from ecmf.errors import MissingInput
+from ecmf.errors import InputError, MissingInput
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ def build_manifest(cfg: Config) -> pd.DataFrame:
     from ecmf.data.layouts import read_corpus
 
     df = read_corpus(cfg.corpus)
+    corpus_labels(cfg, df)  # a label outside a configured set fails before anything is written
     wd = Workdir.of(cfg)
     wd.root.mkdir(parents=True, exist_ok=True)
     df.to_parquet(wd.manifest, index=False)
@@ -52,6 +53,39 @@ def load_manifest(cfg: Config) -> pd.DataFrame:
     if wd.manifest.is_file():
         return pd.read_parquet(wd.manifest)
     return build_manifest(cfg)
+
+
+def corpus_labels(cfg: Config, manifest: pd.DataFrame) -> list[str]:
+    """The class names a run uses, in order: `cfg.labels` when given (every manifest label must
+    be one of them), else MER2025's six for the mer2025 layout or a corpus whose labels are all
+    MER2025 classes (a subset scores as MER2025 does), else the corpus' labels sorted."""
+    from ecmf import schema
+
+    labeled = manifest[manifest[schema.LABEL].notna()]
+    present = sorted(set(labeled[schema.LABEL]))
+    if cfg.labels:
+        unknown = [v for v in present if v not in cfg.labels]
+        if unknown:
+            first = labeled.loc[labeled[schema.LABEL] == unknown[0], schema.SAMPLE_ID].iloc[0]
+            raise InputError(f"the corpus' label(s) {unknown} (e.g. sample {first!r}) are not in "
+                             f"config labels {list(cfg.labels)}: add them, or set labels: [] to "
+                             f"take the corpus' own")
+        return list(cfg.labels)
+    if cfg.corpus.layout == "mer2025" or set(present) <= set(schema.LABELS):
+        return list(schema.LABELS)
+    if len(present) < 2:
+        raise InputError(f"the corpus has {len(present)} distinct label(s) {present}; a "
+                         f"classifier needs two or more (config corpus: {cfg.corpus})")
+    return present
+
+
+def with_labels(cfg: Config, manifest: pd.DataFrame | None = None) -> Config:
+    """`cfg` with its label set resolved from the corpus (`corpus_labels`): every stage calls it
+    first, and the resolved list is what its saved config.yaml records."""
+    from dataclasses import replace
+
+    labels = corpus_labels(cfg, load_manifest(cfg) if manifest is None else manifest)
+    return cfg if list(cfg.labels) == labels else replace(cfg, labels=labels)
 
 
 # What each stage reads besides the corpus, checked before Ray starts.
@@ -78,6 +112,11 @@ def check_inputs(cfg: Config, stage: str, run: str | Path | None = None) -> pd.D
             if fusion else ""
         raise MissingInput(f"{wd.train} holds no finished run: run `ecmf train` before "
                            f"`ecmf {stage}`{why}")
+    if stage == "pseudo-label" and cfg.refine.enabled:
+        labels = wd.refine / ("fold_labels.parquet" if cfg.refine.fold_blind else "labels.parquet")
+        if not labels.is_file():
+            raise MissingInput(f"refine.enabled is true but {labels} is not there: run `ecmf "
+                               f"refine` before `ecmf pseudo-label` (or set refine.enabled=false)")
     if "a_run" in needs:
         if run is not None:
             if not any((Path(run) / "models").glob("fold_*.pt")):

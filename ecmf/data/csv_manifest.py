@@ -1,8 +1,10 @@
 """Reader for a generic CSV manifest (`corpus.layout: csv`): one row per clip, any corpus.
 
-Columns: `path` (video, or an audio-only file), optional `text`, `label`, `name` (sample id,
-default: the file's stem), `split` (train/candidate/pool; default train when labeled, else pool)
-and `audio_path`. Relative paths resolve against the CSV's folder.
+Columns: `path` (video, or an audio-only file) and/or `text`, optional `label` (any class
+names: the run's label set is resolved from them, `ecmf.workdir.corpus_labels`), `name` (sample
+id, default: the file's stem; required for a text-only row), `split` (train/candidate/pool;
+default train when labeled, else pool) and `audio_path`. A row without `path` is text only: its
+frame and audio features are masked as absent. Relative paths resolve against the CSV's folder.
 """
 
 from __future__ import annotations
@@ -71,13 +73,14 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
         raise InputError(f"{path}: empty file; expected a header with columns "
-                         f"{list(COLUMNS)} (only 'path' is required)") from None
+                         f"{list(COLUMNS)} ('path' and/or 'text' required)") from None
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
         raise InputError(f"{path}: column(s) {dup} appear more than once in the header")
-    if "path" not in header:
-        raise InputError(f"{path}: missing column 'path'; found {header}, expected 'path' and "
-                         f"optionally {list(COLUMNS[1:])}")
+    if "path" not in header and "text" not in header:
+        raise InputError(f"{path}: missing column 'path' (or 'text' for a text-only corpus); "
+                         f"found {header}, expected 'path' and/or 'text', and optionally "
+                         f"{list(COLUMNS[2:])}")
     extra = [h for h in header if h not in COLUMNS]
     if extra:
         log.warning("%s: ignoring column(s) %s; known: %s", path, extra, list(COLUMNS))
@@ -101,12 +104,13 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
-                      labels: tuple[str, ...] = schema.LABELS) -> pd.DataFrame:
+                      labels: tuple[str, ...] | None = schema.LABELS) -> pd.DataFrame:
     """Manifest (sample_id, video_path, audio_path, text, label, split) of the clips a CSV lists.
 
     Every problem of a row fails naming the file, its line and the sample; a manifest whose
     paths all miss is an error too (most likely a wrong folder), while a few missing files are
-    logged and left to extraction, which records them in its errors table.
+    logged and left to extraction, which records them in its errors table. `labels`: the
+    allowed class names (None: any).
     """
     path = Path(path)
     if not path.is_file():
@@ -117,11 +121,15 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
     out = []
     for line, r in rows:
         where = f"{path} line {line}"
-        media = r["path"].strip()
-        if not media:
-            raise InputError(f"{where}: empty 'path'; each row names a video or audio file")
-        media = _resolve(base, media)
+        media = r.get("path", "").strip()
+        text = r.get("text", "")
+        if not media and not text.strip():
+            raise InputError(f"{where}: empty 'path' and 'text'; each row names a video or "
+                             f"audio file, or holds a text")
+        media = _resolve(base, media) if media else ""
         name = r.get("name", "").strip() or Path(media).stem
+        if not name:
+            raise InputError(f"{where}: a text-only row needs a 'name' (its sample id)")
         if "/" in name or "\\" in name:
             raise InputError(f"{where}: name {name!r} holds a path separator; names become "
                              f"file names (<name>.npy), so use a plain id")
@@ -130,7 +138,7 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
                              f"{seen[name]}); names (default: the file stem) must be unique")
         seen[name] = line
         label = r.get("label", "").strip() or None
-        if label is not None and label not in labels:
+        if label is not None and labels is not None and label not in labels:
             raise InputError(f"{where}: sample {name!r} has label {label!r}; expected one of "
                              f"{list(labels)} or an empty cell")
         split = r.get("split", "").strip().lower() or ("train" if label else "pool")
@@ -146,12 +154,12 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
         audio = r.get("audio_path", "").strip()
         audio = _resolve(base, audio) if audio else ""
         video = media
-        if Path(media).suffix.lower() in AUDIO_SUFFIXES:
+        if media and Path(media).suffix.lower() in AUDIO_SUFFIXES:
             if audio and audio != media:
                 raise InputError(f"{where}: sample {name!r}: 'path' is an audio file and "
                                  f"'audio_path' names another one; give one of them")
             video, audio = "", media
-        out.append((name, video, audio, r.get("text", ""), label, split))
+        out.append((name, video, audio, text, label, split))
     df = pd.DataFrame(out, columns=[schema.SAMPLE_ID, schema.VIDEO, schema.AUDIO, schema.TEXT,
                                     schema.LABEL, schema.SPLIT])
     _check_files(path, df)
@@ -159,13 +167,14 @@ def read_csv_manifest(path: str | Path, encoding: str = "utf-8",
 
 
 def _check_files(path: Path, df: pd.DataFrame) -> None:
-    media = [v or a for v, a in zip(df[schema.VIDEO], df[schema.AUDIO])]
-    missing = [(s, m) for s, m in zip(df[schema.SAMPLE_ID], media) if not Path(m).is_file()]
-    if missing and len(missing) == len(df):
+    media = [(s, v or a) for s, v, a in zip(df[schema.SAMPLE_ID], df[schema.VIDEO],
+                                            df[schema.AUDIO]) if v or a]
+    missing = [(s, m) for s, m in media if not Path(m).is_file()]
+    if missing and len(missing) == len(media):
         raise MissingInput(
-            f"{path}: none of its {len(df)} files exist, e.g. {missing[0][1]} (sample "
+            f"{path}: none of its {len(media)} files exist, e.g. {missing[0][1]} (sample "
             f"{missing[0][0]!r}); relative paths resolve against the CSV's folder")
     if missing:
         log.warning("%s: %d of %d files do not exist, e.g. %s (sample %r); extraction will list "
-                    "them in its errors table", path, len(missing), len(df), missing[0][1],
+                    "them in its errors table", path, len(missing), len(media), missing[0][1],
                     missing[0][0])

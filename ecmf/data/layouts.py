@@ -34,7 +34,7 @@ def _csv(corpus: "CorpusConfig") -> "pd.DataFrame":
     if not corpus.manifest:
         raise InputError("config corpus.manifest is empty: layout 'csv' reads a CSV with columns "
                          "path[,text,label,name,split,audio_path] (--set corpus.manifest=FILE)")
-    return read_csv_manifest(corpus.manifest, corpus.encoding)
+    return read_csv_manifest(corpus.manifest, corpus.encoding, labels=None)
 
 
 def read_corpus(corpus: "CorpusConfig") -> "pd.DataFrame":

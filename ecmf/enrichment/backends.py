@@ -1,10 +1,12 @@
-"""LLM backends behind one interface: `backend(ds, cfg, model_path, task) -> ds` adds the columns of
-`parse.result_columns(task)` to a dataset with `sample_id` and `text`. Registered in BACKENDS.
+"""LLM backends behind one interface: `backend(ds, cfg, model_path, task, labels=...) -> ds` adds
+the columns of `parse.result_columns(task, labels)` to a dataset with `sample_id` and `text`.
+Registered in BACKENDS.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -42,10 +44,12 @@ class TransformersBackend:
     """Greedy batched generation with a transformers causal LM (any device, no vLLM): the callable
     class that Ray Data's `map_batches` runs in an actor pool, one model per actor."""
 
-    def __init__(self, cfg: EnrichConfig, model_path: str, task: str = "enrich"):
+    def __init__(self, cfg: EnrichConfig, model_path: str, task: str = "enrich",
+                 labels: Sequence[str] = LABELS):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        result_columns(task)  # fail here, not per batch, on an unknown task
+        self.labels = list(labels)
+        result_columns(task, self.labels)  # fail here, not per batch, on an unknown task
         torch.manual_seed(0)
         self.cfg, self.task = cfg, task
         self.max_new_tokens = cfg.vote_max_new_tokens if task == "vote" else cfg.max_new_tokens
@@ -111,24 +115,26 @@ class TransformersBackend:
                            f"the batch has {sorted(batch)}")
         ids = batch[SAMPLE_ID]
         subtitles = [as_text(v) for v in batch[TEXT]]
-        rows = [task_result(self.task, None, s, status=EMPTY_SUBTITLE) for s in subtitles]
+        rows = [task_result(self.task, None, s, labels=self.labels, status=EMPTY_SUBTITLE)
+                for s in subtitles]
         todo = [i for i, s in enumerate(subtitles) if s.strip()]
         context = [c for c in CONTEXT_COLUMNS.values() if c in batch]
         prompts = [task_prompt(self.task, subtitles[i], self.cfg.language,
-                               row_context({c: batch[c][i] for c in context}), LABELS)
+                               row_context({c: batch[c][i] for c in context}), self.labels)
                    for i in todo]
         outputs = self._generate_or_fallback(prompts) if todo else []
         for i, gen in zip(todo, outputs, strict=True):
             if isinstance(gen, Exception):
-                rows[i] = task_result(self.task, None, subtitles[i], status=error_status(gen))
+                rows[i] = task_result(self.task, None, subtitles[i], labels=self.labels,
+                                      status=error_status(gen))
                 log.warning("LLM %s of sample %s failed: %s", self.task, ids[i],
                             rows[i][status_column(self.task)])
             else:
-                rows[i] = task_result(self.task, gen.text, subtitles[i], tokens=gen.tokens,
-                                      hit_limit=gen.hit_limit)
+                rows[i] = task_result(self.task, gen.text, subtitles[i], labels=self.labels,
+                                      tokens=gen.tokens, hit_limit=gen.hit_limit)
         out = dict(batch)
         # Types from a template row, so that an empty batch gets the same column types.
-        template = task_result(self.task, None, "", status=EMPTY_SUBTITLE)
+        template = task_result(self.task, None, "", labels=self.labels, status=EMPTY_SUBTITLE)
         for col, example in template.items():
             dtype = object if isinstance(example, str) else type(example)
             out[col] = np.array([r[col] for r in rows], dtype=dtype)
@@ -137,13 +143,14 @@ class TransformersBackend:
 
 @BACKENDS.register("transformers")
 def transformers_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
-                         task: str = "enrich") -> ray.data.Dataset:
+                         task: str = "enrich", labels: Sequence[str] = LABELS) -> ray.data.Dataset:
     """TransformersBackend in an actor pool of `cfg.pool_size` (CPU, or GPU with num_gpus > 0)."""
     import ray.data
 
     return ds.map_batches(
         TransformersBackend,
-        fn_constructor_kwargs={"cfg": cfg, "model_path": str(model_path), "task": task},
+        fn_constructor_kwargs={"cfg": cfg, "model_path": str(model_path), "task": task,
+                               "labels": list(labels)},
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
         num_gpus=cfg.num_gpus,
@@ -154,8 +161,8 @@ def transformers_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: st
 
 @BACKENDS.register("vllm")
 def vllm_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
-                 task: str = "enrich") -> ray.data.Dataset:
+                 task: str = "enrich", labels: Sequence[str] = LABELS) -> ray.data.Dataset:
     """vLLM through Ray Data's LLM processor (GPU images with the `gpu` extra only)."""
     from ecmf.enrichment.vllm_engine import vllm_dataset
 
-    return vllm_dataset(ds, cfg, model_path, task)
+    return vllm_dataset(ds, cfg, model_path, task, labels)

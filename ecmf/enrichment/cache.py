@@ -1,12 +1,13 @@
 """The LLM output cache: a stored row is reused when its sample, model, prompt version and input
-hash (the prompt and the token limit) match the current run; every other sample goes to the model.
+hash (the prompt, the label set where it shapes the result, and the token limit) match the current
+run; every other sample goes to the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -30,16 +31,21 @@ def input_hash(prompt: str, max_new_tokens: int) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def with_keys(inputs: pd.DataFrame, cfg: EnrichConfig, task: str,
-              prompt_version: str) -> pd.DataFrame:
+def with_keys(inputs: pd.DataFrame, cfg: EnrichConfig, task: str, prompt_version: str,
+              labels: Sequence[str] = LABELS) -> pd.DataFrame:
     """`inputs` (sample_id, text, optional context columns) plus the cache key columns.
 
-    The hash covers the rendered prompt, so a changed subtitle, language or context re-runs the
-    sample even where the prompt version stays.
+    The hash covers the rendered prompt, so a changed subtitle, language, context or label set
+    (`labels`, the run's classes) re-runs the sample even where the prompt version stays.
     """
+    labels = list(labels)
     limit = cfg.vote_max_new_tokens if task == "vote" else cfg.max_new_tokens
-    hashes = [input_hash(task_prompt(task, as_text(r[TEXT]), cfg.language, row_context(r), LABELS),
-                         limit)
+    # An enrichment prompt names no label, but its cleaning drops outputs that only name one
+    # ("label-named"): another label set keys it too. MER2025's six add nothing, so the caches
+    # written before label sets were configurable stay valid.
+    suffix = "" if task != "enrich" or labels == list(LABELS) else f"\nlabels: {labels}"
+    hashes = [input_hash(task_prompt(task, as_text(r[TEXT]), cfg.language, row_context(r), labels)
+                         + suffix, limit)
               for r in inputs.to_dict("records")]
     out = inputs.copy()
     out[MODEL] = cfg.model

@@ -6,8 +6,9 @@ Outputs under `<workdir>/enrich/`, one row per clip of the manifest, keyed by `s
   emotional cues; the raw subtitle where the output was unusable, "" for an empty subtitle),
   `enrich_status` ("ok", "truncated", "overlong-truncated", or why the subtitle was kept:
   "empty", "non-text", "label-named", "empty-subtitle", "error: ...").
-- `votes.parquet` (task "vote"): `vote_<label>` for every label of `schema.LABELS` (float64
-  probabilities summing to 1; NaN on every label where the vote is missing) and `vote_status`
+- `votes.parquet` (task "vote"): `vote_<label>` for every label of the run's label set
+  (`cfg.labels`, resolved by `workdir.with_labels`; float64 probabilities summing to 1; NaN on
+  every label where the vote is missing) and `vote_status`
   ("ok", or why it is missing: "empty", "non-json", "truncated", "off-label", "duplicate-label",
   "invalid-score", "all-zero", "empty-subtitle", "error: ...").
 - Both also hold `generated_tokens` and the cache key: `model`, `prompt_version`, `input_hash`.
@@ -23,6 +24,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +34,7 @@ from ecmf.config import Config, EnrichConfig
 from ecmf.enrichment.cache import KEY_COLUMNS, read_previous, split_cached, with_keys
 from ecmf.enrichment.parse import GENERATED_TOKENS, result_columns, status_column
 from ecmf.enrichment.prompts import CONTEXT_COLUMNS
-from ecmf.workdir import Workdir, build_manifest, save_config, write_json
+from ecmf.workdir import Workdir, build_manifest, save_config, with_labels, write_json
 
 log = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 64
@@ -40,36 +42,42 @@ OUTPUT_FILES = {"enrich": "enriched.parquet", "vote": "votes.parquet"}
 
 
 def enrich_corpus(cfg: Config) -> dict:
-    """Run every task of `cfg.enrich.tasks` over the corpus; returns the summary per task."""
+    """Run every task of `cfg.enrich.tasks` over the corpus (votes over the run's label set);
+    returns the summary per task."""
     wd = Workdir.of(cfg)
     manifest = build_manifest(cfg)
+    cfg = with_labels(cfg, manifest)
+    labels = list(cfg.labels)
     columns = [schema.SAMPLE_ID, schema.TEXT, *CONTEXT_COLUMNS.values()]
     inputs = manifest[[c for c in columns if c in manifest.columns]]
     save_config(cfg, wd.enrich)
-    summary = {task: run_task(cfg.enrich, inputs, wd.enrich, task) for task in cfg.enrich.tasks}
+    summary = {task: run_task(cfg.enrich, inputs, wd.enrich, task, labels)
+               for task in cfg.enrich.tasks}
     write_json(wd.enrich / "summary.json", summary)
     return summary
 
 
-def run_task(cfg: EnrichConfig, inputs: pd.DataFrame, directory: Path, task: str) -> dict:
+def run_task(cfg: EnrichConfig, inputs: pd.DataFrame, directory: Path, task: str,
+             labels: Sequence[str] = schema.LABELS) -> dict:
     """One LLM pass over `inputs` (sample_id, text, ...) into `directory/OUTPUT_FILES[task]`,
-    generating only the samples the cache does not hold."""
+    generating only the samples the cache does not hold; a vote is over `labels`."""
     from ecmf.enrichment import prompts
 
     start = time.time()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out_path, parts = directory / OUTPUT_FILES[task], directory / "parts" / task
-    columns, status = result_columns(task), status_column(task)
+    labels = list(labels)
+    columns, status = result_columns(task, labels), status_column(task)
     keep = [schema.SAMPLE_ID, *columns, *KEY_COLUMNS]
-    frame = with_keys(inputs, cfg, task, prompts.PROMPT_VERSION)
+    frame = with_keys(inputs, cfg, task, prompts.PROMPT_VERSION, labels)
     previous = None
     if cfg.cache:
         previous = read_previous([out_path, *sorted(parts.glob("*/*.parquet"))])
     reused, todo = split_cached(frame, previous, columns, status)
     log.info("LLM %s: %d samples, %d cached, %d to generate with %s (%s)", task, len(frame),
              len(reused), len(todo), cfg.model, cfg.backend)
-    new = _generate(cfg, todo, parts, task, keep) if len(todo) else None
+    new = _generate(cfg, todo, parts, task, keep, labels) if len(todo) else None
     frames = [f[keep] for f in (reused, new) if f is not None and len(f)]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=keep)
     out = out.drop_duplicates(schema.SAMPLE_ID, keep="last")
@@ -91,7 +99,7 @@ def run_task(cfg: EnrichConfig, inputs: pd.DataFrame, directory: Path, task: str
 
 
 def _generate(cfg: EnrichConfig, todo: pd.DataFrame, parts: Path, task: str,
-              keep: list[str]) -> pd.DataFrame:
+              keep: list[str], labels: list[str]) -> pd.DataFrame:
     """The rows of `todo` through the backend on Ray Data; written block by block into a fresh
     folder under `parts`, so that an interrupted run leaves its finished blocks to the next."""
     import ray
@@ -100,6 +108,6 @@ def _generate(cfg: EnrichConfig, todo: pd.DataFrame, parts: Path, task: str,
 
     run_dir = parts / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
-    ds = enrich_dataset(ray.data.from_pandas(blocks), cfg, cfg.model, task)
+    ds = enrich_dataset(ray.data.from_pandas(blocks), cfg, cfg.model, task, labels)
     ds.select_columns(keep).write_parquet(str(run_dir))
     return pd.read_parquet(run_dir)

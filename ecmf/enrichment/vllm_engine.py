@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ecmf.config import EnrichConfig
@@ -58,11 +59,11 @@ def checked_engine(udf: type) -> type:
     return type(udf.__name__, (udf,), {"__init__": __init__, "__doc__": udf.__doc__})
 
 
-def sampling_params(cfg: EnrichConfig, task: str) -> dict[str, Any]:
-    """Greedy decoding; a vote is constrained to the JSON schema over the label set."""
+def sampling_params(cfg: EnrichConfig, task: str, labels: Sequence[str] = LABELS) -> dict[str, Any]:
+    """Greedy decoding; a vote is constrained to the JSON schema over `labels`."""
     if task == "vote":
         # A JSON string rather than a nested dict: it crosses Arrow blocks unchanged.
-        schema = json.dumps(vote_json_schema(LABELS))
+        schema = json.dumps(vote_json_schema(labels))
         return {"temperature": 0.0, "max_tokens": cfg.vote_max_new_tokens,
                 "structured_outputs": {"json": schema}}
     result_columns(task)  # validates the task
@@ -90,11 +91,11 @@ def processor_config(cfg: EnrichConfig, model_path: str) -> vLLMEngineProcessorC
     )
 
 
-def request_row(row: dict, cfg: EnrichConfig, task: str) -> dict:
+def request_row(row: dict, cfg: EnrichConfig, task: str, labels: Sequence[str] = LABELS) -> dict:
     """The processor's preprocess: one chat message and its sampling parameters per row."""
-    prompt = task_prompt(task, as_text(row[TEXT]), cfg.language, row_context(row), LABELS)
+    prompt = task_prompt(task, as_text(row[TEXT]), cfg.language, row_context(row), labels)
     return {"messages": [{"role": "user", "content": prompt}],
-            "sampling_params": sampling_params(cfg, task),
+            "sampling_params": sampling_params(cfg, task, labels),
             _COLUMNS: [c for c in row if c != _COLUMNS]}
 
 
@@ -108,23 +109,24 @@ def keep_row(row: dict) -> dict:
             "num_generated_tokens": row["num_generated_tokens"]}
 
 
-def finish_row(row: dict, cfg: EnrichConfig, task: str) -> dict:
+def finish_row(row: dict, cfg: EnrichConfig, task: str, labels: Sequence[str] = LABELS) -> dict:
     """A processor output row (generated or failed) as input columns plus the result columns."""
     subtitle = as_text(row[TEXT])
     error = row.get(_ERROR)
     if error:
-        result = task_result(task, None, subtitle, status=error_status(str(error)))
+        result = task_result(task, None, subtitle, labels=labels, status=error_status(str(error)))
     else:
         limit = cfg.vote_max_new_tokens if task == "vote" else cfg.max_new_tokens
         tokens = int(row.get("num_generated_tokens") or 0)
-        result = task_result(task, as_text(row.get("generated_text")), subtitle, tokens=tokens,
-                             hit_limit=tokens >= limit)
+        result = task_result(task, as_text(row.get("generated_text")), subtitle, labels=labels,
+                             tokens=tokens, hit_limit=tokens >= limit)
     return {**_inputs(row), **result}
 
 
-def skipped_row(row: dict, task: str) -> dict:
+def skipped_row(row: dict, task: str, labels: Sequence[str] = LABELS) -> dict:
     """A row with an empty subtitle: the model is not asked (as in the transformers backend)."""
-    return {**row, **task_result(task, None, as_text(row[TEXT]), status=EMPTY_SUBTITLE)}
+    return {**row, **task_result(task, None, as_text(row[TEXT]), labels=labels,
+                                 status=EMPTY_SUBTITLE)}
 
 
 def _has_text(row: dict) -> bool:
@@ -133,8 +135,10 @@ def _has_text(row: dict) -> bool:
     return bool(as_text(row[TEXT]).strip())
 
 
-def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str):
-    """The Ray Data LLM processor (chat template, tokenize, vLLM engine, detokenize) for `task`.
+def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str,
+                         labels: Sequence[str] = LABELS):
+    """The Ray Data LLM processor (chat template, tokenize, vLLM engine, detokenize) for `task`
+    (a vote over `labels`).
 
     Builds in a driver without vLLM (Ray 2.60's `build_processor` does not import it); the
     engine stage's actors check for it on the GPU workers (`checked_engine`).
@@ -144,7 +148,8 @@ def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str):
     from ray.data.llm import build_processor
 
     processor = build_processor(processor_config(cfg, model_path),
-                                preprocess=partial(request_row, cfg=cfg, task=task),
+                                preprocess=partial(request_row, cfg=cfg, task=task,
+                                                   labels=list(labels)),
                                 postprocess=keep_row)
     engine = processor.get_stage_by_name("vLLMEngineStage")
     engine.fn = checked_engine(engine.fn)
@@ -152,11 +157,15 @@ def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str):
 
 
 def vllm_dataset(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
-                 task: str = "enrich") -> ray.data.Dataset:
-    """Add the result columns of `task` to `ds` with vLLM engines (lazy, like any transform)."""
+                 task: str = "enrich", labels: Sequence[str] = LABELS) -> ray.data.Dataset:
+    """Add the result columns of `task` (a vote over `labels`) to `ds` with vLLM engines (lazy,
+    like any transform)."""
     from functools import partial
 
-    processor = build_vllm_processor(cfg, model_path, task)
-    asked = processor(ds.filter(_has_text)).map(partial(finish_row, cfg=cfg, task=task))
-    skipped = ds.filter(lambda row: not _has_text(row)).map(partial(skipped_row, task=task))
+    labels = list(labels)
+    processor = build_vllm_processor(cfg, model_path, task, labels)
+    asked = processor(ds.filter(_has_text)).map(partial(finish_row, cfg=cfg, task=task,
+                                                        labels=labels))
+    skipped = ds.filter(lambda row: not _has_text(row)).map(partial(skipped_row, task=task,
+                                                                    labels=labels))
     return asked.union(skipped)

@@ -54,15 +54,16 @@ def decode_batch(batch: dict[str, np.ndarray], num_frames: int, sample_rate: int
         f = np.zeros((0, 1, 1, 3), np.uint8)
         a = np.zeros(0, np.float32)
         clip_notes: list[str] = []
-        if frames:
+        video, wav = str(batch[schema.VIDEO][i]), str(batch[schema.AUDIO][i])
+        # A text-only row (no media path) lacks frames and sound by nature: masked, no error.
+        if frames and video:
             try:
-                f = sample_frames(str(batch[schema.VIDEO][i]), num_frames, notes=clip_notes)
+                f = sample_frames(video, num_frames, notes=clip_notes)
             except MediaError as e:
                 errs["frames"][i] = f"decode: {e}"
-        if audio:
+        if audio and (video or wav):
             try:
-                a = read_audio(str(batch[schema.AUDIO][i]), str(batch[schema.VIDEO][i]),
-                               sample_rate, max_audio_s, notes=clip_notes)
+                a = read_audio(wav, video, sample_rate, max_audio_s, notes=clip_notes)
             except MediaError as e:
                 errs["audio"][i] = f"decode: {e}"
         out["frames"].append(f)

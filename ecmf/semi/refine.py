@@ -21,7 +21,7 @@ import pandas as pd
 from ecmf import schema
 from ecmf.config import Config
 from ecmf.errors import MissingInput
-from ecmf.workdir import Workdir, load_manifest, save_config, write_json
+from ecmf.workdir import Workdir, load_manifest, save_config, with_labels, write_json
 
 log = logging.getLogger(__name__)
 ORIGINAL = "original"
@@ -164,12 +164,13 @@ def gather_sources(cfg: Config, ids: np.ndarray, train_fold: int = -1,
     them (a frame with a `train_fold` column: its rows for `train_fold`)."""
     from ecmf.semi.weak import weak_probabilities
 
+    cfg = with_labels(cfg)
     rc = cfg.refine
     wd = Workdir.of(cfg)
     sources: dict[str, np.ndarray] = {}
     weights: dict[str, float] = {}
     groups: dict[str, str] = {}
-    probs = list(schema.PROB_COLUMNS)
+    probs = schema.prob_columns(cfg.labels)
     if rc.weights.get("weak", 0.0) > 0 and rc.classifiers:
         weak = weak_probabilities(cfg) if weak is None else weak
         if train_fold < 0:
@@ -196,7 +197,7 @@ def gather_sources(cfg: Config, ids: np.ndarray, train_fold: int = -1,
     votes_path = wd.enrich / "votes.parquet"
     if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0 and votes_path.is_file():
         votes = pd.read_parquet(votes_path).set_index(schema.SAMPLE_ID)
-        sources[LLM] = _frame_probs(votes, ids, [f"vote_{x}" for x in schema.LABELS])
+        sources[LLM] = _frame_probs(votes, ids, [f"vote_{x}" for x in cfg.labels])
         weights[LLM] = rc.weights[LLM]
     return sources, weights, groups
 
@@ -229,8 +230,10 @@ def _pairs_setup(cfg: Config):
     from ecmf.semi.weak import fold_pairs
     from ecmf.train.fit import resolve_features, training_table
 
+    cfg = with_labels(cfg)
     folds = cfg.train.folds
-    table = pair_table(training_table(load_manifest(cfg), folds, cfg.train.seed), folds)
+    table = pair_table(training_table(load_manifest(cfg), folds, cfg.train.seed,
+                                      labels=cfg.labels), folds)
     pcfg = replace(cfg, train=replace(cfg.train, folds=len(fold_pairs(folds))))
     features, dims = resolve_features(cfg)
     return pcfg, features, dims, table
@@ -273,7 +276,7 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
     # The clip's own fold m is one of its validation pair's two; fold j is the other.
     m = oof[schema.SAMPLE_ID].map(fold_of).to_numpy()
     a, b = pairs[oof["fold"].to_numpy(), 0], pairs[oof["fold"].to_numpy(), 1]
-    frame = oof[[schema.SAMPLE_ID, *schema.PROB_COLUMNS]].copy()
+    frame = oof[[schema.SAMPLE_ID, *schema.prob_columns(cfg.labels)]].copy()
     frame.insert(1, "train_fold", np.where(m == a, b, a))
     return frame
 
@@ -282,7 +285,8 @@ def training_fold_of(cfg: Config) -> dict[str, int]:
     """sample_id -> the fold of each labeled clip (the split every training run shares)."""
     from ecmf.train.fit import training_table
 
-    t = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed)
+    cfg = with_labels(cfg)
+    t = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed, labels=cfg.labels)
     return dict(zip(t[schema.SAMPLE_ID].astype(str), t["fold"].astype(int)))
 
 
@@ -320,7 +324,7 @@ def _vote(cfg: Config, ids: np.ndarray, original: np.ndarray, sources: dict, wei
     ref = combine(sources, weights, original, rc.threshold, rc.min_agree,
                   rc.weights.get(ORIGINAL, 1.0), groups)
     weight = sample_weights(ref.confidence, ref.changed, rc.min_weight, rc.weight_by_confidence)
-    labels = np.array(schema.LABELS)
+    labels = np.array(cfg.labels)
     return pd.DataFrame({
         schema.SAMPLE_ID: ids, "original": labels[original], "refined": labels[ref.label],
         schema.CONFIDENCE: ref.confidence, "agreed": [",".join(a) for a in ref.agreed],
@@ -357,6 +361,7 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     from ecmf.semi.weak import weak_probabilities
     from ecmf.train.metrics import classification_report
 
+    cfg = with_labels(cfg)
     rc = cfg.refine
     wd = Workdir.of(cfg)
     out = wd.refine
@@ -365,7 +370,7 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     manifest = load_manifest(cfg)
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     ids = lab[schema.SAMPLE_ID].to_numpy().astype(str)
-    original = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
+    original = schema.label_indices(lab[schema.LABEL].to_numpy(), "the manifest", cfg.labels)
     weak = (weak_probabilities(cfg) if rc.weights.get("weak", 0.0) > 0 and rc.classifiers
             else None)
     sources, weights, groups = gather_sources(cfg, ids, -1, weak)
@@ -420,9 +425,10 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     """The refined labels the training table should use, or None when refinement is off:
     `fold_labels.parquet` (a `train_fold` column) when fold-blind, else `labels.parquet`.
 
-    Refines first when there are none yet, or when they are stale: the refine settings, the
-    labels or a source changed since `ecmf refine` wrote them (a retrained fusion model, a
-    re-extracted store, new LLM votes), as `refine_key` tells.
+    One way only: `ecmf refine` writes them, the rounds read them. Missing labels, or labels
+    made from other settings or sources than this config's (`refine_key`: a retrained fusion
+    model, a re-extracted store, new LLM votes, another refine setting) fail naming what
+    changed and the command that makes them again.
     """
     import json
 
@@ -434,11 +440,10 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     path = wd.refine / ("fold_labels.parquet" if cfg.refine.fold_blind else "labels.parquet")
     key_path = wd.refine / KEY_FILE
     if not path.is_file() or not key_path.is_file():
-        refine_labels(cfg)
-    else:
-        old, new = json.loads(key_path.read_text()), refine_key(cfg)
-        if old != new:
-            log.info("refine: %s changed since %s was written; refining again",
-                     ", ".join(changed_keys(old, new)), path)
-            refine_labels(cfg, new)
+        raise MissingInput(f"refine.enabled is true but {path} is not there (or unfinished): "
+                           f"run `ecmf refine` with this config first")
+    old, new = json.loads(key_path.read_text()), refine_key(cfg)
+    if old != new:
+        raise MissingInput(f"{path} is stale: {', '.join(changed_keys(old, new))} changed since "
+                           f"`ecmf refine` wrote it; run `ecmf refine` again with this config")
     return pd.read_parquet(path)

@@ -25,7 +25,7 @@ import pandas as pd
 from ecmf import schema
 from ecmf.config import Config, ConfigError
 from ecmf.errors import InputError, MissingInput
-from ecmf.workdir import Workdir, load_manifest, write_json
+from ecmf.workdir import Workdir, load_manifest, with_labels, write_json
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round",
@@ -45,15 +45,17 @@ def val_waf(run_dir: Path, reference: pd.Series) -> float:
     was trained on, so that rounds trained on refined labels compare with the first run.
     """
     from ecmf.train.metrics import score
+    from ecmf.train.predict import run_labels
 
     oof = pd.read_parquet(run_dir / "oof.parquet")
     ref = reference.reindex(oof[schema.SAMPLE_ID])
     keep = ref.notna().to_numpy()
-    return float(score(ref[keep], oof.loc[keep, schema.PRED])["waf"])
+    return float(score(ref[keep], oof.loc[keep, schema.PRED], run_labels(run_dir))["waf"])
 
 
 def pool_agreement(ids: np.ndarray, fusion: np.ndarray, weak_pool: pd.DataFrame | None,
-                   min_agree: int, fold: int) -> tuple[np.ndarray | None, list[str]]:
+                   min_agree: int, fold: int,
+                   num_classes: int = len(schema.LABELS)) -> tuple[np.ndarray | None, list[str]]:
     """Per pool row (`ids`): whether >= `min_agree` weak feature sets (groups) predict the
     fusion model's class `fusion` [M] (indices), and the agreeing sources (comma-joined);
     (None, []) when not asked for. Each weak classifier votes with its model of fold `fold`
@@ -70,7 +72,7 @@ def pool_agreement(ids: np.ndarray, fusion: np.ndarray, weak_pool: pd.DataFrame 
         raise InputError(f"weak classifiers' pool predictions lack {column}: refit them "
                          f"(remove refine/weak_probs.parquet)")
     names = sorted(weak_pool["source"].unique())
-    c = len(schema.LABELS)
+    c = num_classes
     tops, groups = [], []
     for name in names:
         one = weak_pool[weak_pool["source"] == name].set_index(schema.SAMPLE_ID)
@@ -90,12 +92,14 @@ def calibration(run_dir: Path, reference: pd.Series) -> float:
     """Temperature of a run's fold models, fitted on its out-of-fold predictions against the
     `reference` (original) labels, so a confidence threshold means the same in every round."""
     from ecmf.semi.select import fit_temperature
+    from ecmf.train.predict import run_labels
 
+    labels = run_labels(run_dir)
     oof = pd.read_parquet(run_dir / "oof.parquet")
     ref = reference.reindex(oof[schema.SAMPLE_ID])
     keep = ref.notna().to_numpy()
-    y = np.array([schema.label_index(v) for v in ref[keep]])
-    return fit_temperature(oof.loc[keep, list(schema.PROB_COLUMNS)].to_numpy(), y)
+    y = schema.label_indices(ref[keep].to_numpy(), "the reference labels", labels)
+    return fit_temperature(oof.loc[keep, schema.prob_columns(labels)].to_numpy(), y)
 
 
 def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
@@ -111,28 +115,34 @@ def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
     quotas, `pseudo.max_per_round`) among the rows it has not taken before (`taken[f]`); a clip
     may be taken by several folds, even with different labels: one row per fold (`train_fold`).
     """
-    from ecmf.semi.select import apply_temperature, select_pseudo_labels
+    from ecmf.semi.select import SELECTION, apply_temperature
     from ecmf.train.predict import fold_prob_columns
 
     pc = cfg.pseudo
+    labels = list(cfg.labels) or list(schema.LABELS)
+    strategy = SELECTION.get(pc.strategy)
     taken = taken or {}
+    pool_total = int(preds[schema.SAMPLE_ID].nunique()) + len(set.intersection(
+        *[set(taken.get(f, set())) for f in range(cfg.train.folds)]))
     frames = []
     for f in range(cfg.train.folds):
-        cols = fold_prob_columns(f)
+        cols = fold_prob_columns(f, labels)
         if cols[0] not in preds:
             raise ValueError(f"pool predictions lack fold {f}'s probabilities ({cols[0]}...): "
                              f"predict with per_fold=True")
         rows = preds[~preds[schema.SAMPLE_ID].isin(taken.get(f, set()))]
         ids = rows[schema.SAMPLE_ID].to_numpy()
         probs = apply_temperature(rows[cols].to_numpy(dtype=np.float64), temperature)
-        agree, agreed = pool_agreement(ids, probs.argmax(axis=1), weak_pool, pc.min_agree, f)
-        idx = select_pseudo_labels(probs, pc.threshold, prior if pc.class_balance else None,
-                                   pc.max_per_round, agree=agree)
+        agree, agreed = pool_agreement(ids, probs.argmax(axis=1), weak_pool, pc.min_agree, f,
+                                       len(labels))
+        chosen = strategy(probs, prior=prior, round=k, pool_total=pool_total, settings=pc,
+                          agree=agree)
+        idx = chosen.index
         frames.append(pd.DataFrame({
             schema.SAMPLE_ID: ids[idx],
-            schema.LABEL: np.array(schema.LABELS)[probs[idx].argmax(axis=1)],
+            schema.LABEL: np.array(labels)[probs[idx].argmax(axis=1)],
             schema.CONFIDENCE: probs[idx].max(axis=1),
-            "weight": pc.weight, "round": k, "train_fold": f, "source": FUSION_SOURCE,
+            "weight": chosen.weight, "round": k, "train_fold": f, "source": FUSION_SOURCE,
             "agreed": [agreed[i] for i in idx],
         }, columns=LABEL_COLUMNS))
     return pd.concat(frames, ignore_index=True)
@@ -228,12 +238,13 @@ def run_rounds(cfg: Config) -> dict:
     if not (wd.train / "metrics.json").is_file():
         raise MissingInput(f"{wd.train}/metrics.json: run `ecmf train` before pseudo-label")
     manifest = load_manifest(cfg)
+    cfg = with_labels(cfg, manifest)
     labeled = manifest[manifest[schema.SPLIT] == "train"]
     reference = labeled.set_index(schema.SAMPLE_ID)[schema.LABEL]
     refined = refined_labels(cfg)
     train_labels = refined["refined"] if refined is not None else labeled[schema.LABEL]
-    prior = class_prior(np.array([schema.label_index(v) for v in train_labels]),
-                        len(schema.LABELS))
+    prior = class_prior(schema.label_indices(np.asarray(train_labels), "training labels",
+                                             cfg.labels), len(cfg.labels))
     weak_pool = None
     if cfg.pseudo.min_agree > 0 and cfg.refine.classifiers:
         weak = weak_probabilities(cfg)
@@ -245,7 +256,8 @@ def run_rounds(cfg: Config) -> dict:
         trained_on = labeled[[schema.SAMPLE_ID, schema.LABEL]]
     key = rounds_key(cfg, trained_on, weak=weak_pool is not None)
     extracted = ok_ids(wd.store)
-    unlabeled = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
+    splits = ["pool", "candidate"] if cfg.pseudo.candidates else ["pool"]
+    unlabeled = sorted(set(manifest.loc[manifest[schema.SPLIT].isin(splits), schema.SAMPLE_ID])
                        & extracted)
     history = [{"round": 0, "run": str(wd.train), "val_waf": val_waf(wd.train, reference),
                 "pseudo_total": 0, "pseudo_rows": 0, "added": 0}]
@@ -276,7 +288,9 @@ def run_rounds(cfg: Config) -> dict:
                 "added_clips": int(new[schema.SAMPLE_ID].nunique()),
                 "added_per_fold": {int(f): int(n) for f, n in
                                    new["train_fold"].value_counts().sort_index().items()},
-                "threshold": cfg.pseudo.threshold, "min_agree": cfg.pseudo.min_agree,
+                "strategy": cfg.pseudo.strategy, "threshold": cfg.pseudo.threshold,
+                "min_agree": cfg.pseudo.min_agree, "mean_weight": round(float(
+                    new["weight"].mean()), 4) if len(new) else None,
                 "temperature": round(temperature, 4),
                 "added_per_class": new[schema.LABEL].value_counts().to_dict(),
                 "refined_labels": refined is not None})
@@ -288,7 +302,7 @@ def run_rounds(cfg: Config) -> dict:
                 break
             selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
             table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected,
-                                   refined=refined)
+                                   refined=refined, labels=cfg.labels)
             fit(cfg, table, rdir)
             write_json(rdir / KEY_FILE, key)
             # Written last: its presence marks the round finished.

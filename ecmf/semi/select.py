@@ -1,11 +1,18 @@
-"""Pseudo-label selection from pool probabilities: confidence threshold, agreement, class quotas.
+"""Pseudo-label selection from pool probabilities: registered strategies (a fixed threshold,
+curriculum percentiles, class-adaptive thresholds, soft weights), agreement, class quotas.
 
-Pure NumPy; the pseudo-labeling rounds call it on fold-ensemble probabilities.
+Pure NumPy; the pseudo-labeling rounds call a strategy (`SELECTION`, `pseudo.strategy`) on each
+fold model's calibrated pool probabilities.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
+
+from ecmf.registry import Registry
 
 # Guards floor(prior * budget) against products like 0.3 * 10 = 2.9999999999999996.
 _EPS = 1e-9
@@ -181,3 +188,140 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, bounds=(0.05, 20.0)) 
         return float(-np.log(np.clip(apply_temperature(probs, t)[rows, labels], 1e-12, 1)).mean())
 
     return float(minimize_scalar(nll, bounds=bounds, method="bounded").x)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a strategy takes from the pool: row indices (ascending) and a training weight for
+    each, in (0, 1]. The pseudo-label of a row is its argmax (lowest class on ties)."""
+
+    index: np.ndarray
+    weight: np.ndarray
+
+
+# A strategy: (probs [N, C], prior [C] of the labeled set, round k >= 1, pool_total (the whole
+# pool's size, taken rows included), settings (`PseudoConfig`), agree (bool [N] or None: rows
+# the weak classifiers back)) -> Selection. Pure: the same inputs give the same selection.
+Strategy = Callable[..., Selection]
+SELECTION: Registry[Strategy] = Registry("pseudo-label selection strategy")
+
+
+def _check_probs(probs) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"selection: probs must be [N, C], got shape {probs.shape}")
+    if probs.size and not np.isfinite(probs).all():
+        bad = np.flatnonzero(~np.isfinite(probs).all(1))
+        raise ValueError(f"selection: non-finite probabilities in rows {bad[:10]}")
+    return probs
+
+
+def _uniform(index: np.ndarray, weight: float) -> Selection:
+    index = np.asarray(index, dtype=np.int64)
+    return Selection(index, np.full(index.size, float(weight)))
+
+
+def _allowed(n: int, agree) -> np.ndarray:
+    if agree is None:
+        return np.ones(n, dtype=bool)
+    agree = np.asarray(agree)
+    if agree.shape != (n,) or agree.dtype != bool:
+        raise ValueError(f"selection: agree must be a bool array of shape ({n},), got "
+                         f"{agree.dtype} {agree.shape}")
+    return agree
+
+
+@SELECTION.register("threshold")
+def threshold_strategy(probs, *, prior, round, pool_total, settings, agree=None) -> Selection:
+    """Rows whose calibrated confidence reaches `settings.threshold` (`select_pseudo_labels`:
+    with `class_balance`, the labeled mix, which a class without candidates stops). Takes
+    nothing when the model is nowhere that sure: on a held-out text corpus no row reached 0.7."""
+    idx = select_pseudo_labels(probs, settings.threshold,
+                               prior if settings.class_balance else None,
+                               settings.max_per_round, agree=agree)
+    return _uniform(idx, settings.weight)
+
+
+def top_per_class(probs: np.ndarray, quota: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of each class's `quota[c]` most confident rows predicted c among
+    `allowed` (fewer where the class has fewer); ties: lower index first."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    cand = np.flatnonzero(allowed)
+    order = cand[np.lexsort((cand, -conf[cand]))]
+    picked = [order[pred[order] == k][:quota[k]] for k in range(probs.shape[1]) if quota[k] > 0]
+    return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
+
+
+@SELECTION.register("curriculum")
+def curriculum_strategy(probs, *, prior, round, pool_total, settings, agree=None) -> Selection:
+    """Curriculum labeling (Cascante-Bonilla et al., AAAI 2021): each round takes a further
+    `settings.step` of the pool (round k has taken k * step of it in all, at most
+    `settings.max_share`), the most confident rows first, whatever their confidence. With
+    `class_balance` the round's budget splits over classes in the labeled mix (`quotas`), each
+    class taking its most confident rows predicted as it (all it has, when fewer): a rising
+    percentile per class. Selects something whenever the pool is non-empty."""
+    probs = _check_probs(probs)
+    n = probs.shape[0]
+    if n == 0:
+        return _uniform(np.zeros(0, np.int64), settings.weight)
+    allowed = _allowed(n, agree)
+    share = min(settings.step * round, settings.max_share) - min(settings.step * (round - 1),
+                                                                  settings.max_share)
+    budget = max(1, int(round_half_up(share * pool_total))) if share > 0 else 0
+    if settings.max_per_round:
+        budget = min(budget, settings.max_per_round)
+    if budget == 0:
+        return _uniform(np.zeros(0, np.int64), settings.weight)
+    if not settings.class_balance:  # the most confident rows, whatever their classes
+        conf = probs.max(1)
+        order = np.flatnonzero(allowed)[np.argsort(-conf[allowed], kind="stable")][:budget]
+        return _uniform(np.sort(order), settings.weight)
+    quota = quotas(np.asarray(prior, dtype=np.float64), budget)
+    return _uniform(top_per_class(probs, quota, allowed), settings.weight)
+
+
+def round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+@SELECTION.register("adaptive")
+def adaptive_strategy(probs, *, prior, round, pool_total, settings, agree=None) -> Selection:
+    """Class-adaptive thresholds in the manner of FreeMatch (Wang et al., ICLR 2023): a global
+    threshold, the pool's mean confidence, scaled per class by how much probability the model
+    puts on that class over the pool relative to its most expected class: a class the model is
+    less sure of gets a lower bar. The row of highest confidence always passes, so something is
+    taken whenever the pool is non-empty. `max_per_round` caps it (most confident first)."""
+    probs = _check_probs(probs)
+    allowed = _allowed(probs.shape[0], agree)
+    if not allowed.any():
+        return _uniform(np.zeros(0, np.int64), settings.weight)
+    conf, pred = probs.max(1), probs.argmax(1)
+    tau = conf[allowed].mean()
+    local = probs[allowed].mean(0)
+    bar = tau * local / local.max()
+    take = allowed & (conf >= bar[pred])
+    idx = np.flatnonzero(take)
+    if settings.max_per_round and idx.size > settings.max_per_round:
+        idx = np.sort(idx[np.lexsort((idx, -conf[idx]))][:settings.max_per_round])
+    return _uniform(idx, settings.weight)
+
+
+@SELECTION.register("soft")
+def soft_strategy(probs, *, prior, round, pool_total, settings, agree=None) -> Selection:
+    """Soft weights in the manner of SoftMatch (Chen et al., ICLR 2023): every row is taken,
+    weighted by a Gaussian of its confidence truncated at the pool's mean (full weight at or
+    above it; exp(-(conf - mean)^2 / (2 var)) below), times `settings.weight`. Rows whose weight
+    falls under `settings.min_soft_weight` of the full one are left out."""
+    probs = _check_probs(probs)
+    n, _ = probs.shape
+    allowed = _allowed(n, agree)
+    if not allowed.any():
+        return _uniform(np.zeros(0, np.int64), settings.weight)
+    conf = probs.max(1)
+    mu, var = conf[allowed].mean(), conf[allowed].var()
+    rel = np.where(conf >= mu, 1.0, np.exp(-(conf - mu) ** 2 / (2 * max(var, 1e-12))))
+    take = allowed & (rel >= settings.min_soft_weight)
+    idx = np.flatnonzero(take)
+    if settings.max_per_round and idx.size > settings.max_per_round:
+        idx = np.sort(idx[np.lexsort((idx, -conf[idx]))][:settings.max_per_round])
+    return Selection(idx.astype(np.int64), settings.weight * rel[idx])

@@ -23,7 +23,7 @@ from ecmf import schema
 from ecmf.config import Config
 from ecmf.errors import UnknownName
 from ecmf.registry import Registry
-from ecmf.workdir import Workdir, load_manifest
+from ecmf.workdir import Workdir, load_manifest, with_labels
 
 log = logging.getLogger(__name__)
 WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
@@ -161,7 +161,7 @@ def _task(name: str, options: dict, feature_set: list[str], data: dict, num_thre
         x, have = design_matrix(data["feats"], data["masks"], feature_set)
         xp, have_pool = design_matrix(data["pool_feats"], data["pool_masks"], feature_set)
         y, folds, k = data["y"], data["folds"], data["num_folds"]
-        c = len(schema.LABELS)
+        c = data["num_classes"]
         oof = np.full((len(y), c), np.nan)
         pool = np.full((len(xp), c), np.nan)
         tops = np.full((k, len(xp)), -1, dtype=np.int64)
@@ -196,7 +196,8 @@ def weak_inputs(cfg: Config) -> tuple[list[list[str]], pd.DataFrame, list[str]]:
     wd = Workdir.of(cfg)
     sets = feature_sets(cfg, list(store_dims(wd.store)))
     manifest = load_manifest(cfg)
-    table = training_table(manifest, cfg.train.folds, cfg.train.seed)
+    cfg = with_labels(cfg, manifest)
+    table = training_table(manifest, cfg.train.folds, cfg.train.seed, labels=cfg.labels)
     have = ok_ids(wd.store)
     table = table[table[schema.SAMPLE_ID].isin(have)].reset_index(drop=True)
     pool_ids = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])
@@ -232,6 +233,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     from ecmf.progress import collect
     from ecmf.semi.keys import changed_keys
 
+    cfg = with_labels(cfg)
     rc = cfg.refine
     wd = Workdir.of(cfg)
     path = wd.refine / "weak_probs.parquet"
@@ -253,6 +255,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     # One copy in the object store, shared (zero-copy) by every task.
     data = ray.put({"feats": lab.feats, "masks": lab.masks, "y": table["y"].to_numpy(),
                     "folds": table["fold"].to_numpy(), "num_folds": cfg.train.folds,
+                    "num_classes": len(cfg.labels),
                     "pool_feats": pool.feats, "pool_masks": pool.masks,
                     "pairs": rc.fold_blind})
     task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
@@ -269,7 +272,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
             out_j = folds != j
             parts.append(("pair", lab.ids[out_j], pairs[j][out_j], no_tops[:, out_j], j))
         for part, ids, p, t, train_fold in parts:
-            df = pd.DataFrame(p, columns=list(schema.PROB_COLUMNS))
+            df = pd.DataFrame(p, columns=schema.prob_columns(cfg.labels))
             df.insert(0, schema.SAMPLE_ID, ids)
             df.insert(1, "source", f"{clf}:{group}")
             df.insert(2, "group", group)

@@ -20,7 +20,7 @@ from ecmf.errors import InputError, MissingInput, UnknownName
 from ecmf.progress import EpochLines, epoch_relay
 from ecmf.train.loop import train_loop_per_worker
 from ecmf.train.rows import table_arrays, table_bytes
-from ecmf.workdir import Workdir, save_config, write_json
+from ecmf.workdir import Workdir, save_config, with_labels, write_json
 
 log = logging.getLogger(__name__)
 RUN_FILE = "ray_run.json"  # the Ray Train run behind a training directory, for --resume
@@ -38,7 +38,7 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
     if len(y) < folds:
         raise InputError(f"{len(y)} labeled samples cannot make {folds} folds")
-    counts = np.bincount(y, minlength=len(schema.LABELS))
+    counts = np.bincount(y)
     present = counts[counts > 0]
     # StratifiedKFold needs every class to reach the fold count; tiny corpora may not.
     if present.min() < folds:
@@ -53,9 +53,10 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 def training_table(manifest: pd.DataFrame, folds: int, seed: int,
                    pseudo: pd.DataFrame | None = None,
-                   refined: pd.DataFrame | None = None) -> pd.DataFrame:
+                   refined: pd.DataFrame | None = None,
+                   labels=schema.LABELS) -> pd.DataFrame:
     """sample_id, y, weight, fold, train_fold: labeled clips in k folds; pseudo-labels (fold -1)
-    train only.
+    train only. `y` indexes `labels` (the run's label set, `Config.labels`).
 
     `train_fold` says which fold models train on a row: -1 every one whose validation fold the
     row is not in; k >= 0 only fold k's. Pseudo-labels made by fold k's model of an earlier run
@@ -69,18 +70,18 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
     its original label (`train_fold` m).
     """
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
-    y = np.array([schema.label_index(v, "the manifest") for v in lab[schema.LABEL]])
+    y = schema.label_indices(lab[schema.LABEL].to_numpy(), "the manifest", labels)
     table = pd.DataFrame({schema.SAMPLE_ID: lab[schema.SAMPLE_ID].values, "y": y,
                           "weight": 1.0, "fold": assign_folds(y, folds, seed), "train_fold": -1})
     if refined is not None and "train_fold" in refined:
-        table = _fold_blind_rows(table, refined, folds)
+        table = _fold_blind_rows(table, refined, folds, labels)
     elif refined is not None:
         r = refined.set_index(schema.SAMPLE_ID).reindex(table[schema.SAMPLE_ID])
         absent = table.loc[r["refined"].isna().to_numpy(), schema.SAMPLE_ID].tolist()
         if absent:
             raise InputError(f"refined labels miss {len(absent)} labeled sample(s), e.g. "
                              f"{absent[:5]}; run `ecmf refine` again")
-        table["y"] = [schema.label_index(v, "refined labels") for v in r["refined"]]
+        table["y"] = schema.label_indices(r["refined"].to_numpy(), "refined labels", labels)
         table["weight"] = r["weight"].astype(float).to_numpy()
     if pseudo is not None and len(pseudo):
         train_fold = (pseudo["train_fold"].astype(int).to_numpy() if "train_fold" in pseudo
@@ -92,14 +93,15 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
                              f"e.g. {pseudo[schema.SAMPLE_ID].to_numpy()[bad][:3].tolist()})")
         extra = pd.DataFrame({
             schema.SAMPLE_ID: pseudo[schema.SAMPLE_ID].values,
-            "y": [schema.label_index(v, "pseudo-labels") for v in pseudo[schema.LABEL]],
+            "y": schema.label_indices(pseudo[schema.LABEL].to_numpy(), "pseudo-labels", labels),
             "weight": pseudo["weight"].astype(float).values, "fold": -1,
             "train_fold": train_fold})
         table = pd.concat([table, extra], ignore_index=True)
     return table
 
 
-def _fold_blind_rows(table: pd.DataFrame, refined: pd.DataFrame, folds: int) -> pd.DataFrame:
+def _fold_blind_rows(table: pd.DataFrame, refined: pd.DataFrame, folds: int,
+                     labels) -> pd.DataFrame:
     """The labeled rows of `training_table` with fold-blind refined labels (see there)."""
     want = table[[schema.SAMPLE_ID, "fold"]].merge(
         pd.DataFrame({"train_fold": np.arange(folds)}), how="cross")
@@ -118,7 +120,7 @@ def _fold_blind_rows(table: pd.DataFrame, refined: pd.DataFrame, folds: int) -> 
                          f"{len(rows)} expected; run `ecmf refine` again")
     train = pd.DataFrame({
         schema.SAMPLE_ID: rows[schema.SAMPLE_ID].to_numpy(),
-        "y": [schema.label_index(v, "refined labels") for v in rows["refined"]],
+        "y": schema.label_indices(rows["refined"].to_numpy(), "refined labels", labels),
         "weight": rows["weight"].astype(float).to_numpy(), "fold": rows["fold"].to_numpy(),
         "train_fold": rows["train_fold"].to_numpy()})
     val = table.assign(train_fold=table["fold"])
@@ -295,6 +297,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
 
     out = Path(out_dir)
     wd = Workdir.of(cfg)
+    cfg = with_labels(cfg)
     features, dims = resolve_features(cfg)
     record = run_record(cfg, features, dims, table)
     tc = cfg.train
@@ -312,7 +315,8 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     save_config(cfg, out)
     table.to_parquet(out / "training_table.parquet", index=False)
     write_json(out / RUN_FILE, {"name": name, "storage": storage, "record": record})
-    loop_config = {"train": asdict(tc), "features": features, "dims": dims}
+    loop_config = {"train": asdict(tc), "features": features, "dims": dims,
+                   "num_classes": len(cfg.labels)}
     start = time.time()
     datasets = {}
     if table_bytes(table, dims) <= tc.in_memory_mb * 2**20:
@@ -344,16 +348,16 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
 
     oof = oof_predictions(out, wd.store, table)
     oof.to_parquet(out / "oof.parquet", index=False)
-    y_true = np.array([schema.label_index(v) for v in oof["label"]])
-    y_pred = np.array([schema.label_index(v) for v in oof[schema.PRED]])
-    report = classification_report(y_true, y_pred)
+    y_true = schema.label_indices(oof["label"].to_numpy(), labels=cfg.labels)
+    y_pred = schema.label_indices(oof[schema.PRED].to_numpy(), labels=cfg.labels)
+    report = classification_report(y_true, y_pred, cfg.labels)
     summary = getattr(result, "return_value", None) or {}
     labeled = table.loc[table["fold"] >= 0, schema.SAMPLE_ID].unique()
     used = usage_counts(wd.store, labeled)
     if used["without_features"]:
         log.warning("%s: %d of %d labeled clip(s) have no features (see %s) and were not "
                     "trained on", out.name, used["without_features"], len(labeled), wd.errors)
-    metrics = {"model": tc.model, "features": features, "dims": dims,
+    metrics = {"model": tc.model, "labels": list(cfg.labels), "features": features, "dims": dims,
                "n_labeled": used["with_features"],
                "n_labeled_without_features": used["without_features"],
                "labeled_modalities": {f: used["modalities"][f] for f in features
@@ -373,5 +377,7 @@ def train_stage(cfg: Config, resume: bool = False) -> dict:
     """`ecmf train [--resume]`: k-fold fit on the labeled clips into `<workdir>/train`."""
     from ecmf.workdir import load_manifest
 
-    table = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed)
+    cfg = with_labels(cfg)
+    table = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed,
+                           labels=cfg.labels)
     return fit(cfg, table, Workdir.of(cfg).train, resume=resume)

@@ -1,4 +1,5 @@
-"""The training loop: k folds over one worker's data, best epoch of each fold by validation WAF.
+"""The training loop: k folds over one worker's data, each fold's epoch chosen on an inner split
+of its training rows (never on the fold it is scored on).
 
 `train_one_fold` is plain PyTorch on NumPy arrays (usable without Ray); `train_loop_per_worker`
 feeds it a Ray Data shard and reports a checkpoint of the finished folds after each fold, so
@@ -24,8 +25,9 @@ from ecmf.config import TrainConfig
 MODEL_FILE = "fold_{}.pt"
 
 
-def model_kwargs(cfg: TrainConfig, dims: dict[str, int]) -> dict:
-    return dict(dims=dims, num_classes=len(schema.LABELS), hidden=cfg.hidden, heads=cfg.heads,
+def model_kwargs(cfg: TrainConfig, dims: dict[str, int],
+                 num_classes: int = len(schema.LABELS)) -> dict:
+    return dict(dims=dims, num_classes=num_classes, hidden=cfg.hidden, heads=cfg.heads,
                 layers=cfg.layers, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout)
 
 
@@ -132,13 +134,14 @@ def _tensors(data: dict, features: list[str], idx: np.ndarray, device):
     return feats, masks
 
 
-def evaluate_confusion(model, data, features, idx, device, batch_size=512) -> np.ndarray:
+def evaluate_confusion(model, data, features, idx, device, batch_size=512,
+                       num_classes: int = len(schema.LABELS)) -> np.ndarray:
     """Confusion counts [C, C] of `model` on rows `idx` (rows = true class)."""
     import torch
 
     from ecmf.train.metrics import confusion
 
-    c = len(schema.LABELS)
+    c = num_classes
     if len(idx) == 0:
         return np.zeros((c, c))
     model = getattr(model, "module", model)  # no DDP wrapper: ranks evaluate different counts
@@ -165,8 +168,13 @@ def _placeholder_batch(features: list[str], dims: dict[str, int], device):
 def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
                    fold: int, prepare: Callable = lambda m: m, device="cpu",
                    on_epoch: Callable[[dict], None] | None = None,
-                   distributed: bool = True) -> dict:
+                   distributed: bool = True, num_classes: int = len(schema.LABELS)) -> dict:
     """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
+
+    The epoch kept is chosen without the validation rows (`cfg.select_epoch`): by WAF on an
+    inner split of the labeled training rows (`inner_split`), which are then not trained on,
+    or the last epoch. The validation WAF returned is the kept epoch's, so it is an honest
+    out-of-fold estimate; every epoch's is in the history (progress, Tune's schedulers).
 
     Rows with a `train_fold` (`data["train_fold"]`, optional) of another fold than `fold` are
     left out of both: pseudo-labels made by another fold's model of an earlier run, another
@@ -186,7 +194,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
 
     dist = _Dist(device, distributed)
     torch.manual_seed(cfg.seed * 1000 + fold)  # identical initial weights on every rank
-    model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims)))
+    model = prepare(MODELS.get(cfg.model)(**model_kwargs(cfg, dims, num_classes)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_rows = np.asarray(data["fold"]) != fold
     val_rows = np.asarray(data["fold"]) == fold
@@ -195,10 +203,16 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
         mine = (mine < 0) | (mine == fold)
         train_rows &= mine
         val_rows &= mine
+    inner_idx = np.zeros(0, dtype=np.int64)
+    if cfg.select_epoch == "inner":
+        inner_idx = inner_split(data, train_rows, cfg.inner_fraction, cfg.seed, fold)
+        train_rows = train_rows.copy()
+        train_rows[inner_idx] = False
     train_idx = np.flatnonzero(train_rows)
     val_idx = np.flatnonzero(val_rows)
+    # No inner rows on any rank (a tiny table): the last epoch is kept.
+    use_inner = dist.sum(np.array([len(inner_idx)]))[0] > 0
     rng = np.random.default_rng([cfg.seed, fold, dist.rank])
-    num_classes = len(schema.LABELS)
     class_weight = None
     if cfg.class_weights == "balanced":  # from the fold's training rows over every rank
         counts = dist.sum(np.bincount(np.asarray(data["y"])[train_idx].astype(np.int64),
@@ -208,7 +222,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     # Copies: arrays from Ray Data batches are read-only, which torch warns about.
     y_all = torch.tensor(np.array(data["y"], dtype=np.int64))
     w_all = torch.tensor(np.array(data["weight"], dtype=np.float32))
-    best = {"val_waf": -1.0, "epoch": -1, "state": None}
+    best = {"score": -1.0, "val_waf": -1.0, "epoch": -1, "state": None}
     history, epoch_seconds = [], []
     for epoch in range(cfg.epochs):
         began = time.perf_counter()
@@ -236,23 +250,55 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
             # The weighted loss sum and weight of this rank's rows; all-reduced per epoch below.
             total += loss.item() * float(denom.clamp(min=1e-8))
             weight += float(w.sum())
-        cm = dist.sum(evaluate_confusion(model, data, features, val_idx, device))
+        cm = dist.sum(evaluate_confusion(model, data, features, val_idx, device,
+                                         num_classes=num_classes))
         waf = weighted_f1_from_confusion(cm)
         acc = float(np.trace(cm) / max(cm.sum(), 1))
         loss_sum = dist.sum(np.array([total, weight]))
-        history.append({"fold": fold, "epoch": epoch, "val_waf": waf, "val_acc": acc,
-                        "train_loss": float(loss_sum[0] / max(loss_sum[1], 1e-8))})
+        entry = {"fold": fold, "epoch": epoch, "val_waf": waf, "val_acc": acc,
+                 "train_loss": float(loss_sum[0] / max(loss_sum[1], 1e-8))}
+        if use_inner:
+            entry["inner_waf"] = weighted_f1_from_confusion(dist.sum(evaluate_confusion(
+                model, data, features, inner_idx, device, num_classes=num_classes)))
+        history.append(entry)
         # Kept beside the history, which stays a function of the seed alone.
         epoch_seconds.append(time.perf_counter() - began)
-        if waf > best["val_waf"]:
-            inner = getattr(model, "module", model)
-            best = {"val_waf": waf, "val_acc": acc, "epoch": epoch,
-                    "state": copy.deepcopy(inner.state_dict())}
+        # The choice sees the inner rows (or nothing), never the validation fold. A tie goes to
+        # the later epoch: a small inner split's WAF moves in steps, and along a flat stretch
+        # the later model has trained longer with no sign of over-fitting.
+        chosen = entry["inner_waf"] >= best["score"] if use_inner else epoch == cfg.epochs - 1
+        if chosen:
+            module = getattr(model, "module", model)
+            best = {"score": entry.get("inner_waf", 0.0), "val_waf": waf, "val_acc": acc,
+                    "epoch": epoch, "state": copy.deepcopy(module.state_dict())}
         if on_epoch is not None:
             on_epoch(history[-1])
     return {"fold": fold, "best_epoch": best["epoch"], "val_waf": best["val_waf"],
             "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history,
-            "epoch_seconds": epoch_seconds, "trained_at": time.time()}
+            "epoch_seconds": epoch_seconds, "trained_at": time.time(),
+            "num_classes": num_classes}
+
+
+def inner_split(data: dict, train_rows: np.ndarray, fraction: float, seed: int,
+                fold: int) -> np.ndarray:
+    """Indices of the inner validation rows of a fold: `fraction` of each class among its
+    labeled training rows (fold >= 0; pseudo-labels stay trained on), at least one per class
+    with two or more rows. Chosen by a hash of (seed, fold, sample_id), so the split is the
+    same on every rank, in every process, and for a clip in every run of one seed."""
+    import zlib
+
+    y = np.asarray(data["y"])
+    ids = np.asarray(data[schema.SAMPLE_ID]).astype(str)
+    labeled = train_rows & (np.asarray(data["fold"]) >= 0)
+    picked = []
+    for c in np.unique(y[labeled]):
+        rows = np.flatnonzero(labeled & (y == c))
+        if len(rows) < 2:
+            continue
+        rank = np.array([zlib.crc32(f"{seed}:{fold}:{s}".encode()) for s in ids[rows]])
+        take = max(1, int(round(fraction * len(rows))))
+        picked.append(rows[np.argsort(rank, kind="stable")[:take]])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
 def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[str, int],
@@ -260,7 +306,8 @@ def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[st
     import torch
 
     path = Path(directory) / MODEL_FILE.format(result["fold"])
-    torch.save({"model": cfg.model, "kwargs": model_kwargs(cfg, dims), "features": features,
+    kwargs = model_kwargs(cfg, dims, result.get("num_classes", len(schema.LABELS)))
+    torch.save({"model": cfg.model, "kwargs": kwargs, "features": features,
                 "state_dict": result["state"], "fold": result["fold"],
                 "best_epoch": result["best_epoch"], "val_waf": result["val_waf"],
                 "history": result["history"], "trained_at": result.get("trained_at"),
@@ -432,7 +479,8 @@ def train_loop_per_worker(config: dict) -> dict:
             _injected_fault(len(done), rank)
             prepare = (lambda m: m.to(device)) if alone else prepare_on(device)
             result = train_one_fold(cfg, data, features, dims, fold, prepare=prepare,
-                                    device=device, on_epoch=on_epoch, distributed=not alone)
+                                    device=device, on_epoch=on_epoch, distributed=not alone,
+                                    num_classes=config["num_classes"])
             done[fold] = result
             summary = {"fold": fold, "val_waf": result["val_waf"],
                        "best_epoch": result["best_epoch"], **base}

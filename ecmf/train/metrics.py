@@ -146,11 +146,11 @@ def plot_confusion(cm, labels: Sequence[str], path) -> Path:
     return out
 
 
-def score(y_true_names, y_pred_names) -> dict:
-    """`classification_report` of two sequences of class names."""
-    yt = np.array([schema.label_index(v) for v in y_true_names])
-    yp = np.array([schema.label_index(v) for v in y_pred_names])
-    return classification_report(yt, yp)
+def score(y_true_names, y_pred_names, labels: Sequence[str] = LABELS) -> dict:
+    """`classification_report` of two sequences of class names of `labels`."""
+    yt = schema.label_indices(list(y_true_names), "y_true", labels)
+    yp = schema.label_indices(list(y_pred_names), "y_pred", labels)
+    return classification_report(yt, yp, labels)
 
 
 def format_per_class(report: dict, title: str) -> str:

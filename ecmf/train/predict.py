@@ -32,6 +32,7 @@ class FoldEnsemble:
             self.folds.append(int(saved["fold"]))
         self.features: list[str] = list(saved["features"])
         self.dims: dict[str, int] = dict(saved["kwargs"]["dims"])
+        self.labels: list[str] = run_labels(run_dir, saved["kwargs"]["num_classes"])
         self._torch = torch
         self.device = device
 
@@ -51,16 +52,30 @@ class FoldEnsemble:
         return self.fold_probs(feats, masks).mean(axis=0)
 
 
-def fold_prob_columns(fold: int) -> list[str]:
+def run_labels(run_dir: str | Path, num_classes: int | None = None) -> list[str]:
+    """The class names a training run's models predict, in order: the `labels` of the resolved
+    config it saved (MER2025's six for a run of an ecmf that did not save them)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    saved = (yaml.safe_load(path.read_text()) or {}).get("labels") if path.is_file() else None
+    labels = list(saved) if saved else list(schema.LABELS)
+    if num_classes is not None and num_classes != len(labels):
+        raise MissingInput(f"{run_dir}: its models predict {num_classes} classes but its "
+                           f"config.yaml names {len(labels)} labels {labels}; train it again")
+    return labels
+
+
+def fold_prob_columns(fold: int, labels=schema.LABELS) -> list[str]:
     """Columns of fold `fold`'s own probabilities in per-fold predictions: f<k>_prob_<class>."""
-    return [f"f{fold}_{c}" for c in schema.PROB_COLUMNS]
+    return [f"f{fold}_{c}" for c in schema.prob_columns(labels)]
 
 
-def prob_frame(ids, probs: np.ndarray) -> pd.DataFrame:
+def prob_frame(ids, probs: np.ndarray, labels=schema.LABELS) -> pd.DataFrame:
     """sample_id, prob_<class>..., pred (class name), confidence."""
-    df = pd.DataFrame(probs, columns=list(schema.PROB_COLUMNS))
+    df = pd.DataFrame(probs, columns=schema.prob_columns(labels))
     df.insert(0, schema.SAMPLE_ID, np.asarray(ids).astype(str))
-    df[schema.PRED] = np.array(schema.LABELS)[probs.argmax(axis=1)]
+    df[schema.PRED] = np.array(labels)[probs.argmax(axis=1)]
     df[schema.CONFIDENCE] = probs.max(axis=1)
     return df
 
@@ -81,9 +96,10 @@ class Predictor:
         feats = {f: np.stack(batch[schema.feature_column(f)]) for f in self.ensemble.features}
         masks = {f: batch[schema.mask_column(f)] for f in self.ensemble.features}
         probs = self.ensemble.fold_probs(feats, masks)
-        df = prob_frame(batch[schema.SAMPLE_ID], probs.mean(axis=0))
+        labels = self.ensemble.labels
+        df = prob_frame(batch[schema.SAMPLE_ID], probs.mean(axis=0), labels)
         if self.per_fold:  # [K, N, C] -> N rows of K * C columns, fold by fold
-            cols = [c for k in self.ensemble.folds for c in fold_prob_columns(k)]
+            cols = [c for k in self.ensemble.folds for c in fold_prob_columns(k, labels)]
             wide = probs.transpose(1, 0, 2).reshape(len(df), -1).astype(np.float32)
             df = pd.concat([df, pd.DataFrame(wide, columns=cols, index=df.index)], axis=1)
         return df
@@ -133,6 +149,7 @@ def oof_predictions(run_dir: str | Path, store: str | Path, table: pd.DataFrame)
     from ecmf.features.store import ok_ids, read_features
 
     ens = FoldEnsemble(run_dir)
+    labels = ens.labels
     # A labeled clip whose extraction failed never reached the models (it is in the store's
     # errors table): it has no out-of-fold prediction either.
     held = table[(table["fold"] >= 0) & table[schema.SAMPLE_ID].isin(ok_ids(store))]
@@ -142,11 +159,11 @@ def oof_predictions(run_dir: str | Path, store: str | Path, table: pd.DataFrame)
     ids = held[schema.SAMPLE_ID].astype(str).to_numpy()
     unique, rows = np.unique(ids, return_inverse=True)
     ft = read_features(store, ens.features, unique.tolist())
-    probs = np.zeros((len(held), len(schema.LABELS)), dtype=np.float32)
+    probs = np.zeros((len(held), len(labels)), dtype=np.float32)
     folds = held["fold"].to_numpy()
     for k, model_probs in zip(ens.folds, ens.fold_probs(ft.feats, ft.masks)):
         probs[folds == k] = model_probs[rows[folds == k]]
-    df = prob_frame(ids, probs)
-    df["label"] = np.array(schema.LABELS)[held["y"].to_numpy()]
+    df = prob_frame(ids, probs, labels)
+    df["label"] = np.array(labels)[held["y"].to_numpy()]
     df["fold"] = folds
     return df

@@ -27,7 +27,7 @@ def _candidate_list(candidates, where: str) -> list[str]:
     return names
 
 
-def write_submission(pred: pd.DataFrame, candidates, path) -> Path:
+def write_submission(pred: pd.DataFrame, candidates, path, labels=LABELS) -> Path:
     """Write `name,discrete` rows for `candidates` (in their order) from `pred`'s
     `sample_id, pred` columns, then check the file; rows of `pred` beyond the candidates are
     ignored (predictions over the whole pool are fine)."""
@@ -45,19 +45,19 @@ def write_submission(pred: pd.DataFrame, candidates, path) -> Path:
     absent = [n for n in names if n not in by_id.index]
     if absent:
         raise ValueError(f"submission {out}: no prediction for candidates ({_names(absent)})")
-    labels = by_id.loc[names]
-    unknown = sorted({str(v) for v in labels if v not in LABELS})
+    chosen = by_id.loc[names]
+    unknown = sorted({str(v) for v in chosen if v not in labels})
     if unknown:
-        raise ValueError(f"submission {out}: predicted labels {unknown} are not in {list(LABELS)}")
+        raise ValueError(f"submission {out}: predicted labels {unknown} are not in {list(labels)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"name": names, "discrete": labels.to_numpy()}).to_csv(out, index=False)
-    check_submission(out, names)
+    pd.DataFrame({"name": names, "discrete": chosen.to_numpy()}).to_csv(out, index=False)
+    check_submission(out, names, labels)
     return out
 
 
-def check_submission(path, candidates) -> None:
+def check_submission(path, candidates, labels=LABELS) -> None:
     """Raise ValueError naming `path` and every defect: wrong columns, duplicate, missing or extra
-    names, labels outside the MER2025 label set."""
+    names, labels outside `labels` (the run's label set; MER2025's six by default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"submission {path} does not exist")
@@ -78,10 +78,10 @@ def check_submission(path, candidates) -> None:
     extra = [n for n in df["name"].unique() if n not in wanted]
     if extra:
         problems.append(f"extra names not among the candidates ({_names(extra)})")
-    bad = df.loc[~df["discrete"].isin(LABELS)]
+    bad = df.loc[~df["discrete"].isin(list(labels))]
     if len(bad):
         pairs = [f"{n!r}: {lab!r}" for n, lab in zip(bad["name"], bad["discrete"])]
-        problems.append(f"unknown labels, expected one of {list(LABELS)} "
+        problems.append(f"unknown labels, expected one of {list(labels)} "
                         f"({_names(pairs, quote=False)})")
     if problems:
         raise ValueError(f"submission {path}: " + "; ".join(problems))

@@ -125,7 +125,7 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
     from ecmf.features.store import store_dims
     from ecmf.train.fit import training_table
     from ecmf.tune import trial
-    from ecmf.workdir import load_manifest
+    from ecmf.workdir import load_manifest, with_labels
 
     store = Workdir.of(cfg).store.resolve()  # trials may run in another working directory
     dims = store_dims(store)
@@ -136,20 +136,23 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
         raise ConfigError(f"config {key}: features {unknown} are not in the feature store "
                           f"{store}; available: {sorted(dims)}")
     features = sorted(dims) if any(not s for s in sets) else sorted({f for s in sets for f in s})
-    table = training_table(load_manifest(cfg), cfg.tune.cv_folds, cfg.train.seed)
+    cfg = with_labels(cfg)
+    table = training_table(load_manifest(cfg), cfg.tune.cv_folds, cfg.train.seed,
+                           labels=cfg.labels)
     table = table[table["fold"] >= 0].reset_index(drop=True)
     base = asdict(cfg.train)
     if runner == "process":
         fn = tune.with_parameters(
             trial.process_trial, data=trial.trial_data(store, table, features), base=base,
             folds=cfg.tune.cv_folds, threads=max(1, int(cfg.tune.cpus_per_trial)),
-            use_gpu=cfg.tune.gpus_per_trial > 0)
+            use_gpu=cfg.tune.gpus_per_trial > 0, num_classes=len(cfg.labels))
         return tune.with_resources(fn, {"cpu": cfg.tune.cpus_per_trial,
                                         "gpu": cfg.tune.gpus_per_trial})
     fn = tune.with_parameters(
         trial.ray_train_trial, table=table, store=str(store), base=base, folds=cfg.tune.cv_folds,
         storage=str(out / "ray" / "train_runs"),
-        no_progress_timeout_s=float(cfg.ray.no_progress_timeout_s))
+        no_progress_timeout_s=float(cfg.ray.no_progress_timeout_s),
+        num_classes=len(cfg.labels))
     return tune.with_resources(fn, {"cpu": cfg.tune.cpus_per_trial})
 
 

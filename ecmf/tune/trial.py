@@ -67,10 +67,12 @@ class _PausedFold:
 
 
 def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
-                   folds: int, prepare: Callable = lambda m: m, device="cpu") -> Iterator[dict]:
+                   folds: int, prepare: Callable = lambda m: m, device="cpu",
+                   num_classes: int = len(schema.LABELS)) -> Iterator[dict]:
     """Per epoch: val_waf, val_acc and train_loss averaged over `folds` folds."""
     runs = [_PausedFold(lambda on_epoch, k=k: train_one_fold(
-        cfg, data, features, dims, k, prepare=prepare, device=device, on_epoch=on_epoch))
+        cfg, data, features, dims, k, prepare=prepare, device=device, on_epoch=on_epoch,
+        num_classes=num_classes))
         for k in range(folds)]
     try:
         for epoch in range(cfg.epochs):
@@ -109,7 +111,7 @@ def _report_epochs(records, report: Callable[[dict], None], extra: dict | None =
 
 
 def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: int = 1,
-                  use_gpu: bool = False) -> None:
+                  use_gpu: bool = False, num_classes: int = len(schema.LABELS)) -> None:
     """Tune trainable: train in the trial's own process on arrays shipped with the trial; on
     its GPU where it was given one and CUDA is there (torch is asked, not the resource)."""
     import torch
@@ -121,12 +123,14 @@ def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: 
     dims = {f: int(data[schema.feature_column(f)].shape[1])
             for f in schema.feature_names(data)}
     features, dims = _features(cfg, dims)
-    _report_epochs(lockstep_folds(cfg, data, features, dims, folds, device=device), tune.report,
+    _report_epochs(lockstep_folds(cfg, data, features, dims, folds, device=device,
+                                  num_classes=num_classes), tune.report,
                    {"train_rows": len(data["y"])})
 
 
 def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict, folds: int,
-                    storage: str, no_progress_timeout_s: float) -> None:
+                    storage: str, no_progress_timeout_s: float,
+                    num_classes: int = len(schema.LABELS)) -> None:
     """Tune trainable: a TorchTrainer of `train.num_workers` workers over the feature store.
 
     Workers report each epoch to Ray Train, which `TuneReportCallback` hands on to Tune.
@@ -150,7 +154,7 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
     trainer = TorchTrainer(
         train_loop_per_worker=tune_loop_per_worker,
         train_loop_config={"train": asdict(cfg), "features": features, "dims": dims,
-                           "folds": folds},
+                           "folds": folds, "num_classes": num_classes},
         torch_config=torch_config(cfg),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
@@ -181,6 +185,7 @@ def tune_loop_per_worker(config: dict) -> None:
     device = training_device()
     rows = sum(_Dist(device).gather(len(data["y"])))  # every worker's shard: the whole table
     records = lockstep_folds(cfg, data, features, dims, config["folds"],
-                             prepare=prepare_on(device), device=device)
+                             prepare=prepare_on(device), device=device,
+                             num_classes=config["num_classes"])
     # Every worker reports (a barrier in Ray Train); the metrics are all-reduced, so equal.
     _report_epochs(records, ray.train.report, {"train_rows": rows})

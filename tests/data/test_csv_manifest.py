@@ -81,7 +81,7 @@ def test_row_errors_name_file_line_and_sample(tmp_path, rows, match):
 def test_file_level_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="corpus.manifest"):
         read_csv_manifest(tmp_path / "nope.csv")
-    with pytest.raises(ValueError, match=r"missing column 'path'; found \['file', 'label'\]"):
+    with pytest.raises(ValueError, match=r"missing column 'path' \(or 'text' .*\); found \['file', 'label'\]"):
         read_csv_manifest(_csv(tmp_path / "a.csv", "file,label\nx.mp4,sad\n"))
     with pytest.raises(ValueError, match="empty file"):
         read_csv_manifest(_csv(tmp_path / "b.csv", ""))

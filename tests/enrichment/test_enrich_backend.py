@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from ecmf.schema import LABELS
 STATUSES = {"ok", "empty", "non-text", "label-named", "overlong-truncated", "truncated",
             "empty-subtitle"}
 VOTE_COLUMNS = [f"vote_{x}" for x in LABELS]
+CUSTOM = ["neutral", "joy", "anger"]  # another corpus' classes
 
 
 def _batch(texts) -> dict[str, np.ndarray]:
@@ -191,6 +194,34 @@ def test_votes_parse_json_and_mark_bad_output(voter, monkeypatch):
     assert np.isnan(probs[1:]).all()
     assert all('"surprise"' in p and "JSON" in p for p in seen)
     assert list(out["generated_tokens"]) == [5] * 4
+
+
+def test_every_backend_takes_the_label_set():
+    for name in BACKENDS.names():
+        param = inspect.signature(BACKENDS.get(name)).parameters["labels"]
+        assert param.default == LABELS, name
+
+
+def test_votes_over_another_label_set(tiny_llm, monkeypatch):
+    voter = TransformersBackend(EnrichConfig(vote_max_new_tokens=10), tiny_llm, task="vote",
+                                labels=CUSTOM)
+    answers = ['{"joy": 2, "anger": 2}', '{"happy": 1}', '{"neutral": 1, "joy": 0, "anger": 0}']
+    fake, seen = _fake(answers)
+    monkeypatch.setattr(voter, "generate", fake)
+    out = voter(_batch(["One.", "Two.", "", "Three."]))
+    columns = [f"vote_{x}" for x in CUSTOM]
+    assert set(out) == {"sample_id", "text", "label", *columns, "vote_status", "generated_tokens"}
+    assert list(out["vote_status"]) == ["ok", "off-label", "empty-subtitle", "ok"]
+    probs = np.stack([out[c] for c in columns], axis=1).astype(float)
+    np.testing.assert_allclose(probs[[0, 3]], [[0, 0.5, 0.5], [1, 0, 0]])
+    assert np.isnan(probs[[1, 2]]).all()
+    assert len(seen) == 3
+    for prompt in seen:
+        assert all(f'"{x}"' in prompt for x in CUSTOM)
+        assert "worried" not in prompt and '"happy"' not in prompt
+    # An empty batch has the custom columns too.
+    empty = voter(_batch([]))
+    assert {c for c in empty if c.startswith("vote_")} == {*columns, "vote_status"}
 
 
 def test_vote_errors_are_recorded(voter, monkeypatch):

@@ -8,8 +8,12 @@ import pandas as pd
 from ecmf.config import EnrichConfig
 from ecmf.enrichment.cache import input_hash, read_previous, split_cached, with_keys
 from ecmf.enrichment.parse import result_columns
+from ecmf.enrichment.prompts import task_prompt
+from ecmf.schema import LABELS
 
 COLUMNS = result_columns("enrich")
+CUSTOM = ["neutral", "joy", "anger"]
+KEYS = ["model", "prompt_version", "input_hash"]
 INPUTS = pd.DataFrame({"sample_id": ["a", "b", "c"], "text": ["Hi.", "Go away!", ""]})
 
 
@@ -42,6 +46,32 @@ def test_keys_follow_the_prompt_not_other_columns():
     assert (with_keys(ctx, cfg, "enrich", "v1")["input_hash"] != base["input_hash"]).tolist() == [
         True, False, False]
     assert input_hash("\ud800 lone surrogate", 3) != input_hash("", 3)
+
+
+def test_keys_follow_the_label_set():
+    """Another label set is another vote prompt (and another enrichment cleaning): it re-runs."""
+    cfg = EnrichConfig(model="m")
+    for task in ("vote", "enrich"):
+        mer = with_keys(INPUTS, cfg, task, "v1")
+        assert list(with_keys(INPUTS, cfg, task, "v1", list(LABELS))["input_hash"]) == \
+            list(mer["input_hash"])
+        custom = with_keys(INPUTS, cfg, task, "v1", CUSTOM)
+        assert (custom["input_hash"] != mer["input_hash"]).all()
+        assert list(with_keys(INPUTS, cfg, task, "v1", tuple(CUSTOM))["input_hash"]) == \
+            list(custom["input_hash"])
+        reordered = with_keys(INPUTS, cfg, task, "v1", CUSTOM[::-1])
+        assert (reordered["input_hash"] != custom["input_hash"]).all()
+    # MER2025's enrichment keys stay those of the caches written before label sets existed.
+    prompts = [task_prompt("enrich", t, "en", {}, ()) for t in INPUTS["text"]]
+    assert list(with_keys(INPUTS, cfg, "enrich", "v1")["input_hash"]) == [
+        input_hash(p, cfg.max_new_tokens) for p in prompts]
+    # A vote stored under MER2025's six is not reused for the custom set.
+    frame = with_keys(INPUTS, cfg, "vote", "v1", CUSTOM)
+    stored = with_keys(INPUTS, cfg, "vote", "v1")[["sample_id", *KEYS]]
+    for c in result_columns("vote", CUSTOM):
+        stored[c] = 0 if c != "vote_status" else "ok"
+    reused, todo = split_cached(frame, stored, result_columns("vote", CUSTOM), "vote_status")
+    assert reused.empty and list(todo["sample_id"]) == ["a", "b", "c"]
 
 
 def test_everything_matching_is_reused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,12 @@ import pytest
 from ecmf.config import Config, CorpusConfig, EnrichConfig
 from ecmf.enrichment import pipeline, prompts
 from ecmf.enrichment.parse import task_result
-from ecmf.enrichment.stage import enrich_corpus
+from ecmf.enrichment.stage import enrich_corpus, run_task
 from ecmf.schema import LABELS
 
 N = 12
 VOTES = [f"vote_{x}" for x in LABELS]
+CUSTOM = ["neutral", "joy", "anger"]  # another corpus' classes
 KEYS = ["model", "prompt_version", "input_hash"]
 
 
@@ -44,12 +46,13 @@ def cfg(tmp_path, tiny_llm) -> Config:
                                       vote_max_new_tokens=8, batch_size=4))
 
 
-def _fake_backend(ds, cfg, model_path, task="enrich"):
-    """Rows answered without a model: the cache lives in the driver, the tests count samples."""
-    answer = "The speaker sounds calm." if task == "enrich" else '{"happy": 1}'
+def _fake_backend(ds, cfg, model_path, task="enrich", labels=LABELS):
+    """Rows answered without a model (a vote all on the second label): the cache lives in the
+    driver, the tests count samples."""
+    answer = "The speaker sounds calm." if task == "enrich" else json.dumps({labels[1]: 1})
 
     def answer_batch(batch: pd.DataFrame) -> pd.DataFrame:
-        rows = [task_result(task, answer, t, tokens=4) for t in batch["text"]]
+        rows = [task_result(task, answer, t, labels=labels, tokens=4) for t in batch["text"]]
         return pd.concat([batch.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
 
     return ds.map_batches(answer_batch, batch_format="pandas")
@@ -62,9 +65,9 @@ def calls(request, monkeypatch):
     seen = []
     real = pipeline.enrich_dataset if request.param == "model" else _fake_backend
 
-    def counting(ds, cfg, model_path, task="enrich"):
+    def counting(ds, cfg, model_path, task="enrich", labels=LABELS):
         seen.append((task, ds.count()))
-        return real(ds, cfg, model_path, task)
+        return real(ds, cfg, model_path, task, labels)
 
     monkeypatch.setattr(pipeline, "enrich_dataset", counting)
     return seen
@@ -143,3 +146,50 @@ def test_rows_of_an_interrupted_run_are_reused(ray_local, cfg, calls, tmp_path):
     again = pd.read_parquet(out / "votes.parquet")
     assert list(again["sample_id"]) == list(done["sample_id"])
     pd.testing.assert_frame_equal(again.iloc[:5], done.iloc[:5])
+
+
+@pytest.mark.parametrize("calls", ["fake", "model"], indirect=True)
+def test_votes_over_another_label_set(ray_local, cfg, calls, request, tmp_path):
+    """run_task hands the label set to the backend (the fake one, or the tiny LM through the
+    registered transformers backend): a vote column per class of the set, no other."""
+    inputs = pd.DataFrame({"sample_id": [f"s{i}" for i in range(5)],
+                           "text": ["", *(f"Line {i}: you again?" for i in range(1, 5))]})
+    out_dir = tmp_path / "custom"
+    summary = run_task(cfg.enrich, inputs, out_dir, "vote", labels=CUSTOM)
+    assert calls == [("vote", 5)] and summary["generated"] == 5
+    votes = pd.read_parquet(out_dir / "votes.parquet")
+    columns = [f"vote_{x}" for x in CUSTOM]
+    assert list(votes.columns) == ["sample_id", *columns, "vote_status", "generated_tokens",
+                                   *KEYS]
+    assert votes[columns].dtypes.eq(np.float64).all()
+    ok = votes["vote_status"] == "ok"
+    assert votes.loc[~ok, columns].isna().all().all()
+    if request.node.callspec.params["calls"] == "fake":  # every vote all on "joy"
+        assert ok.all() and (votes["vote_joy"] == 1.0).all()
+    else:  # the model skips the empty subtitle
+        assert votes.loc[0, "vote_status"] == "empty-subtitle"
+    # MER2025's six are other prompts: nothing is reused, and the file holds their columns.
+    again = run_task(cfg.enrich, inputs, out_dir, "vote")
+    assert (again["generated"], again["cached"]) == (5, 0)
+    assert list(pd.read_parquet(out_dir / "votes.parquet").columns)[1:8] == [*VOTES,
+                                                                               "vote_status"]
+    assert run_task(cfg.enrich, inputs, out_dir, "vote")["cached"] == 5
+
+
+@pytest.mark.parametrize("calls", ["fake"], indirect=True)
+def test_enrich_corpus_votes_over_the_configured_labels(ray_local, cfg, calls, tmp_path):
+    import yaml
+
+    labels = [*LABELS, "bored"]  # the corpus' labels and one it does not use
+    summary = enrich_corpus(dataclasses.replace(_with(cfg, tasks=["vote"]), labels=labels))
+    assert summary["vote"]["generated"] == N
+    out = tmp_path / "run" / "enrich"
+    votes = pd.read_parquet(out / "votes.parquet")
+    assert [c for c in votes.columns if c.startswith("vote_")] == [
+        *(f"vote_{x}" for x in labels), "vote_status"]
+    assert (votes["vote_status"] == "ok").all() and (votes["vote_angry"] == 1.0).all()
+    assert yaml.safe_load((out / "config.yaml").read_text())["labels"] == labels
+    # With no labels configured, the stage resolves the corpus' own (MER2025's six): re-run.
+    summary = enrich_corpus(_with(cfg, tasks=["vote"]))
+    assert (summary["vote"]["generated"], summary["vote"]["cached"]) == (N, 0)
+    assert yaml.safe_load((out / "config.yaml").read_text())["labels"] == list(LABELS)

@@ -25,6 +25,7 @@ CFG = EnrichConfig(backend="vllm", batch_size=32, pool_size=2, max_new_tokens=48
                    engine_kwargs={"max_model_len": 2048, "gpu_memory_utilization": 0.85})
 ROW = {"sample_id": "s1", "text": "You said you would be here an hour ago.",
        "audio_description": "a shaky voice", "input_hash": "abc"}
+CUSTOM = ["neutral", "joy", "anger"]  # another corpus' classes
 # Columns the processor's stages add (Ray 2.60), which the output must not carry.
 STAGE_COLUMNS = {"prompt": "...", "tokenized_prompt": [1, 2], "generated_tokens": [5, 6],
                  "num_input_tokens": 40, "request_id": 3, "batch_uuid": "f00", "params": "..."}
@@ -53,6 +54,31 @@ def test_sampling_params_constrain_votes_to_the_label_schema():
     assert json.loads(vote["structured_outputs"]["json"]) == vote_json_schema(LABELS)
     with pytest.raises(ValueError, match="task"):
         ve.sampling_params(CFG, "rank")
+
+
+def test_votes_ask_for_the_run_label_set():
+    """Another corpus' classes reach the prompt, the JSON schema and the result columns; none of
+    MER2025's that the run does not use."""
+    vote = ve.sampling_params(CFG, "vote", CUSTOM)
+    schema = json.loads(vote["structured_outputs"]["json"])
+    assert schema["required"] == CUSTOM and list(schema["properties"]) == CUSTOM
+    assert schema["additionalProperties"] is False
+    req = ve.request_row(dict(ROW), CFG, "vote", CUSTOM)
+    prompt = req["messages"][0]["content"]
+    assert all(f'"{x}"' in prompt for x in CUSTOM)
+    assert "worried" not in prompt and "worried" not in vote["structured_outputs"]["json"]
+    assert req["sampling_params"] == vote
+    done = ve.finish_row(ve.keep_row({**ROW, **req, **STAGE_COLUMNS, "num_generated_tokens": 9,
+                                      "generated_text": '{"neutral": 1, "joy": 0, "anger": 3}'}),
+                         CFG, "vote", CUSTOM)
+    assert list(done) == [*ROW, *result_columns("vote", CUSTOM)]
+    assert (done["vote_status"], done["vote_anger"]) == ("ok", pytest.approx(0.75))
+    # A MER2025 class is off this run's label set.
+    off = ve.finish_row(ve.keep_row({**ROW, **req, **STAGE_COLUMNS, "num_generated_tokens": 9,
+                                     "generated_text": '{"worried": 1}'}), CFG, "vote", CUSTOM)
+    assert off["vote_status"] == "off-label" and math.isnan(off["vote_joy"])
+    skipped = ve.skipped_row({"sample_id": "s2", "text": ""}, "vote", CUSTOM)
+    assert [c for c in skipped if c.startswith("vote_")] == result_columns("vote", CUSTOM)[:-1]
 
 
 @pytest.mark.parametrize("task", ["enrich", "vote"])

@@ -65,15 +65,17 @@ def out_of_fold_waf(world, pseudo: pd.DataFrame | None) -> float:
     for f in DIMS:
         data[schema.feature_column(f)] = world["feats"][f][rows]
         data[schema.mask_column(f)] = np.ones(len(rows), dtype=bool)
+    # The last epoch: what the pseudo-labels teach, not what an epoch choice adds.
     tc = TrainConfig(folds=FOLDS, epochs=40, hidden=32, heads=2, batch_size=16, lr=1e-2,
-                     dropout=0.0, modality_dropout=0.0, weight_decay=0.0)
+                     dropout=0.0, modality_dropout=0.0, weight_decay=0.0, select_epoch="last")
     return float(np.mean([train_one_fold(tc, data, list(DIMS), DIMS, k)["val_waf"]
                           for k in range(FOLDS)]))
 
 
 def test_fold_consistent_pseudo_labels_keep_validation_blind(world):
     # Every confident row, whatever its class (the class mix is not what this test is about).
-    cfg = load_config(None, ["train.folds=3", "pseudo.threshold=0.5", "pseudo.min_agree=0",
+    cfg = load_config(None, ["train.folds=3", "pseudo.strategy=threshold", "pseudo.threshold=0.5",
+                             "pseudo.min_agree=0",
                              "pseudo.weight=1.0", "pseudo.class_balance=false"])
     prior = np.full(C, 1 / C)
     consistent = select_round(world["preds"], cfg, prior, 1)
@@ -102,8 +104,9 @@ def _val_waf(manifest: pd.DataFrame, feats: dict, row: dict, refined: pd.DataFra
     for f in DIMS:
         data[schema.feature_column(f)] = feats[f][rows]
         data[schema.mask_column(f)] = np.ones(len(rows), dtype=bool)
+    # The last epoch: what the pseudo-labels teach, not what an epoch choice adds.
     tc = TrainConfig(folds=FOLDS, epochs=40, hidden=32, heads=2, batch_size=16, lr=1e-2,
-                     dropout=0.0, modality_dropout=0.0, weight_decay=0.0)
+                     dropout=0.0, modality_dropout=0.0, weight_decay=0.0, select_epoch="last")
     return float(np.mean([train_one_fold(tc, data, list(DIMS), DIMS, k)["val_waf"]
                           for k in range(FOLDS)]))
 

@@ -48,7 +48,8 @@ def write_workdir(root, seed: int = 0) -> pd.DataFrame:
 
 def _sets(root):
     items = [f"workdir={root}", "train.epochs=6", "train.folds=3", "train.batch_size=16",
-             "train.hidden=32", "pseudo.rounds=2", "pseudo.patience=5", "pseudo.threshold=0.3",
+             "train.hidden=32", "pseudo.rounds=2", "pseudo.patience=5", "pseudo.strategy=threshold",
+             "pseudo.threshold=0.3",
              "pseudo.min_agree=1", "refine.enabled=true", "refine.cpus_per_task=1",
              "refine.threshold=0.3", "refine.options={knn: {n_neighbors: 5}}"]
     return [a for s in items for a in ("--set", s)]
@@ -224,28 +225,39 @@ def copy(run, tmp_path):
     return root, load_config(None, items)
 
 
-def test_refined_labels_are_reused_until_a_source_or_setting_changes(copy):
-    from ecmf.semi.refine import refined_labels
+def test_refined_labels_are_read_until_a_source_or_setting_changes_then_refused(copy):
+    """One way: `ecmf refine` writes the labels, the rounds read them; stale labels are refused
+    naming what changed and the command, never refined again inside pseudo-label."""
+    from ecmf.errors import MissingInput
+    from ecmf.semi.refine import refine_labels, refined_labels
 
     root, cfg = copy
     labels = root / "refine" / "labels.parquet"
     before = labels.stat().st_mtime_ns
     refined_labels(cfg)
-    assert labels.stat().st_mtime_ns == before  # nothing changed: reused
+    assert labels.stat().st_mtime_ns == before  # nothing changed: read as they are
     # A retrained fusion model: its out-of-fold predictions are another source.
     oof = pd.read_parquet(root / "train" / "oof.parquet")
     probs = list(schema.PROB_COLUMNS)
     oof[probs] = oof[probs].to_numpy()[:, ::-1]
     oof.to_parquet(root / "train" / "oof.parquet", index=False)
+    with pytest.raises(MissingInput, match=r"stale: .*fusion.*run `ecmf refine` again"):
+        refined_labels(cfg)
+    assert labels.stat().st_mtime_ns == before
+    refine_labels(cfg)
     refined_labels(cfg)
-    after = labels.stat().st_mtime_ns
-    assert after != before
     # Another refine setting.
     cfg = _with(cfg, "refine", threshold=0.9)
-    refined_labels(cfg)
-    assert labels.stat().st_mtime_ns != after
+    with pytest.raises(MissingInput, match=r"stale: refine changed"):
+        refined_labels(cfg)
+    refine_labels(cfg)
     key = json.loads((root / "refine" / "refine_key.json").read_text())
     assert key["refine"]["threshold"] == 0.9
+    # No labels at all: pseudo-label names the command before Ray starts.
+    import shutil
+
+    shutil.rmtree(root / "refine")
+    assert main(["pseudo-label", *_sets(root)]) == 2
 
 
 def test_weak_probabilities_are_refit_when_the_store_changes(copy):
@@ -322,8 +334,11 @@ def test_out_of_fold_refinement_still_available_and_replaces_fold_labels(copy):
     from ecmf.semi.refine import refined_labels
 
     root, cfg = copy
+    from ecmf.semi.refine import refine_labels
+
     assert "train_fold" in refined_labels(cfg)
     cfg = _with(cfg, "refine", fold_blind=False)
+    refine_labels(cfg)
     plain = refined_labels(cfg)
     assert "train_fold" not in plain and len(plain) == N_TRAIN
     assert not (root / "refine" / "fold_labels.parquet").exists()

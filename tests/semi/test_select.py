@@ -245,3 +245,125 @@ def test_temperature_recovers_overconfidence_and_keeps_the_argmax():
     assert fit_temperature(np.zeros((0, c)), np.zeros(0, dtype=np.int64)) == 1.0
     with pytest.raises(ValueError, match="temperature"):
         apply_temperature(sharp, 0.0)
+
+
+# ---- registered strategies (pseudo.strategy) -------------------------------------------------
+
+
+def settings_of(**kw):
+    from ecmf.config import PseudoConfig
+
+    return PseudoConfig(**kw)
+
+
+def run_strategy(name, probs, prior=None, k=1, pool_total=None, agree=None, **kw):
+    from ecmf.semi.select import SELECTION
+
+    probs = np.asarray(probs, dtype=float)
+    prior = np.full(probs.shape[1], 1 / probs.shape[1]) if prior is None else np.asarray(prior)
+    return SELECTION.get(name)(probs, prior=prior, round=k,
+                               pool_total=len(probs) if pool_total is None else pool_total,
+                               settings=settings_of(**kw), agree=agree)
+
+
+def unsure_pool(n=200, c=4, seed=0):
+    """A pool where no row is confident: the top probability stays under 0.5."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 0.4, size=(n, c))
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True)
+
+
+def test_every_registered_strategy_but_threshold_takes_something_from_an_unsure_pool():
+    from ecmf.semi.select import SELECTION
+
+    probs = unsure_pool()
+    assert probs.max() < 0.7
+    assert run_strategy("threshold", probs).index.size == 0  # the held-out corpus' failure
+    for name in SELECTION.names():
+        if name == "threshold":
+            continue
+        sel = run_strategy(name, probs)
+        assert sel.index.size > 0, name
+        assert np.all(np.diff(sel.index) > 0) and sel.index.dtype == np.int64
+        assert sel.weight.shape == sel.index.shape
+        assert np.all((sel.weight > 0) & (sel.weight <= 0.7 + 1e-12)), name
+
+
+def test_curriculum_takes_a_step_of_the_pool_per_round_in_the_labeled_mix():
+    probs = unsure_pool(n=1000, c=4, seed=1)
+    prior = np.array([0.4, 0.3, 0.2, 0.1])
+    sel = run_strategy("curriculum", probs, prior=prior, k=1, step=0.2)
+    assert sel.index.size == 200
+    counts = per_class(sel.index, probs)
+    assert counts.tolist() == [80, 60, 40, 20]
+    # Each class's share is its most confident rows predicted as it.
+    conf, pred = probs.max(1), probs.argmax(1)
+    for c in range(4):
+        mine = sel.index[pred[sel.index] == c]
+        rest = np.setdiff1d(np.flatnonzero(pred == c), mine)
+        assert conf[mine].min() >= conf[rest].max()
+    # Round 2 adds another step (of the whole pool) from what is left; past max_share, nothing.
+    assert run_strategy("curriculum", probs, prior=prior, k=2, step=0.2).index.size == 200
+    assert run_strategy("curriculum", probs, prior=prior, k=3, step=0.2,
+                        max_share=0.4).index.size == 0
+    assert run_strategy("curriculum", probs, prior=prior, k=1, step=0.2,
+                        max_per_round=50).index.size == 50
+
+
+def test_curriculum_without_class_balance_takes_the_most_confident_rows():
+    probs = unsure_pool(n=100, seed=2)
+    sel = run_strategy("curriculum", probs, step=0.1, class_balance=False)
+    conf = probs.max(1)
+    assert sel.index.size == 10
+    assert conf[sel.index].min() >= np.delete(conf, sel.index).max()
+
+
+def test_curriculum_a_class_short_of_rows_gives_what_it_has_and_agreement_gates():
+    probs = confident([0] * 9 + [1], [0.6] * 10, c=2)
+    sel = run_strategy("curriculum", probs, prior=[0.5, 0.5], step=0.4)
+    assert per_class(sel.index, probs).tolist() == [2, 1]  # quota 2 and 2; class 1 has one
+    agree = np.zeros(10, dtype=bool)
+    agree[[3, 4]] = True
+    assert run_strategy("curriculum", probs, prior=[0.5, 0.5], step=0.4,
+                        agree=agree).index.tolist() == [3, 4]
+
+
+def test_adaptive_lowers_the_bar_for_classes_the_model_is_less_sure_of():
+    # Class 0 is predicted often and confidently, class 1 rarely and softly.
+    probs = np.vstack([confident([0] * 8, [0.9] * 8, c=2), confident([1, 1], [0.6, 0.55], c=2)])
+    sel = run_strategy("adaptive", probs)
+    conf = probs.max(1)
+    assert 8 in sel.index  # class 1's 0.6 passes, under the global mean confidence
+    assert conf.mean() > 0.6
+    assert run_strategy("adaptive", probs, max_per_round=3).index.size == 3
+
+
+def test_soft_weights_fall_below_the_mean_confidence():
+    probs = confident([0, 1, 2, 0, 1, 2], [0.9, 0.8, 0.6, 0.5, 0.45, 0.4])
+    sel = run_strategy("soft", probs, weight=0.5, min_soft_weight=0.0)
+    assert sel.index.tolist() == list(range(6))
+    w = dict(zip(sel.index.tolist(), sel.weight))
+    mean = probs.max(1).mean()
+    assert all(w[i] == 0.5 for i in range(6) if probs[i].max() >= mean)
+    assert w[3] > w[4] > w[5]  # further under the mean, lighter
+    kept = run_strategy("soft", probs, weight=0.5, min_soft_weight=0.6).index
+    assert 0 in kept and 5 not in kept
+
+
+def test_strategies_are_pure_and_handle_an_empty_pool():
+    from ecmf.semi.select import SELECTION
+
+    probs = unsure_pool(n=50, seed=3)
+    for name in SELECTION.names():
+        a, b = run_strategy(name, probs.copy()), run_strategy(name, probs.copy())
+        assert np.array_equal(a.index, b.index) and np.array_equal(a.weight, b.weight)
+        empty = run_strategy(name, np.zeros((0, 4)), pool_total=0)
+        assert empty.index.size == 0
+
+
+def test_an_unknown_strategy_is_named_with_the_registered_ones():
+    from ecmf.configure import load_config
+
+    with pytest.raises(Exception, match="pseudo.strategy.*curriculum.*curiculum"):
+        load_config(None, ["pseudo.strategy=curiculum"])

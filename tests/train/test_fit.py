@@ -119,7 +119,9 @@ def test_ddp_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path, in_m
                                 "train.strategy=ddp", f"train.in_memory_mb={in_memory_mb}")]) == 0
     m = metrics(wd)
     assert len(m["shard_rows"]) == 2 and sum(m["shard_rows"]) == N_TRAIN + 1
-    assert m["cv"]["waf"] > 0.3
+    # It learns (six classes: chance is about 0.17); epochs chosen on an inner split, not on
+    # the scored fold, so a small table's out-of-fold WAF is an honest, lower one.
+    assert m["cv"]["waf"] > 0.25
 
 
 @pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "worker-read"])

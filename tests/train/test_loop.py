@@ -46,7 +46,41 @@ def test_same_seed_same_fold_model_and_history():
     assert a["history"] == b["history"] and same_state(a, b)
     c = run(cfg(seed=1))
     assert not same_state(a, c)
-    assert 0 <= a["best_epoch"] < 5 and a["val_waf"] == max(h["val_waf"] for h in a["history"])
+    # The epoch kept is the last of the best on the inner split; its validation WAF is reported.
+    inner = [h["inner_waf"] for h in a["history"]]
+    assert a["best_epoch"] == max(i for i, w in enumerate(inner) if w == max(inner))
+    assert a["val_waf"] == a["history"][a["best_epoch"]]["val_waf"]
+
+
+@pytest.mark.parametrize("select", ["inner", "last"])
+def test_the_kept_epoch_never_looks_at_the_scored_fold(select):
+    """Out-of-fold honesty: relabelling fold 0's validation rows changes its reported WAF, never
+    which epoch is kept nor the model."""
+    d = data()
+    other = d.copy()
+    val = d["fold"] == 0
+    other["y"] = np.where(val, (d["y"] + 1) % 6, d["y"])
+    a, b = run(cfg(epochs=8, select_epoch=select), d), run(cfg(epochs=8, select_epoch=select), other)
+    assert a["best_epoch"] == b["best_epoch"] and same_state(a, b)
+    assert a["val_waf"] != b["val_waf"]
+    if select == "last":
+        assert a["best_epoch"] == 7 and "inner_waf" not in a["history"][0]
+
+
+def test_inner_split_is_stratified_labeled_only_and_the_same_for_a_seed():
+    from ecmf.train.loop import inner_split
+
+    d = data(n=120)
+    d["fold"] = np.where(np.arange(120) < 20, -1, np.arange(120) % 3)  # 20 pseudo-label rows
+    rows = d["fold"] != 0
+    idx = inner_split(d, rows, 0.25, seed=0, fold=0)
+    assert np.array_equal(idx, inner_split(d, rows, 0.25, seed=0, fold=0))
+    assert not np.array_equal(idx, inner_split(d, rows, 0.25, seed=1, fold=0))
+    assert rows[idx].all() and (d["fold"][idx] >= 0).all()  # pseudo-labels stay trained on
+    labeled = rows & (d["fold"] >= 0)
+    for c in np.unique(d["y"][labeled]):
+        n = int((d["y"][labeled] == c).sum())
+        assert int((d["y"][idx] == c).sum()) == max(1, round(0.25 * n))
 
 
 def test_learns_above_chance():
