@@ -477,8 +477,8 @@ class TuneConfig:
 class Config:
     workdir: str = "runs/ecmf"  # every stage reads and writes under this directory
     # The class names, in order. []: the corpus' own (`ecmf.workdir.with_labels`): MER2025's six
-    # for the mer2025 layout and for a CSV whose labels are all MER2025 classes, else the CSV's
-    # labels sorted. A list fixes the set and its order (a corpus label outside it is an error).
+    # when every label is one of them (its layout, or a subset), else the corpus' labels sorted.
+    # A list fixes the set and its order (a corpus label outside it is an error).
     labels: list[str] = field(default_factory=list)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)  # where the clips and labels are
     demo: DemoConfig = field(default_factory=DemoConfig)  # the generated demo corpus

@@ -57,8 +57,9 @@ def load_manifest(cfg: Config) -> pd.DataFrame:
 
 def corpus_labels(cfg: Config, manifest: pd.DataFrame) -> list[str]:
     """The class names a run uses, in order: `cfg.labels` when given (every manifest label must
-    be one of them), else MER2025's six for the mer2025 layout or a corpus whose labels are all
-    MER2025 classes (a subset scores as MER2025 does), else the corpus' labels sorted."""
+    be one of them), else MER2025's six for a corpus whose labels are all MER2025 classes (its
+    own layout, or a subset, which then scores as MER2025 does), else the corpus' labels
+    sorted."""
     from ecmf import schema
 
     labeled = manifest[manifest[schema.LABEL].notna()]
@@ -71,7 +72,7 @@ def corpus_labels(cfg: Config, manifest: pd.DataFrame) -> list[str]:
                              f"config labels {list(cfg.labels)}: add them, or set labels: [] to "
                              f"take the corpus' own")
         return list(cfg.labels)
-    if cfg.corpus.layout == "mer2025" or set(present) <= set(schema.LABELS):
+    if set(present) <= set(schema.LABELS):  # the mer2025 layout's reader allows no other
         return list(schema.LABELS)
     if len(present) < 2:
         raise InputError(f"the corpus has {len(present)} distinct label(s) {present}; a "
@@ -99,6 +100,7 @@ def check_inputs(cfg: Config, stage: str, run: str | Path | None = None) -> pd.D
     the inputs of STAGE_NEEDS exist: the feature store holds features, a training run is there.
     Each error names the command that makes the missing input."""
     manifest = load_manifest(cfg)
+    corpus_labels(cfg, manifest)  # a label outside `labels:` is named before Ray starts
     wd = Workdir.of(cfg)
     needs = STAGE_NEEDS[stage]
     if "store" in needs and not any(wd.store.glob("*.parquet")):

@@ -194,3 +194,38 @@ def test_extract_refuses_a_bad_manifest_before_starting_ray(tmp_path, monkeypatc
     assert main(["extract", *[a for s in sets for a in ("--set", s)]]) == 2
     err = capsys.readouterr().err
     assert "ecmf extract: error:" in err and "missing column 'path'" in err and str(bad) in err
+
+
+def test_text_only_rows_and_any_label_set(tmp_path):
+    """A corpus of transcripts (MELD-like): no media path, a name per row, its own classes."""
+    p = _csv(tmp_path / "a.csv", "name,text,label,split\n"
+                        "dia1_utt0,Oh my God!,surprise,train\n"
+                        "dia1_utt1,\"Yeah, sure.\",joy,train\n"
+                        "dia2_utt0,I'm fine.,,pool\n"
+                        "dia3_utt0,Whatever.,,candidate\n")
+    df = read_csv_manifest(p, labels=None)
+    assert df[schema.VIDEO].tolist() == [""] * 4 and df[schema.AUDIO].tolist() == [""] * 4
+    assert df[schema.TEXT].tolist()[:2] == ["Oh my God!", "Yeah, sure."]
+    assert df[schema.LABEL].tolist()[:2] == ["surprise", "joy"]
+    # The default label check is MER2025's six; the csv layout reads any (labels=None).
+    with pytest.raises(ValueError, match="label 'joy'"):
+        read_csv_manifest(p)
+    with pytest.raises(ValueError, match="line 2: a text-only row needs a 'name'"):
+        read_csv_manifest(_csv(tmp_path / "b.csv", "text,label\nhello,joy\n"), labels=None)
+    with pytest.raises(ValueError, match="line 2: empty 'path' and 'text'"):
+        read_csv_manifest(_csv(tmp_path / "c.csv", "name,path,text\nx,,\n"), labels=None)
+
+
+def test_a_text_only_row_lacks_frames_and_sound_by_nature():
+    import numpy as np
+
+    from ecmf.features.extract import decode_batch
+
+    batch = {schema.SAMPLE_ID: np.array(["a"]), schema.VIDEO: np.array([""], dtype=object),
+             schema.AUDIO: np.array([""], dtype=object), schema.TEXT: np.array(["hi"])}
+    out = decode_batch(batch, num_frames=4, sample_rate=16000, max_audio_s=5.0, frames=True,
+                       audio=True)
+    assert out[schema.decode_error_column("frames")].tolist() == [""]
+    assert out[schema.decode_error_column("audio")].tolist() == [""]
+    assert out["frames"].shape[0] == 1 and out["frames"][0].shape[0] == 0
+    assert out["audio"][0].size == 0
