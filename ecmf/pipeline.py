@@ -69,8 +69,8 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
     from ecmf.runtime import ray_session
     from ecmf.semi.refine import refine_labels
     from ecmf.train.evaluate import evaluate, read_truth, score_run
-    from ecmf.train.fit import fit, train_stage, training_table
-    from ecmf.workdir import load_manifest, with_labels
+    from ecmf.train.fit import fit, stage_table, train_stage
+    from ecmf.workdir import load_manifest
 
     out = Path(out)
     start = time.time()
@@ -99,8 +99,7 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
             timings[stage] = round(time.time() - t, 1)
         t = time.time()
         manifest = load_manifest(cfg)
-        table = training_table(manifest, cfg.train.folds, cfg.train.seed,
-                               labels=with_labels(cfg, manifest).labels)
+        table = stage_table(cfg, manifest)
         single = {}
         for feature in singles:
             one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,

@@ -21,6 +21,7 @@ class Workdir:
         return cls(Path(cfg.workdir))
 
     manifest = property(lambda self: self.root / "manifest.parquet")
+    folds = property(lambda self: self.root / "folds.parquet")  # every stage's folds
     enrich = property(lambda self: self.root / "enrich")
     enriched = property(lambda self: self.root / "enrich" / "enriched.parquet")
     features = property(lambda self: self.root / "features")

@@ -228,12 +228,11 @@ def _pairs_setup(cfg: Config):
     from dataclasses import replace
 
     from ecmf.semi.weak import fold_pairs
-    from ecmf.train.fit import resolve_features, training_table
+    from ecmf.train.fit import resolve_features, stage_table
 
     cfg = with_labels(cfg)
     folds = cfg.train.folds
-    table = pair_table(training_table(load_manifest(cfg), folds, cfg.train.seed,
-                                      labels=cfg.labels), folds)
+    table = pair_table(stage_table(cfg), folds)
     pcfg = replace(cfg, train=replace(cfg.train, folds=len(fold_pairs(folds))))
     features, dims = resolve_features(cfg)
     return pcfg, features, dims, table
@@ -283,10 +282,9 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
 
 def training_fold_of(cfg: Config) -> dict[str, int]:
     """sample_id -> the fold of each labeled clip (the split every training run shares)."""
-    from ecmf.train.fit import training_table
+    from ecmf.train.fit import stage_table
 
-    cfg = with_labels(cfg)
-    t = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed, labels=cfg.labels)
+    t = stage_table(cfg)
     return dict(zip(t[schema.SAMPLE_ID].astype(str), t["fold"].astype(int)))
 
 

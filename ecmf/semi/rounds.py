@@ -231,7 +231,7 @@ def run_rounds(cfg: Config) -> dict:
     from ecmf.semi.refine import refined_labels
     from ecmf.semi.select import class_prior
     from ecmf.semi.weak import weak_probabilities
-    from ecmf.train.fit import fit, training_table
+    from ecmf.train.fit import fit, stage_table
     from ecmf.train.predict import predict_store
 
     wd = Workdir.of(cfg)
@@ -301,8 +301,7 @@ def run_rounds(cfg: Config) -> dict:
                          rdir / "selection.json")
                 break
             selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
-            table = training_table(manifest, cfg.train.folds, cfg.train.seed, pseudo=selected,
-                                   refined=refined, labels=cfg.labels)
+            table = stage_table(cfg, manifest, pseudo=selected, refined=refined)
             fit(cfg, table, rdir)
             write_json(rdir / KEY_FILE, key)
             # Written last: its presence marks the round finished.

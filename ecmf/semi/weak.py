@@ -191,13 +191,13 @@ def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
 def weak_inputs(cfg: Config) -> tuple[list[list[str]], pd.DataFrame, list[str]]:
     """Feature sets, the labeled training table (extracted clips only) and the pool's ids."""
     from ecmf.features.store import ok_ids, store_dims
-    from ecmf.train.fit import training_table
+    from ecmf.train.fit import stage_table
 
     wd = Workdir.of(cfg)
     sets = feature_sets(cfg, list(store_dims(wd.store)))
     manifest = load_manifest(cfg)
     cfg = with_labels(cfg, manifest)
-    table = training_table(manifest, cfg.train.folds, cfg.train.seed, labels=cfg.labels)
+    table = stage_table(cfg, manifest)
     have = ok_ids(wd.store)
     table = table[table[schema.SAMPLE_ID].isin(have)].reset_index(drop=True)
     pool_ids = sorted(set(manifest.loc[manifest[schema.SPLIT] != "train", schema.SAMPLE_ID])

@@ -51,12 +51,60 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
+def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None) -> np.ndarray:
+    """The fold of each labeled clip (manifest train rows sorted by sample_id), read from
+    `<workdir>/folds.parquet`: every stage's split comes from that one file, written the first
+    time a split of `folds` folds and `train.seed` is asked for (a column `fold_k<folds>_seed
+    <seed>`, `assign_folds`). A split a user writes there (values in [0, folds)) is used as is.
+    A labeled set that changed since (other clips or labels) gets its folds anew, logged."""
+    folds = folds or cfg.train.folds
+    seed = cfg.train.seed
+    lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
+    now = pd.DataFrame({schema.SAMPLE_ID: lab[schema.SAMPLE_ID].astype(str).to_numpy(),
+                        schema.LABEL: lab[schema.LABEL].astype(str).to_numpy()})
+    path = Workdir.of(cfg).folds
+    column = f"fold_k{folds}_seed{seed}"
+    table = pd.read_parquet(path) if path.is_file() else None
+    if table is not None and not table[[schema.SAMPLE_ID, schema.LABEL]].equals(now):
+        log.warning("%s: the labeled set changed since it was written (other clips or labels); "
+                    "its folds are made again", path)
+        table = None
+    if table is not None and column in table:
+        split = table[column].to_numpy(dtype=np.int64)
+        bad = (split < 0) | (split >= folds)
+        if bad.any():
+            raise InputError(f"{path}: column {column} has fold(s) outside [0, {folds}), e.g. "
+                             f"sample {table[schema.SAMPLE_ID].iloc[np.flatnonzero(bad)[0]]!r}")
+        return split
+    y = schema.label_indices(now[schema.LABEL].to_numpy(), "the manifest", cfg.labels
+                             or sorted(set(now[schema.LABEL])))
+    table = now if table is None else table
+    table[column] = assign_folds(y, folds, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    return table[column].to_numpy(dtype=np.int64)
+
+
+def stage_table(cfg: Config, manifest: pd.DataFrame | None = None, folds: int | None = None,
+                **kw) -> pd.DataFrame:
+    """`training_table` of a stage: the config's label set and the workdir's folds
+    (`fold_split`); `kw`: pseudo, refined."""
+    from ecmf.workdir import load_manifest
+
+    manifest = load_manifest(cfg) if manifest is None else manifest
+    cfg = with_labels(cfg, manifest)
+    folds = folds or cfg.train.folds
+    return training_table(manifest, folds, cfg.train.seed, labels=cfg.labels,
+                          split=fold_split(cfg, manifest, folds), **kw)
+
+
 def training_table(manifest: pd.DataFrame, folds: int, seed: int,
                    pseudo: pd.DataFrame | None = None,
                    refined: pd.DataFrame | None = None,
-                   labels=schema.LABELS) -> pd.DataFrame:
+                   labels=schema.LABELS, split: np.ndarray | None = None) -> pd.DataFrame:
     """sample_id, y, weight, fold, train_fold: labeled clips in k folds; pseudo-labels (fold -1)
-    train only. `y` indexes `labels` (the run's label set, `Config.labels`).
+    train only. `y` indexes `labels` (the run's label set, `Config.labels`); `split`: the
+    labeled clips' folds in sample_id order (`fold_split`), else `assign_folds(y, folds, seed)`.
 
     `train_fold` says which fold models train on a row: -1 every one whose validation fold the
     row is not in; k >= 0 only fold k's. Pseudo-labels made by fold k's model of an earlier run
@@ -72,7 +120,9 @@ def training_table(manifest: pd.DataFrame, folds: int, seed: int,
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     y = schema.label_indices(lab[schema.LABEL].to_numpy(), "the manifest", labels)
     table = pd.DataFrame({schema.SAMPLE_ID: lab[schema.SAMPLE_ID].values, "y": y,
-                          "weight": 1.0, "fold": assign_folds(y, folds, seed), "train_fold": -1})
+                          "weight": 1.0,
+                          "fold": assign_folds(y, folds, seed) if split is None else split,
+                          "train_fold": -1})
     if refined is not None and "train_fold" in refined:
         table = _fold_blind_rows(table, refined, folds, labels)
     elif refined is not None:
@@ -375,9 +425,4 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
 
 def train_stage(cfg: Config, resume: bool = False) -> dict:
     """`ecmf train [--resume]`: k-fold fit on the labeled clips into `<workdir>/train`."""
-    from ecmf.workdir import load_manifest
-
-    cfg = with_labels(cfg)
-    table = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed,
-                           labels=cfg.labels)
-    return fit(cfg, table, Workdir.of(cfg).train, resume=resume)
+    return fit(cfg, stage_table(cfg), Workdir.of(cfg).train, resume=resume)

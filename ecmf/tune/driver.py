@@ -123,9 +123,9 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
     from ray import tune
 
     from ecmf.features.store import store_dims
-    from ecmf.train.fit import training_table
+    from ecmf.train.fit import stage_table
     from ecmf.tune import trial
-    from ecmf.workdir import load_manifest, with_labels
+    from ecmf.workdir import with_labels
 
     store = Workdir.of(cfg).store.resolve()  # trials may run in another working directory
     dims = store_dims(store)
@@ -137,8 +137,7 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
                           f"{store}; available: {sorted(dims)}")
     features = sorted(dims) if any(not s for s in sets) else sorted({f for s in sets for f in s})
     cfg = with_labels(cfg)
-    table = training_table(load_manifest(cfg), cfg.tune.cv_folds, cfg.train.seed,
-                           labels=cfg.labels)
+    table = stage_table(cfg, folds=cfg.tune.cv_folds)
     table = table[table["fold"] >= 0].reset_index(drop=True)
     base = asdict(cfg.train)
     if runner == "process":
