@@ -21,6 +21,7 @@ import pandas as pd
 from ecmf import schema
 from ecmf.config import Config
 from ecmf.errors import MissingInput
+from ecmf.keys import Stamp
 from ecmf.workdir import Workdir, load_manifest, save_config, with_labels, write_json
 
 log = logging.getLogger(__name__)
@@ -253,17 +254,15 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
 
     Trains `<workdir>/refine/pairs` with Ray Train (one fold model per pair of folds) unless a
     finished run there has the same settings, features and table."""
-    import json
 
     from ecmf.semi.weak import fold_pairs
-    from ecmf.train.fit import RUN_FILE, fit, run_record
+    from ecmf.train.fit import fit, run_changes, run_record
 
     pcfg, features, dims, table = _pairs_setup(cfg)
     out = Workdir.of(cfg).refine / PAIRS_RUN
     record = run_record(pcfg, features, dims, table)
     done = ((out / "metrics.json").is_file() and (out / "oof.parquet").is_file()
-            and (out / RUN_FILE).is_file()
-            and json.loads((out / RUN_FILE).read_text()).get("record") == record)
+            and run_changes(out, record) == [])
     if done:
         log.info("refine: reusing the fusion pair run %s", out)
     else:
@@ -295,7 +294,7 @@ def refine_key(cfg: Config) -> dict:
     (fold-blind) and the LLM votes (their files' digests)."""
     from dataclasses import asdict
 
-    from ecmf.semi.keys import file_sha256, frame_sha256
+    from ecmf.keys import file_sha256, frame_sha256
     from ecmf.semi.weak import weak_inputs, weak_key
 
     rc = cfg.refine
@@ -412,7 +411,7 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     elif fold_path.is_file():
         fold_path.unlink()  # from a fold-blind refinement before: not what training uses now
     write_json(out / "metrics.json", metrics)
-    write_json(out / KEY_FILE, key or refine_key(cfg))  # last: labels without it are redone
+    Stamp(out / KEY_FILE).write(key or refine_key(cfg))  # last: it marks the labels finished
     log.info("refine: %d of %d labels changed by %d sources%s", metrics["changed"], len(table),
              len(sources), f"; fold-blind: {metrics['fold_labels']['changed']} of "
              f"{metrics['fold_labels']['rows']} fold labels" if rc.fold_blind else "")
@@ -428,20 +427,15 @@ def refined_labels(cfg: Config) -> pd.DataFrame | None:
     model, a re-extracted store, new LLM votes, another refine setting) fail naming what
     changed and the command that makes them again.
     """
-    import json
-
-    from ecmf.semi.keys import changed_keys
-
     if not cfg.refine.enabled:
         return None
     wd = Workdir.of(cfg)
     path = wd.refine / ("fold_labels.parquet" if cfg.refine.fold_blind else "labels.parquet")
-    key_path = wd.refine / KEY_FILE
-    if not path.is_file() or not key_path.is_file():
+    changes = Stamp(wd.refine / KEY_FILE).changes(refine_key(cfg)) if path.is_file() else None
+    if changes is None:
         raise MissingInput(f"refine.enabled is true but {path} is not there (or unfinished): "
                            f"run `ecmf refine` with this config first")
-    old, new = json.loads(key_path.read_text()), refine_key(cfg)
-    if old != new:
-        raise MissingInput(f"{path} is stale: {', '.join(changed_keys(old, new))} changed since "
-                           f"`ecmf refine` wrote it; run `ecmf refine` again with this config")
+    if changes:
+        raise MissingInput(f"{path} is stale: {'; '.join(changes)} since `ecmf refine` wrote it; "
+                           f"run `ecmf refine` again with this config")
     return pd.read_parquet(path)

@@ -161,7 +161,7 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
     """
     from dataclasses import asdict
 
-    from ecmf.semi.keys import file_sha256, frame_sha256
+    from ecmf.keys import file_sha256, frame_sha256
 
     wd = Workdir.of(cfg)
     key = {section: {k: v for k, v in asdict(getattr(cfg, section)).items()
@@ -193,29 +193,18 @@ def check_round_key(rdir: Path, key: dict) -> None:
     already on disk; resuming after them would mix two configurations in one run. A round
     written before rounds kept their key is resumed with a warning.
     """
-    from ecmf.semi.keys import changed_keys
+    from ecmf.keys import Stamp
 
-    path = rdir / KEY_FILE
-    if not path.is_file():
+    changes = Stamp(rdir / KEY_FILE).changes(key)
+    if changes is None:
         log.warning("%s has no %s (an older ecmf wrote it): resuming after it unchecked",
                     rdir, KEY_FILE)
-        return
-    old = json.loads(path.read_text())
-    if old != key:
-        changed = changed_keys(old, key)
-        detail = "; ".join(f"{k}: {_diff(old.get(k), key.get(k))}" for k in changed)
+    elif changes:
         raise StaleRoundsError(
-            f"{rdir} was made with other settings or inputs than this run's ({detail}). Rounds "
-            f"never overwrite earlier ones: move {rdir.parent} aside (or remove it) to run the "
-            f"rounds again with these settings, or use another workdir", rdir.parent)
-
-
-def _diff(old, new) -> str:
-    """A short account of a changed key: the settings that differ, else old -> new."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
-    return "changed" if old and new else f"{old!r} -> {new!r}"
+            f"{rdir} was made with other settings or inputs than this run's "
+            f"({'; '.join(changes)}). Rounds never overwrite earlier ones: move {rdir.parent} "
+            f"aside (or remove it) to run the rounds again with these settings, or use another "
+            f"workdir", rdir.parent)
 
 
 def run_rounds(cfg: Config) -> dict:
@@ -228,6 +217,7 @@ def run_rounds(cfg: Config) -> dict:
     which pseudo-labels to trust.
     """
     from ecmf.features.store import ok_ids
+    from ecmf.keys import Stamp
     from ecmf.semi.refine import refined_labels
     from ecmf.semi.select import class_prior
     from ecmf.semi.weak import weak_probabilities
@@ -303,7 +293,7 @@ def run_rounds(cfg: Config) -> dict:
             selected = pd.concat([selected, new], ignore_index=True) if len(selected) else new
             table = stage_table(cfg, manifest, pseudo=selected, refined=refined)
             fit(cfg, table, rdir)
-            write_json(rdir / KEY_FILE, key)
+            Stamp(rdir / KEY_FILE).write(key)
             # Written last: its presence marks the round finished.
             selected.to_parquet(rdir / "labels.parquet", index=False)
         waf = val_waf(rdir, reference)

@@ -12,7 +12,6 @@ and folds are unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable
 
@@ -210,7 +209,7 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
     """What the weak probabilities depend on: classifiers, their options, feature sets, the
     labels and folds, the pool, and the store's files (a re-extraction changes them)."""
     from ecmf.features.store import store_fingerprint
-    from ecmf.semi.keys import sha256_hex
+    from ecmf.keys import sha256_hex
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
@@ -230,8 +229,8 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     import ray
 
     from ecmf.features.store import read_features
+    from ecmf.keys import Stamp
     from ecmf.progress import collect
-    from ecmf.semi.keys import changed_keys
 
     cfg = with_labels(cfg)
     rc = cfg.refine
@@ -239,13 +238,13 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     path = wd.refine / "weak_probs.parquet"
     sets, table, pool_ids = weak_inputs(cfg)
     key = weak_key(cfg, sets, table, pool_ids)
-    key_path = wd.refine / "weak_key.json"
-    if path.is_file() and key_path.is_file():
-        old = json.loads(key_path.read_text())
-        if old == key:
-            return pd.read_parquet(path)
-        log.info("weak classifiers: %s changed since %s was written; fitting them again",
-                 ", ".join(changed_keys(old, key)), path)
+    stamp = Stamp(wd.refine / "weak_key.json")
+    changes = stamp.changes(key) if path.is_file() else None
+    if changes == []:
+        return pd.read_parquet(path)
+    if changes:
+        log.info("weak classifiers: %s written with other inputs (%s); fitting them again",
+                 path, "; ".join(changes))
     for name in rc.classifiers:
         WEAK_CLASSIFIERS.get(name)  # unknown names fail before any work, listing known ones
 
@@ -284,7 +283,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     wd.refine.mkdir(parents=True, exist_ok=True)
     out.to_parquet(path, index=False)
-    key_path.write_text(json.dumps(key))
+    stamp.write(key)
     log.info("weak classifiers: %d sources over %d labeled and %d pool samples", len(jobs),
              len(lab.ids), len(pool.ids))
     return out

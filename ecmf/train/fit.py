@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -304,28 +303,25 @@ def run_record(cfg: Config, features: list[str], dims: dict[str, int],
             "training_table_sha256": digest}
 
 
-def _changes(old: dict, new: dict) -> list[str]:
-    out = []
-    for k in sorted(set(old["train"]) | set(new["train"])):
-        a, b = old["train"].get(k), new["train"].get(k)
-        if a != b:
-            out.append(f"train.{k}: {a!r} -> {b!r}")
-    for k in ("features", "dims"):
-        if old.get(k) != new.get(k):
-            out.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
-    if old.get("training_table_sha256") != new.get("training_table_sha256"):
-        out.append("training table (labels, weights or folds) differs")
-    return out
+def run_changes(out: Path, record: dict) -> list[str] | None:
+    """What differs between the run recorded in `<out>/ray_run.json` and `record` (`keys.diff`:
+    train keys, features, the training table's digest); None when no run is recorded."""
+    from ecmf.keys import Stamp, diff
+
+    saved = Stamp(out / RUN_FILE).read()
+    return None if saved is None else diff(saved["record"], record)
 
 
 def _resume_target(out: Path, record: dict) -> tuple[str, str]:
     """The interrupted run to go on with; refuses, naming them, settings that changed since."""
+    from ecmf.keys import Stamp
+
     path = out / RUN_FILE
-    if not path.is_file():
+    changed = run_changes(out, record)
+    if changed is None:
         raise MissingInput(f"{path} does not exist: {out} has no run to resume; train "
-                                f"without --resume")
-    saved = json.loads(path.read_text())
-    changed = _changes(saved["record"], record)
+                           f"without --resume")
+    saved = Stamp(path).read()
     if changed:
         raise ConfigError(f"cannot resume {saved['name']} ({path}): the config differs from the "
                           f"interrupted run's in {'; '.join(changed)}; restore those values or "
@@ -342,6 +338,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     """
     from ecmf.capacity import check_placeable, cluster_capacity
     from ecmf.features.store import store_dataset, usage_counts
+    from ecmf.keys import Stamp
     from ecmf.train.metrics import classification_report
     from ecmf.train.predict import oof_predictions
 
@@ -364,7 +361,7 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
         name = f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     save_config(cfg, out)
     table.to_parquet(out / "training_table.parquet", index=False)
-    write_json(out / RUN_FILE, {"name": name, "storage": storage, "record": record})
+    Stamp(out / RUN_FILE).write({"name": name, "storage": storage, "record": record})
     loop_config = {"train": asdict(tc), "features": features, "dims": dims,
                    "num_classes": len(cfg.labels)}
     start = time.time()

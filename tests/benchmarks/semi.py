@@ -17,7 +17,7 @@ the refined labels), then score against the hidden truth:
   threshold on its margin over the given label, chosen with the truth): the fusion model's
   out-of-fold predictions, and those of the same model trained on the hidden true labels
   (`oracle_test_waf`: its test WAF, what clean labels are worth);
-- pseudo_precision: selected pseudo-labels (every round, default threshold) that are true,
+- pseudo_precision: selected pseudo-labels (every round, default selection) that are true,
   counted per fold that took them (each fold model of a round trains on its own selection);
 - waf_gain: test WAF (x100) of the run `ecmf predict` would use (best round by validation WAF)
   minus the baseline's. Means over the seeds, and each seed's figures.
@@ -28,7 +28,7 @@ Seed 0 was the development seed; the default seeds are 1, 2, 3.
 Scale: a generated pool of `--scale-rows` rows (four 256-d float32 features, classes as noisy
 clusters) written to a Parquet store in chunks, a tiny fold ensemble trained on 2,000 of its rows,
 then `predict_store` (Ray Data, streamed, with each fold's probabilities) and a round's
-fold-by-fold selection (`select_round`, default threshold) over every row. A thread
+fold-by-fold selection (`select_round`, the default strategy) over every row. A thread
 samples the resident memory of the driver and of every process under it (Ray's GCS, raylet,
 object store and workers) each 0.5 s: scale_peak_rss_gb is the peak of the summed proportional
 set size (PSS: shared pages split between the processes that map them), scale_peak_rss_sum_gb

@@ -248,7 +248,7 @@ def test_refined_labels_are_read_until_a_source_or_setting_changes_then_refused(
     refined_labels(cfg)
     # Another refine setting.
     cfg = _with(cfg, "refine", threshold=0.9)
-    with pytest.raises(MissingInput, match=r"stale: refine changed"):
+    with pytest.raises(MissingInput, match=r"stale: refine\.threshold: 0\.3 -> 0\.9"):
         refined_labels(cfg)
     refine_labels(cfg)
     key = json.loads((root / "refine" / "refine_key.json").read_text())
@@ -293,7 +293,7 @@ def test_rounds_resume_only_over_rounds_made_with_the_same_settings(copy):
     # What a round selects: the finished rounds no longer match.
     cfg = _with(cfg, "pseudo", threshold=0.5)
     with pytest.raises(ConfigError, match=r"rounds/1 was made with other settings.*"
-                                          r"pseudo: threshold 0\.3 -> 0\.5") as err:
+                                          r"pseudo\.threshold: 0\.3 -> 0\.5") as err:
         run_rounds(cfg)
     assert err.value.rounds_dir == root / "rounds"
 
