@@ -70,7 +70,9 @@ def read_mer2025(root: str | Path, text_column: str = "english",
     cand = set(cands["name"])
     df = pd.DataFrame({
         schema.SAMPLE_ID: names,
-        schema.VIDEO: [str(videos[n]) if n in videos else "" for n in names],
+        # A clip of the release without its mp4 keeps the path it should have: extraction
+        # records it as unreadable, naming the file (an empty path means text only by design).
+        schema.VIDEO: [str(videos.get(n, root / "video" / f"{n}.mp4")) for n in names],
         schema.AUDIO: [str(audios[n]) if n in audios else "" for n in names],
         schema.TEXT: [text.get(n, "") for n in names],
         schema.LABEL: [label.get(n) for n in names],

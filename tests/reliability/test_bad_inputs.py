@@ -115,7 +115,9 @@ def test_train_and_predict_use_every_clip_with_a_modality(extracted, capsys):
     assert metrics["labeled_modalities"]["audio"]["failed"] == 2  # zero_wav_no_track, no_track
     capsys.readouterr()
     assert main(["predict", *extracted["sets"]]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    # The summary is the JSON object at the end; a Ray warning relayed to stdout may precede it.
+    summary = json.loads(printed[printed.find("{\n"):])
     sub = pd.read_csv(workdir / "predict" / "submission.csv")
     cands = pd.read_csv(extracted["root"] / "track_all_candidates.csv")["name"]
     assert sorted(sub["name"]) == sorted(cands) and sub["name"].is_unique
