@@ -346,10 +346,8 @@ class PseudoConfig:
     """Pseudo-labeling rounds over the unlabeled pool."""
 
     rounds: int = 2  # rounds after the first training run; 0: none
-    # How pool rows are chosen (`ecmf.semi.select.SELECTION`): "curriculum": a further `step`
-    # of the pool per round, most confident first, per class in the labeled mix; "threshold":
-    # calibrated confidence >= `threshold`; "adaptive": FreeMatch-style class-adaptive
-    # thresholds; "soft": every row, SoftMatch-style confidence weights.
+    # Pool rows chosen by (`ecmf.semi.select.SELECTION`): curriculum (a further `step` of the
+    # pool per round, per class in the labeled mix), threshold, adaptive or soft.
     strategy: str = "curriculum"
     step: float = 0.2  # curriculum: share of the pool each round adds
     max_share: float = 1.0  # curriculum: share of the pool taken in all, at most
@@ -363,9 +361,7 @@ class PseudoConfig:
     # supply its share (a class without candidates stops it); false: the candidates' own mix.
     class_balance: bool = True
     weight: float = 0.7  # sample weight of a pseudo-label in training (labeled: 1.0)
-    # true: the candidates (clips a submission covers) join the unlabeled pool, as in MER2025's
-    # semi-supervised track; false: the pool split alone.
-    candidates: bool = True
+    candidates: bool = True  # the candidates join the unlabeled pool (false: the pool split alone)
     patience: int = 1  # stop when validation WAF has not improved for this many rounds
     # Feature sets of weak classifiers (refine.classifiers on refine.feature_sets) whose pool
     # prediction must equal the fusion model's for a pseudo-label to be taken; 0: no agreement.
