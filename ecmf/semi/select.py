@@ -108,14 +108,8 @@ def select_pseudo_labels(probs: np.ndarray, threshold: float, class_prior: np.nd
         budget = mix_budget(share, counts)
     if max_total:
         budget = min(budget, max_total)
-    quota = np.minimum(quotas(target, budget), counts)
-
     # Most confident first; among equal confidences the lower index, so the result is stable.
-    order = idx[np.lexsort((idx, -conf[idx]))]
-    picked = [order[pred[order] == k][:quota[k]] for k in range(c) if quota[k] > 0]
-    if not picked:  # no budget, or every candidate is of a class with zero prior
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate(picked)).astype(np.int64)
+    return top_per_class(probs, np.minimum(quotas(target, budget), counts), cand)
 
 
 def mix_budget(share: np.ndarray, counts: np.ndarray) -> int:
@@ -267,7 +261,7 @@ def curriculum_strategy(probs, *, prior, round, pool_total, settings, agree=None
     allowed = _allowed(n, agree)
     share = min(settings.step * round, settings.max_share) - min(settings.step * (round - 1),
                                                                   settings.max_share)
-    budget = max(1, int(round_half_up(share * pool_total))) if share > 0 else 0
+    budget = max(1, round_half_up(share * pool_total)) if share > 0 else 0
     if settings.max_per_round:
         budget = min(budget, settings.max_per_round)
     if budget == 0:
@@ -282,6 +276,13 @@ def curriculum_strategy(probs, *, prior, round, pool_total, settings, agree=None
 
 def round_half_up(x: float) -> int:
     return int(np.floor(x + 0.5))
+
+
+def _cap(idx: np.ndarray, conf: np.ndarray, cap: int) -> np.ndarray:
+    """`idx` (ascending), at most `cap` of them (0: no cap), the most confident first."""
+    if cap and idx.size > cap:
+        idx = np.sort(idx[np.lexsort((idx, -conf[idx]))][:cap])
+    return idx.astype(np.int64)
 
 
 @SELECTION.register("adaptive")
@@ -300,10 +301,7 @@ def adaptive_strategy(probs, *, prior, round, pool_total, settings, agree=None) 
     local = probs[allowed].mean(0)
     bar = tau * local / local.max()
     take = allowed & (conf >= bar[pred])
-    idx = np.flatnonzero(take)
-    if settings.max_per_round and idx.size > settings.max_per_round:
-        idx = np.sort(idx[np.lexsort((idx, -conf[idx]))][:settings.max_per_round])
-    return _uniform(idx, settings.weight)
+    return _uniform(_cap(np.flatnonzero(take), conf, settings.max_per_round), settings.weight)
 
 
 @SELECTION.register("soft")
@@ -321,7 +319,5 @@ def soft_strategy(probs, *, prior, round, pool_total, settings, agree=None) -> S
     mu, var = conf[allowed].mean(), conf[allowed].var()
     rel = np.where(conf >= mu, 1.0, np.exp(-(conf - mu) ** 2 / (2 * max(var, 1e-12))))
     take = allowed & (rel >= settings.min_soft_weight)
-    idx = np.flatnonzero(take)
-    if settings.max_per_round and idx.size > settings.max_per_round:
-        idx = np.sort(idx[np.lexsort((idx, -conf[idx]))][:settings.max_per_round])
-    return Selection(idx.astype(np.int64), settings.weight * rel[idx])
+    idx = _cap(np.flatnonzero(take), conf, settings.max_per_round)
+    return Selection(idx, settings.weight * rel[idx])
