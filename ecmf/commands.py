@@ -9,7 +9,7 @@ HELP = {
     "extract": "encode every clip into the Parquet feature store (resumable)",
     "import-features": "MERTools feature folders (-UTT/-FRA .npy) into the feature store",
     "export-features": "the feature store as MERTools folders (<feature>-UTT/<name>.npy)",
-    "train": "k-fold fusion training with Ray Train into train/",
+    "train": "k-fold fusion training (folds in parallel on Ray) into train/",
     "refine": "multi-source label refinement of the labeled set into refine/",
     "pseudo-label": "pseudo-label rounds over the unlabeled pool into rounds/<k>/",
     "tune": "hyperparameter search (Ray Tune, ASHA) into tune/: trials.csv, best.yaml",

@@ -253,7 +253,7 @@ class EnrichConfig:
 @section("train")
 @dataclass(frozen=True)
 class TrainConfig:
-    """Fusion model and its k-fold training through Ray Train."""
+    """Fusion model and its k-fold training (Ray tasks per fold, or Ray Train DDP)."""
 
     model: str = "ecmf"  # registered fusion model: ecmf, mertools-attention, concat-mlp
     features: list[str] = field(default_factory=list)  # empty: every feature in the store
@@ -276,19 +276,19 @@ class TrainConfig:
     batch_size: int = 32  # rows per optimiser step
     folds: int = 5  # stratified k-fold cross-validation over the labeled set
     seed: int = 0  # folds, initialisation and batch order
-    # Ray Train workers. Strategy "folds": each trains its own folds, no gradient sync (2 workers
-    # train 2 folds at once); "ddp": all train each fold together (a model or table too big
-    # for one device), gradients all-reduced.
-    num_workers: int = 1  # Ray Train workers
-    strategy: str = "folds"  # "folds": a worker per fold at a time; "ddp": all on each fold
+    # "folds": a Ray task per fold, each alone on the whole table (a lost worker costs its fold);
+    # "ddp": one Ray Train run, all workers on each fold, gradients all-reduced (a model or
+    # table too big for one device).
+    strategy: str = "folds"
+    num_workers: int = 0  # folds at once (0: as many as the cluster holds); DDP: workers (0: 1)
     # A training table up to this size is read once by the driver and handed to the workers
-    # through the object store; a larger one each "folds" worker reads from the store itself,
-    # and DDP streams a shard to each worker.
+    # through the object store; a larger one each fold task reads from the store itself, and
+    # DDP streams a shard to each worker.
     in_memory_mb: int = 2048
-    use_gpu: bool = False  # one GPU per worker
-    cpus_per_worker: float = 1.0  # CPUs per Ray Train worker (also its torch threads)
-    storage_path: str = ""  # Ray Train storage (local path or URI); empty: <workdir>/ray_results
-    max_failures: int = 2  # worker-group restarts (from the last fold checkpoint) before failing
+    use_gpu: bool = False  # one GPU per worker (fold task or DDP worker)
+    cpus_per_worker: float = 1.0  # CPUs per fold task or DDP worker (also its torch threads)
+    storage_path: str = ""  # fold checkpoints (local path or URI); empty: <workdir>/ray_results
+    max_failures: int = 2  # failed fold tasks (DDP: worker-group restarts) before failing
     # Process group of the workers: "auto" (NCCL if use_gpu and the driver sees CUDA, else gloo),
     # "gloo", or "nccl" (a CPU-only head driving CUDA workers); see ecmf.train.fit.torch_backend.
     backend: str = "auto"
@@ -312,7 +312,7 @@ class TrainConfig:
                self.modality_dropout)
         check(self.epochs > 0 and self.batch_size > 0, "epochs/batch_size", "> 0",
                (self.epochs, self.batch_size))
-        check(self.num_workers > 0, "num_workers", "> 0", self.num_workers)
+        check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
         check(self.select_epoch in ("inner", "last"), "select_epoch", "'inner' or 'last'",
               self.select_epoch)
         check(0.0 < self.inner_fraction < 0.5, "inner_fraction", "in (0, 0.5)",

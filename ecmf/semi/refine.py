@@ -252,7 +252,7 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
     outside fold j, from the fusion model fit without fold j and the clip's fold (`fold_of`:
     `training_fold_of`).
 
-    Trains `<workdir>/refine/pairs` with Ray Train (one fold model per pair of folds) unless a
+    Trains `<workdir>/refine/pairs` (one fold model per pair of folds) unless a
     finished run there has the same settings, features and table."""
 
     from ecmf.semi.weak import fold_pairs

@@ -1,1 +1,1 @@
-"""Training: the per-worker loop, k-fold fitting on Ray Train, metrics, prediction and submission."""
+"""Training: the per-worker loop, k-fold fitting (a Ray task per fold, or Ray Train DDP), metrics, prediction and submission."""

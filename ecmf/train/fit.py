@@ -1,10 +1,10 @@
-"""Fitting with Ray Train: a `TorchTrainer` over the feature store; fold models, OOF metrics."""
+"""Fitting: the folds as Ray tasks (`ecmf.train.fold_tasks`, the default) or a Ray Train DDP run
+(`train.strategy: ddp`) over the feature store; fold models, OOF metrics."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -17,6 +17,7 @@ from ecmf import schema
 from ecmf.config import Config, ConfigError, TrainConfig
 from ecmf.errors import InputError, MissingInput, UnknownName
 from ecmf.progress import EpochLines, epoch_relay
+from ecmf.train.fold_tasks import fault_env, run_fold_tasks
 from ecmf.train.loop import train_loop_per_worker
 from ecmf.train.rows import table_arrays, table_bytes
 from ecmf.workdir import Workdir, save_config, with_labels, write_json
@@ -254,12 +255,12 @@ def make_trainer(tc: TrainConfig, loop_config: dict, name: str, storage: str, da
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=torch_config(tc),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+        scaling_config=ScalingConfig(num_workers=max(1, tc.num_workers), use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             worker_runtime_env=_fault_env()),
+                             worker_runtime_env=fault_env()),
         datasets=datasets,
         # Only DDP streams a dataset: a shard each, every row kept.
         dataset_config=all_rows_data_config(),
@@ -282,13 +283,6 @@ def all_rows_data_config():
             return out
 
     return AllRowsDataConfig()
-
-
-def _fault_env() -> dict | None:
-    """The driver's ECMF_FAULT_* variables (the loop's failure-injection test hook), handed to
-    the workers, whose processes do not inherit the driver's environment."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("ECMF_FAULT_")}
-    return {"env_vars": env} if env else None
 
 
 def run_record(cfg: Config, features: list[str], dims: dict[str, int],
@@ -374,31 +368,31 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     elif tc.strategy == "folds":
         import ray
 
-        # Each worker trains folds over every row and so holds the whole table: it reads the
-        # store itself, without a Ray Data execution (and its CPU demand) per worker.
+        # Each fold trains over every row and so holds the whole table: its task reads the
+        # store itself, without a Ray Data execution (and its CPU demand) per fold.
         loop_config["read"] = {"store": str(wd.store), "rows": ray.put(table)}
     else:  # DDP over a table too big to put: a streaming split, a shard per worker
         ds = store_dataset(wd.store, features)
         datasets["train"] = ds.map_batches(attach_labels, batch_format="numpy",
                                            fn_kwargs={"lookup": label_lookup(table)})
+    models = out / "models"
     with epoch_relay(EpochLines(out.name, tc.folds, tc.epochs)) as queue:
         loop_config["progress"] = queue
-        result = make_trainer(tc, loop_config, name, storage, datasets).fit()
+        if tc.strategy == "folds":
+            summary = run_fold_tasks(tc, loop_config, storage, name, resume)
+        else:
+            summary = _ddp_fit(tc, loop_config, name, storage, datasets, models)
     seconds = time.time() - start
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} reported no checkpoint: {result.error}")
-    models = out / "models"
-    if models.exists():
-        shutil.rmtree(models)
-    with result.checkpoint.as_directory() as d:
-        shutil.copytree(d, models)
+    if tc.strategy == "folds":
+        if models.exists():
+            shutil.rmtree(models)
+        summary.pop("store").copy_to(tc.folds, models)
 
     oof = oof_predictions(out, wd.store, table)
     oof.to_parquet(out / "oof.parquet", index=False)
     y_true = schema.label_indices(oof["label"].to_numpy(), labels=cfg.labels)
     y_pred = schema.label_indices(oof[schema.PRED].to_numpy(), labels=cfg.labels)
     report = classification_report(y_true, y_pred, cfg.labels)
-    summary = getattr(result, "return_value", None) or {}
     labeled = table.loc[table["fold"] >= 0, schema.SAMPLE_ID].unique()
     used = usage_counts(wd.store, labeled)
     if used["without_features"]:
@@ -412,12 +406,29 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
                "n_pseudo": int(table.loc[table["fold"] < 0, schema.SAMPLE_ID].nunique()),
                "pseudo_rows": int((table["fold"] < 0).sum()), "folds": tc.folds,
                "cv": report, "fit_seconds": round(seconds, 2), "ray_run": f"{storage}/{name}",
+               "strategy": tc.strategy,
                "resumed_folds": summary.get("resumed_folds", []),
-               "shard_rows": summary.get("shard_rows")}
+               "retried_folds": summary.get("retried_folds", []),
+               # rows each worker held (DDP: its shard), or each fold's task ("folds": all)
+               "shard_rows": summary.get("shard_rows", summary.get("fold_rows"))}
     write_json(out / "metrics.json", metrics)
     log.info("%s: out-of-fold WAF %.4f, accuracy %.4f over %d labeled samples", out.name,
              report["waf"], report["accuracy"], metrics["n_labeled"])
     return metrics
+
+
+def _ddp_fit(tc: TrainConfig, loop_config: dict, name: str, storage: str, datasets: dict,
+             models: Path) -> dict:
+    """`train.strategy: ddp`: one Ray Train run, every worker on every fold (its gradients
+    all-reduced); the fold models of its last checkpoint go to `models`."""
+    result = make_trainer(tc, loop_config, name, storage, datasets).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} reported no checkpoint: {result.error}")
+    if models.exists():
+        shutil.rmtree(models)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, models)
+    return getattr(result, "return_value", None) or {}
 
 
 def train_stage(cfg: Config, resume: bool = False) -> dict:

@@ -301,18 +301,23 @@ def inner_split(data: dict, train_rows: np.ndarray, fraction: float, seed: int,
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
+def fold_record(result: dict, cfg: TrainConfig, features: list[str],
+                dims: dict[str, int]) -> dict:
+    """What a fold file holds: the model (name, kwargs, weights) and how it was trained."""
+    kwargs = model_kwargs(cfg, dims, result.get("num_classes", len(schema.LABELS)))
+    return {"model": cfg.model, "kwargs": kwargs, "features": features,
+            "state_dict": result["state"], "fold": result["fold"],
+            "best_epoch": result["best_epoch"], "val_waf": result["val_waf"],
+            "history": result["history"], "trained_at": result.get("trained_at"),
+            "epoch_seconds": result.get("epoch_seconds", []), "train_config": asdict(cfg)}
+
+
 def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[str, int],
               directory: Path) -> Path:
     import torch
 
     path = Path(directory) / MODEL_FILE.format(result["fold"])
-    kwargs = model_kwargs(cfg, dims, result.get("num_classes", len(schema.LABELS)))
-    torch.save({"model": cfg.model, "kwargs": kwargs, "features": features,
-                "state_dict": result["state"], "fold": result["fold"],
-                "best_epoch": result["best_epoch"], "val_waf": result["val_waf"],
-                "history": result["history"], "trained_at": result.get("trained_at"),
-                "epoch_seconds": result.get("epoch_seconds", []),
-                "train_config": asdict(cfg)}, path)
+    torch.save(fold_record(result, cfg, features, dims), path)
     return path
 
 
@@ -322,7 +327,7 @@ def load_fold(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _injected_fault(finished: int, rank: int) -> None:
+def _injected_fault(finished: int, rank: int, settle_s: float = 5.0) -> None:
     """Test hook: with ECMF_FAULT_AFTER_FOLDS=n and ECMF_FAULT_MARKER=path, rank 0 fails once
     when n folds are finished (ECMF_FAULT_MODE "exit": the process dies, as a lost node would;
     "raise": the training function raises). The marker file records the time and stops it
@@ -330,9 +335,10 @@ def _injected_fault(finished: int, rank: int) -> None:
     after, marker = os.environ.get("ECMF_FAULT_AFTER_FOLDS"), os.environ.get("ECMF_FAULT_MARKER")
     if rank != 0 or not after or not marker or finished != int(after) or Path(marker).exists():
         return
-    # A failure right after a report could beat the controller's poll of that checkpoint (every
-    # 2 s, later on a loaded machine); a real failure mid-fold comes polls later.
-    time.sleep(5.0)
+    # Under Ray Train (DDP), a failure right after a report could beat the controller's poll of
+    # that checkpoint (every 2 s, later on a loaded machine); a real failure mid-fold comes polls
+    # later. A fold task's result is back before the next is submitted: no wait.
+    time.sleep(settle_s)
     Path(marker).write_text(f"{time.time()}\n")
     if os.environ.get("ECMF_FAULT_MODE", "exit") == "exit":
         os._exit(1)
@@ -395,6 +401,19 @@ def _progress_sender(config: dict, sends: bool) -> Callable[[dict], None] | None
     from ecmf.progress import send
 
     return lambda record: send(queue, record)
+
+
+def task_rows(config: dict, features: list[str]) -> dict:
+    """A fold task's rows (`ecmf.train.fold_tasks`), the whole table: the one the driver put in
+    the object store (`config["table"]`), else read from the store here (`config["read"]`)."""
+    import ray
+
+    if config.get("table") is not None:
+        return ray.get(config["table"])
+    from ecmf.train.rows import table_arrays
+
+    read = config["read"]
+    return table_arrays(read["store"], ray.get(read["rows"]), features)
 
 
 def worker_data(config: dict, features: list[str], dims: dict[str, int]) -> dict:

@@ -36,16 +36,18 @@ class FoldEnsemble:
         self._torch = torch
         self.device = device
 
-    def fold_probs(self, feats: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> np.ndarray:
-        """Class probabilities of every fold model, [K, N, C]."""
+    def fold_probs(self, feats: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                   models: list[int] | None = None) -> np.ndarray:
+        """Class probabilities of every fold model (or the `models`-th ones), [K, N, C]."""
         torch = self._torch
         # Copies: arrays from Ray Data batches are read-only, which torch warns about.
         f = {k: torch.tensor(np.array(feats[k], dtype=np.float32), device=self.device)
              for k in self.features}
         m = {k: torch.tensor(np.array(masks[k], dtype=bool), device=self.device)
              for k in self.features}
+        chosen = [self.models[i] for i in (range(len(self.models)) if models is None else models)]
         with torch.inference_mode():
-            return np.stack([torch.softmax(mod(f, m), -1).cpu().numpy() for mod in self.models])
+            return np.stack([torch.softmax(mod(f, m), -1).cpu().numpy() for mod in chosen])
 
     def predict(self, feats, masks) -> np.ndarray:
         """Ensemble probabilities, the mean over folds, [N, C]."""
@@ -161,8 +163,12 @@ def oof_predictions(run_dir: str | Path, store: str | Path, table: pd.DataFrame)
     ft = read_features(store, ens.features, unique.tolist())
     probs = np.zeros((len(held), len(labels)), dtype=np.float32)
     folds = held["fold"].to_numpy()
-    for k, model_probs in zip(ens.folds, ens.fold_probs(ft.feats, ft.masks)):
-        probs[folds == k] = model_probs[rows[folds == k]]
+    for i, k in enumerate(ens.folds):  # each model on the rows it held out, no more
+        sel = rows[folds == k]
+        if len(sel):
+            sub = {f: ft.feats[f][sel] for f in ens.features}
+            probs[folds == k] = ens.fold_probs(sub, {f: ft.masks[f][sel] for f in ens.features},
+                                               models=[i])[0]
     df = prob_frame(ids, probs, labels)
     df["label"] = np.array(labels)[held["y"].to_numpy()]
     df["fold"] = folds

@@ -98,8 +98,9 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
     cpus, gpus = capacity.totals.get("CPU", 0.0), capacity.totals.get("GPU", 0.0)
     per_trial, reserve = tc.cpus_per_trial, 0.0
     keys = "tune.cpus_per_trial"
+    workers = max(1, tr.num_workers)  # a TorchTrainer's workers (0: one)
     if runner == "ray_train":
-        per_trial += tr.num_workers * tr.cpus_per_worker
+        per_trial += workers * tr.cpus_per_worker
         reserve = 1.0  # Ray Data's read tasks take a whole CPU each
         keys += ", train.num_workers x train.cpus_per_worker and 1 CPU for Ray Data"
     fits = math.floor((cpus - reserve) / per_trial + 1e-9)
@@ -111,7 +112,7 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
         raise ConfigError(f"tune.max_concurrent_trials={tc.max_concurrent_trials} trials of "
                           f"{per_trial:g} CPUs ({keys}) need more than the cluster's {cpus:g} "
                           f"CPUs; at most {fits} fit")
-    need_gpus = tc.gpus_per_trial if runner == "process" else tr.num_workers * tr.use_gpu
+    need_gpus = tc.gpus_per_trial if runner == "process" else workers * tr.use_gpu
     if need_gpus > gpus:
         raise ConfigError(f"a trial needs {need_gpus:g} GPUs (tune.gpus_per_trial, or "
                           f"train.num_workers with train.use_gpu) but the cluster has {gpus:g}")

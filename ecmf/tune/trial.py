@@ -156,7 +156,7 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
         train_loop_config={"train": asdict(cfg), "features": features, "dims": dims,
                            "folds": folds, "num_classes": num_classes},
         torch_config=torch_config(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+        scaling_config=ScalingConfig(num_workers=max(1, cfg.num_workers), use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         # Tune retries the trial (tune.max_failures); a retry inside would start it over anyway.
         run_config=RunConfig(name=f"trial-{tune.get_context().get_trial_id()}",

@@ -74,6 +74,14 @@ def _actors_on(cluster: dict, class_part: str) -> set[str]:
     return {a.node_id for a in actors if class_part in (a.class_name or "")}
 
 
+def _tasks_on(cluster: dict, name: str) -> set[str]:
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=cluster["dashboard"], filters=[("name", "=", name)], limit=10000,
+                       detail=True, raise_on_missing_output=False)
+    return {t.node_id for t in tasks if t.node_id}
+
+
 def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, gpu_config):
     from ray.util.state import list_nodes
 
@@ -112,3 +120,6 @@ def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, g
     for what in ("MapBatches(EncoderGroup)", "RayTrainWorker", "MapBatches(Predictor)"):
         where = _actors_on(cluster, what)
         assert where and where <= gpu_nodes, (what, where, gpu_nodes)
+    # train's folds, each a task asking for a GPU (tune's trials above are a TorchTrainer's)
+    where = _tasks_on(cluster, "train_fold")
+    assert where and where <= gpu_nodes, ("train_fold", where, gpu_nodes)

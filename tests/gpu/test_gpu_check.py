@@ -13,6 +13,7 @@ marked `gpu` and skips, with the reason, where CUDA (or vLLM, or a staged LLM) i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -99,13 +100,21 @@ def test_fit_with_nccl(tmp_path, ray_local):
     workers = 2 if gpus >= 2 else 1
     root = make_workdir(tmp_path / "w")
     cfg = load_config(None, [f"workdir={root}", "train.use_gpu=true", "train.backend=auto",
-                             f"train.num_workers={workers}", "train.epochs=5", "train.folds=3"])
+                             f"train.num_workers={workers}", "train.epochs=5", "train.folds=3",
+                             "train.strategy=ddp"])
     assert cfg.train.backend == "auto"  # auto: NCCL, the driver sees CUDA
     table = training_table(load_manifest(cfg), cfg.train.folds, cfg.train.seed)
     start = time.perf_counter()
     metrics = fit(cfg, table, root / "train")
     _report(f"fit with NCCL, {workers} worker(s) on {gpus} GPU(s): "
             f"{time.perf_counter() - start:.1f} s, out-of-fold WAF {metrics['cv']['waf']:.3f}")
+    assert metrics["cv"]["waf"] > 0.3
+    # The default strategy: a task per fold, each on a GPU of its own.
+    folds = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strategy="folds"))
+    start = time.perf_counter()
+    metrics = fit(folds, table, root / "train-folds")
+    _report(f"fit, a task per fold on {gpus} GPU(s): {time.perf_counter() - start:.1f} s, "
+            f"out-of-fold WAF {metrics['cv']['waf']:.3f}")
     assert metrics["cv"]["waf"] > 0.3
 
 

@@ -1,5 +1,5 @@
-"""`ecmf train` through Ray Train on a synthetic store: re-runs give the same metrics, a worker
-lost mid-run is restarted from the last fold checkpoint, `--resume` finishes an interrupted run
+"""`ecmf train` on a synthetic store: re-runs give the same metrics, a worker lost mid-run
+costs only the fold it was training, `--resume` finishes an interrupted run
 without retraining its finished folds (and refuses a changed config), two workers with uneven
 shards keep every row; then `ecmf predict` and `ecmf evaluate` on the result."""
 
@@ -57,7 +57,8 @@ def test_train_writes_models_and_out_of_fold_metrics(reference):
     assert m["cv"]["waf"] == pytest.approx(f1_score(oof["label"], oof[schema.PRED],
                                                     average="weighted"))
     assert m["cv"]["waf"] > 0.3  # six balanced classes: chance is about 0.17
-    assert m["resumed_folds"] == [] and m["shard_rows"] == [N_TRAIN]
+    # One task per fold, each holding the whole table.
+    assert m["resumed_folds"] == [] and m["shard_rows"] == [N_TRAIN] * 3
     assert (reference / "train" / "ray_run.json").is_file()
 
 
@@ -70,16 +71,17 @@ def test_same_seed_same_metrics_on_a_rerun(reference, tmp_path):
     pd.testing.assert_frame_equal(oof_a, oof_b)
 
 
-def test_a_lost_worker_restarts_from_the_last_fold_checkpoint(reference, tmp_path, monkeypatch):
+def test_a_lost_worker_costs_only_its_fold(reference, tmp_path, monkeypatch):
     wd = make_workdir(tmp_path / "wd", n_train=N_TRAIN)
     marker = tmp_path / "died"
-    fault(monkeypatch, marker, after=1, mode="exit")  # os._exit in the worker after fold 0
-    assert main(["train", *sets(wd, "train.max_failures=2")]) == 0
+    # os._exit in the worker of the fold submitted after fold 0 came back (one fold at a time)
+    fault(monkeypatch, marker, after=1, mode="exit")
+    assert main(["train", *sets(wd, "train.max_failures=2", "train.num_workers=1")]) == 0
     died = float(marker.read_text())
     times = trained_at(wd)
     assert times[0] < died < times[1] < times[2]  # fold 0 was kept, not trained again
     m = metrics(wd)
-    assert m["resumed_folds"] == [0]
+    assert m["resumed_folds"] == [] and m["retried_folds"] == [1]
     assert m["cv"] == metrics(reference)["cv"]
 
 
@@ -88,7 +90,7 @@ def test_resume_finishes_an_interrupted_run(reference, tmp_path, monkeypatch, ca
     marker = tmp_path / "stopped"
     fault(monkeypatch, marker, after=2, mode="raise")
     with pytest.raises(Exception, match="injected failure"):
-        main(["train", *sets(wd, "train.max_failures=0")])
+        main(["train", *sets(wd, "train.max_failures=0", "train.num_workers=1")])
     assert not (wd / "train" / "metrics.json").exists()
     for var in ("ECMF_FAULT_AFTER_FOLDS", "ECMF_FAULT_MARKER", "ECMF_FAULT_MODE"):
         monkeypatch.delenv(var)
@@ -126,14 +128,15 @@ def test_ddp_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path, in_m
 
 @pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "worker-read"])
 def test_fold_parallel_workers_train_the_same_models_as_one(reference, tmp_path, in_memory_mb):
-    """The "folds" strategy: 2 workers train folds 0 and 1 at once, then fold 2, each on every
+    """The "folds" strategy: 2 tasks train folds 0 and 1 at once, then fold 2, each on every
     row, alone; the models are those one worker trains in turn, and so are the metrics. The
-    table comes through the object store, or (too big to put) each worker reads the store."""
+    table comes through the object store, or (too big to put) each task reads the store."""
     wd = make_workdir(tmp_path, n_train=N_TRAIN)
     assert main(["train", *sets(wd, "train.num_workers=2", "train.cpus_per_worker=0.5",
                                 f"train.in_memory_mb={in_memory_mb}")]) == 0
     m = metrics(wd)
-    assert m["shard_rows"] == [N_TRAIN, N_TRAIN]  # every worker holds the whole table
+    assert m["strategy"] == "folds"
+    assert m["shard_rows"] == [N_TRAIN] * 3  # every fold's task holds the whole table
     assert m["cv"] == metrics(reference)["cv"]
     pd.testing.assert_frame_equal(pd.read_parquet(wd / "train" / "oof.parquet"),
                                   pd.read_parquet(reference / "train" / "oof.parquet"))
