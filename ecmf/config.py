@@ -20,6 +20,7 @@ PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # EncoderConfig.precision
 TRAIN_BACKENDS = ("auto", "gloo", "nccl")  # TrainConfig.backend
 TRAIN_STRATEGIES = ("folds", "ddp")  # TrainConfig.strategy
+LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule
 # Where the GPU image stages RetinaFace's release (STAGE_RETINAFACE, TORCH_HOME=/opt/ecmf/torch;
 # docker/README.md), so no node downloads weights at run time.
 RETINAFACE_WEIGHTS = "/opt/ecmf/torch/hub/checkpoints/retinaface_resnet50_2020-07-20-f168fae3c.zip"
@@ -263,6 +264,7 @@ class TrainConfig:
     dropout: float = 0.3  # inside the model
     modality_dropout: float = 0.1  # chance a present modality is hidden in a training batch
     lr: float = 1e-3  # AdamW learning rate
+    lr_schedule: str = "constant"  # "constant", or "cosine": to 0 over the fold's steps
     weight_decay: float = 1e-4  # AdamW weight decay
     label_smoothing: float = 0.0  # of the cross-entropy loss
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency of each fold)
@@ -276,14 +278,12 @@ class TrainConfig:
     batch_size: int = 32  # rows per optimiser step
     folds: int = 5  # stratified k-fold cross-validation over the labeled set
     seed: int = 0  # folds, initialisation and batch order
-    # "folds": a Ray task per fold, each alone on the whole table (a lost worker costs its fold);
-    # "ddp": one Ray Train run, all workers on each fold, gradients all-reduced (a model or
-    # table too big for one device).
+    # "folds": a Ray task per fold, alone on the whole table (a lost worker costs its fold);
+    # "ddp": one Ray Train run, all workers on each fold (a model too big for one device).
     strategy: str = "folds"
     num_workers: int = 0  # folds at once (0: as many as the cluster holds); DDP: workers (0: 1)
-    # A training table up to this size is read once by the driver and handed to the workers
-    # through the object store; a larger one each fold task reads from the store itself, and
-    # DDP streams a shard to each worker.
+    # A training table up to this size goes to the workers through the object store, read
+    # once; a larger one each fold task reads from the store, and DDP streams a shard to each.
     in_memory_mb: int = 2048
     use_gpu: bool = False  # one GPU per worker (fold task or DDP worker)
     cpus_per_worker: float = 1.0  # CPUs per fold task or DDP worker (also its torch threads)
@@ -313,6 +313,8 @@ class TrainConfig:
         check(self.epochs > 0 and self.batch_size > 0, "epochs/batch_size", "> 0",
                (self.epochs, self.batch_size))
         check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
+              self.lr_schedule)
         check(self.select_epoch in ("inner", "last"), "select_epoch", "'inner' or 'last'",
               self.select_epoch)
         check(0.0 < self.inner_fraction < 0.5, "inner_fraction", "in (0, 0.5)",

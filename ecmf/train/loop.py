@@ -219,6 +219,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
                                       minlength=num_classes))
         class_weight = torch.tensor(balanced_from_counts(counts), device=device)
     steps = dist.max(int(np.ceil(len(train_idx) / cfg.batch_size)))
+    schedule = lr_schedule(opt, cfg.lr_schedule, steps * cfg.epochs)
     # Copies: arrays from Ray Data batches are read-only, which torch warns about.
     y_all = torch.tensor(np.array(data["y"], dtype=np.int64))
     w_all = torch.tensor(np.array(data["weight"], dtype=np.float32))
@@ -247,6 +248,8 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
             # The weighted loss sum and weight of this rank's rows; all-reduced per epoch below.
             total += loss.item() * float(denom.clamp(min=1e-8))
             weight += float(w.sum())
@@ -277,6 +280,20 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
             "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history,
             "epoch_seconds": epoch_seconds, "trained_at": time.time(),
             "num_classes": num_classes}
+
+
+def lr_schedule(opt, name: str, total_steps: int):
+    """The learning-rate schedule stepped after each optimiser step: None for "constant";
+    "cosine" decays the rate from `train.lr` to 0 along a half cosine over `total_steps`."""
+    if name == "constant":
+        return None
+    import math
+
+    import torch
+
+    total = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
 
 
 def inner_split(data: dict, train_rows: np.ndarray, fraction: float, seed: int,

@@ -176,3 +176,20 @@ def test_rows_of_another_fold_model_neither_train_nor_validate_this_one():
     both["train_fold"] = np.r_[np.full(len(d["y"]), -1), np.full(len(rows), 1)]
     other = run(cfg(), both)
     assert same_state(base, other) and other["history"] == base["history"]
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_over_the_fold_and_changes_training():
+    from ecmf.train.loop import lr_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert lr_schedule(opt, "constant", 10) is None
+    sched = lr_schedule(opt, "cosine", 10)
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert not same_state(run(cfg()), run(cfg(lr_schedule="cosine")))
