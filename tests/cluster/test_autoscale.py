@@ -3,7 +3,7 @@
 Ray's fake multi-node provider (PLATFORM_NOTES.md): a head that offers no GPU, and a worker type
 offering `GPU: 1` (a fake resource: no CUDA behind it) with `min_workers: 0`. Every stage runs
 as its own driver process joined to that cluster, as a job on the head would: extraction with
-GPU encoders, 2-worker training that asks for GPUs, one pseudo-label round, a 2-trial search
+GPU encoders, training with a GPU per fold task, one pseudo-label round, a 2-trial search
 with GPU trials and a submitted job. The state API then shows that the autoscaler launched the
 GPU nodes and that the GPU work ran on them.
 """
@@ -117,9 +117,9 @@ def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, g
     nodes = list_nodes(address=cluster["dashboard"], detail=True, limit=100)
     gpu_nodes = {n.node_id for n in nodes if n.resources_total.get("GPU")}
     assert gpu_nodes and all(not n.is_head_node for n in nodes if n.node_id in gpu_nodes)
-    for what in ("MapBatches(EncoderGroup)", "RayTrainWorker", "MapBatches(Predictor)"):
+    for what in ("MapBatches(EncoderGroup)", "MapBatches(Predictor)"):
         where = _actors_on(cluster, what)
         assert where and where <= gpu_nodes, (what, where, gpu_nodes)
-    # train's folds, each a task asking for a GPU (tune's trials above are a TorchTrainer's)
+    # train's folds (and the pseudo-label round's), each a task asking for a GPU
     where = _tasks_on(cluster, "train_fold")
     assert where and where <= gpu_nodes, ("train_fold", where, gpu_nodes)

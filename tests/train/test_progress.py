@@ -131,8 +131,9 @@ def test_local_train_logs_a_line_per_epoch_of_each_fold(ray_local, tmp_path, cap
         assert (int(folds), int(epochs), int(total)) == (2, 3, 6)
         assert math.isfinite(float(loss)) and 0.0 <= float(waf) <= 1.0
         seen.append((int(fold), int(epoch), int(done)))
-    assert [(f, e) for f, e, _ in seen] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    # The two folds train at once, so their lines interleave; each fold's come in order.
+    assert {f: [e for g, e, _ in seen if g == f] for f in (1, 2)} == {1: [1, 2, 3], 2: [1, 2, 3]}
     assert [d for _, _, d in seen] == [1, 2, 3, 4, 5, 6]
     assert eta == "0s"
     done = [r.getMessage() for r in records if " done, best epoch " in r.getMessage()]
-    assert [d.split(": ")[1][:8] for d in done] == ["fold 1/2", "fold 2/2"]
+    assert sorted(d.split(": ")[1][:8] for d in done) == ["fold 1/2", "fold 2/2"]
