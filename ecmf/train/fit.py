@@ -379,14 +379,10 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     with epoch_relay(EpochLines(out.name, tc.folds, tc.epochs)) as queue:
         loop_config["progress"] = queue
         if tc.strategy == "folds":
-            summary = run_fold_tasks(tc, loop_config, storage, name, resume)
+            summary = run_fold_tasks(tc, loop_config, storage, name, resume, models)
         else:
             summary = _ddp_fit(tc, loop_config, name, storage, datasets, models)
     seconds = time.time() - start
-    if tc.strategy == "folds":
-        if models.exists():
-            shutil.rmtree(models)
-        summary.pop("store").copy_to(tc.folds, models)
 
     oof = oof_predictions(out, wd.store, table)
     oof.to_parquet(out / "oof.parquet", index=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -119,12 +120,13 @@ def train_fold_task(config: dict, fold: int, finished: int) -> dict:
 
 
 def run_fold_tasks(tc: TrainConfig, loop_config: dict, storage: str, name: str,
-                   resume: bool) -> dict:
+                   resume: bool, models: Path) -> dict:
     """Train the folds not saved under `<storage>/<name>/` (all of them unless `resume`) as
-    Ray tasks, `tc.num_workers` at once (0: as many as the cluster's resources allow).
+    Ray tasks, `tc.num_workers` at once (0: as many as the cluster's resources allow); the
+    fold models then go to `models`.
 
     Returns a summary: resumed_folds (kept from the interrupted run), retried_folds (trained
-    again after a failure), fold_rows (the rows each fold's task held), the run directory.
+    again after a failure), fold_rows (the rows each fold's task held).
     """
     import ray
     from ray.exceptions import RayError
@@ -173,9 +175,11 @@ def run_fold_tasks(tc: TrainConfig, loop_config: dict, storage: str, name: str,
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+    if models.exists():
+        shutil.rmtree(models)
+    store.copy_to(tc.folds, models)
     return {"resumed_folds": resumed, "retried_folds": retried,
-            "fold_rows": [rows[k] for k in sorted(rows)], "strategy": "folds",
-            "store": store}
+            "fold_rows": [rows[k] for k in sorted(rows)], "strategy": "folds"}
 
 
 def fault_env() -> dict | None:
