@@ -434,24 +434,16 @@ def task_rows(config: dict, features: list[str]) -> dict:
 
 
 def worker_data(config: dict, features: list[str], dims: dict[str, int]) -> dict:
-    """This worker's rows as `train_one_fold` takes them, sorted by sample_id: the whole table
-    the driver put in the object store (`config["table"]`; a DDP worker keeps every world-th
-    row), else the table's rows read from the store here (`config["read"]`, "folds": every
-    worker trains on every row), else the DDP shard Ray Train streams to it."""
-    import ray
+    """This worker's rows as `train_one_fold` takes them, sorted by sample_id: the table handed
+    over as a fold task gets it (`task_rows`; a DDP worker keeps every world-th row), else the
+    DDP shard Ray Train streams to it."""
     import ray.train
 
-    ref = config.get("table")
-    if ref is None and config.get("read"):
-        from ecmf.train.rows import table_arrays
-
-        read = config["read"]
-        return table_arrays(read["store"], ray.get(read["rows"]), features)
-    if ref is None:
+    if config.get("table") is None and not config.get("read"):
         shard = ray.train.get_dataset_shard("train")
         return arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
                                    features, dims)
-    data = ray.get(ref)
+    data = task_rows(config, features)
     if config["train"].get("strategy") == "ddp":
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
