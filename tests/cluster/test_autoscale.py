@@ -96,7 +96,13 @@ def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, g
     spec = gpu_config["path"].with_name("extract-job.yaml")
     spec.write_text(yaml.safe_dump({
         "name": "ecmf-fake-gpu-extract", "config": cfg, "steps": ["extract"],
-        "entrypoint_num_cpus": 0, "runtime_env": {"working_dir": str(REPO)}}))
+        "entrypoint_num_cpus": 0,
+        # The code as an image holds it (`local://`: a directory on every node), not uploaded:
+        # Ray 2.60 unpacks an uploaded working_dir with overwrite=True as each node first uses
+        # it, under the session dir, which fake nodes share, so a GPU node joining mid-job
+        # deleted the files under the head's running workers (seen in CI: "No module named
+        # ecmf.features.store"). The upload path is covered on one node by test_cluster_jobs_live.
+        "runtime_env": {"working_dir": f"local://{REPO}"}}))
     out = subprocess.run(
         [sys.executable, "-m", "ecmf.cli", "submit", str(spec), "--address",
          cluster["dashboard"], "--follow", "--timeout", str(STAGE_TIMEOUT_S)],
