@@ -102,6 +102,11 @@ def send(queue, record: dict) -> None:
         log.debug("progress record not sent: %s", e)
 
 
+# What `Relay.__exit__` puts on its queue after the workers' last record: the drain thread
+# stops at it.
+_WAKE = "ecmf-relay-stop"
+
+
 class Relay:
     """A Ray queue (a 0-CPU actor) that workers `send` records to; a driver thread hands each
     to `handler` in arrival order. Use as a context manager: on exit, the records still queued
@@ -139,6 +144,8 @@ class Relay:
             except RayError as e:  # the queue actor is gone
                 log.debug("progress queue lost: %s", e)
                 return
+            if record == _WAKE:
+                return
             self._handle(record)
 
     def __exit__(self, *exc) -> None:
@@ -147,10 +154,16 @@ class Relay:
         from ray.util.queue import Empty
 
         self._stop.set()
+        try:  # wakes the drain thread now, not at its next poll (up to poll_s per fit)
+            self.queue.put_nowait(_WAKE)
+        except RayError as e:
+            log.debug("progress queue lost: %s", e)
         self._thread.join()
         try:
             while True:
-                self._handle(self.queue.get_nowait())
+                record = self.queue.get_nowait()
+                if record != _WAKE:
+                    self._handle(record)
         except Empty:
             pass
         except RayError as e:

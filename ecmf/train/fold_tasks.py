@@ -115,6 +115,7 @@ def train_fold_task(config: dict, fold: int, finished: int) -> dict:
               "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
     saved = fold_record(result, cfg, features, dims)
     saved["rows"] = len(data["y"])
+    saved["task_began"] = began  # unix time: with trained_at, where a fold's time went
     saved["task_seconds"] = time.time() - began
     return saved
 

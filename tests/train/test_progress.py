@@ -118,6 +118,21 @@ def test_relay_hands_worker_records_to_the_driver_in_order(ray_local):
     assert got == [{"i": i} for i in range(20)]
 
 
+def test_relay_exit_wakes_its_thread_instead_of_waiting_out_a_poll(ray_local):
+    def send_all(queue, n: int) -> int:
+        for i in range(n):
+            send(queue, {"i": i})
+        return n
+
+    got = []
+    with Relay(got.append, poll_s=120) as relay:
+        ray_local.get(ray_local.remote(send_all).options(num_cpus=0).remote(relay.queue, 3))
+        began = time.monotonic()
+    # Every record still handled, and the exit did not sit out the 120 s poll.
+    assert got == [{"i": i} for i in range(3)]
+    assert time.monotonic() - began < 60
+
+
 def test_local_train_logs_a_line_per_epoch_of_each_fold(ray_local, tmp_path, caplog):
     wd = make_workdir(tmp_path, n_train=60)
     items = [f"workdir={wd}", f"corpus.root={wd}", *SMALL, "train.folds=2", "train.epochs=3"]
