@@ -13,9 +13,9 @@ import copy
 import os
 import tempfile
 import time
+from collections.abc import Callable, Generator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,8 +27,10 @@ MODEL_FILE = "fold_{}.pt"
 
 def model_kwargs(cfg: TrainConfig, dims: dict[str, int],
                  num_classes: int = len(schema.LABELS)) -> dict:
-    return dict(dims=dims, num_classes=num_classes, hidden=cfg.hidden, heads=cfg.heads,
-                layers=cfg.layers, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout)
+    """The fusion model's constructor arguments for a training config."""
+    return {"dims": dims, "num_classes": num_classes, "hidden": cfg.hidden, "heads": cfg.heads,
+            "layers": cfg.layers, "dropout": cfg.dropout,
+            "modality_dropout": cfg.modality_dropout}
 
 
 def arrays_from_batches(batches, features: list[str],
@@ -169,7 +171,27 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
                    fold: int, prepare: Callable = lambda m: m, device="cpu",
                    on_epoch: Callable[[dict], None] | None = None,
                    distributed: bool = True, num_classes: int = len(schema.LABELS)) -> dict:
-    """Train on rows whose fold != `fold`, validate on rows whose fold == `fold`.
+    """A whole fold (`fold_epochs` run to its end); `on_epoch`, if given, is called with each
+    epoch's history entry (progress lines)."""
+    epochs = fold_epochs(cfg, data, features, dims, fold, prepare=prepare, device=device,
+                         distributed=distributed, num_classes=num_classes)
+    while True:
+        try:
+            entry = next(epochs)
+        except StopIteration as done:
+            return done.value
+        if on_epoch is not None:
+            on_epoch(entry)
+
+
+def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
+                fold: int, prepare: Callable = lambda m: m, device="cpu",
+                distributed: bool = True,
+                num_classes: int = len(schema.LABELS)) -> Generator[dict, None, dict]:
+    """The fold stepper: train on rows whose fold != `fold`, validate on rows whose fold ==
+    `fold`, one epoch per step. Yields each epoch's history entry; returns (StopIteration's
+    value) the fold's result. `ecmf train` runs it to the end (`train_one_fold`), a Tune trial
+    steps its folds in turn (`ecmf.tune.trial.lockstep_folds`).
 
     The epoch kept is chosen without the validation rows (`cfg.select_epoch`): by WAF on an
     inner split of the labeled training rows (`inner_split`), which are then not trained on,
@@ -183,8 +205,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
     Under DDP every rank takes the same number of steps (the most any rank needs); a rank whose
     shard is shorter or empty fills its last steps with zero-weight rows, and the loss is the
     global weighted mean, so those rows change nothing. `distributed=False` trains the fold in
-    this process alone, whatever process group it is in (the "folds" strategy). `on_epoch`, if
-    given, is called with each epoch's history entry (a search reports it).
+    this process alone, whatever process group it is in (the "folds" strategy).
     """
     import torch
 
@@ -274,8 +295,7 @@ def train_one_fold(cfg: TrainConfig, data: dict, features: list[str], dims: dict
             module = getattr(model, "module", model)
             best = {"score": entry.get("inner_waf", 0.0), "val_waf": waf, "val_acc": acc,
                     "epoch": epoch, "state": copy.deepcopy(module.state_dict())}
-        if on_epoch is not None:
-            on_epoch(history[-1])
+        yield history[-1]
     return {"fold": fold, "best_epoch": best["epoch"], "val_waf": best["val_waf"],
             "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history,
             "epoch_seconds": epoch_seconds, "trained_at": time.time(),
@@ -313,7 +333,7 @@ def inner_split(data: dict, train_rows: np.ndarray, fraction: float, seed: int,
         if len(rows) < 2:
             continue
         rank = np.array([zlib.crc32(f"{seed}:{fold}:{s}".encode()) for s in ids[rows]])
-        take = max(1, int(round(fraction * len(rows))))
+        take = max(1, round(fraction * len(rows)))
         picked.append(rows[np.argsort(rank, kind="stable")[:take]])
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 

@@ -1,4 +1,5 @@
-"""One Tune trial: `ecmf train`'s `train_one_fold` over k folds in lockstep, reporting per epoch.
+"""One Tune trial: `ecmf train`'s fold stepper (`fold_epochs`) over k folds in lockstep, reporting
+per epoch.
 
 ASHA compares trials epoch by epoch, so each report is the mean validation WAF over all folds at
 that epoch: folds take turns (one runs at a time, in a fixed order, so results are reproducible)
@@ -7,80 +8,35 @@ and a trial stopped early has still been judged on every fold.
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from ecmf import schema
 from ecmf.config import TrainConfig
-from ecmf.train.loop import train_one_fold
+from ecmf.train.loop import fold_epochs
 from ecmf.tune.space import trial_config
 
 METRIC, MODE = "val_waf", "max"
 
 
-class _Abort(Exception):
-    """Raised inside a paused fold to end it when the trial stops."""
-
-
-class _PausedFold:
-    """`train_one_fold` in a thread that pauses after each epoch until `step()` lets it go on."""
-
-    def __init__(self, run: Callable[[Callable[[dict], None]], dict]):
-        self._go: queue.SimpleQueue = queue.SimpleQueue()
-        self._out: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, args=(run,), daemon=True)
-        self._thread.start()
-
-    def _main(self, run) -> None:
-        try:
-            if self._go.get():
-                self._out.put(("done", run(self._pause)))
-        except _Abort:
-            pass
-        except BaseException as e:  # handed to the trial's thread, which raises it
-            self._out.put(("error", e))
-
-    def _pause(self, entry: dict) -> None:
-        self._out.put(("epoch", entry))
-        if not self._go.get():
-            raise _Abort
-
-    def step(self) -> dict:
-        """Run one more epoch; its history entry."""
-        self._go.put(True)
-        kind, value = self._out.get()
-        if kind == "error":
-            raise value
-        if kind != "epoch":
-            raise RuntimeError(f"fold ended before the epoch asked for: {kind}")
-        return value
-
-    def close(self) -> None:
-        self._go.put(False)
-        self._thread.join(timeout=10)
-
-
 def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
                    folds: int, prepare: Callable = lambda m: m, device="cpu",
                    num_classes: int = len(schema.LABELS)) -> Iterator[dict]:
-    """Per epoch: val_waf, val_acc and train_loss averaged over `folds` folds."""
-    runs = [_PausedFold(lambda on_epoch, k=k: train_one_fold(
-        cfg, data, features, dims, k, prepare=prepare, device=device, on_epoch=on_epoch,
-        num_classes=num_classes))
-        for k in range(folds)]
+    """Per epoch: val_waf, val_acc and train_loss averaged over `folds` folds, each fold's
+    stepper (`fold_epochs`) taking one epoch in turn, always in fold order."""
+    runs = [fold_epochs(cfg, data, features, dims, k, prepare=prepare, device=device,
+                        num_classes=num_classes) for k in range(folds)]
     try:
         for epoch in range(cfg.epochs):
-            entries = [r.step() for r in runs]  # one fold at a time, always in this order
+            entries = [next(r) for r in runs]
             yield {"epoch": epoch, "fold_val_waf": [e["val_waf"] for e in entries],
                    **{k: float(np.mean([e[k] for e in entries]))
                       for k in ("val_waf", "val_acc", "train_loss")}}
-    finally:
+    finally:  # a stopped trial frees its folds' models now
         for r in runs:
             r.close()
 
@@ -105,8 +61,8 @@ def _report_epochs(records, report: Callable[[dict], None], extra: dict | None =
             best = max(best, rec["val_waf"])
             report({**rec, "best_val_waf": best, **(extra or {})})
     finally:
-        # Tune stops a trial by raising in `report`; end the paused fold threads now rather
-        # than whenever the exception's traceback lets go of the generator.
+        # Tune stops a trial by raising in `report`; end its folds' steppers now rather than
+        # whenever the exception's traceback lets go of the generator.
         records.close()
 
 

@@ -39,15 +39,18 @@ def test_lockstep_folds_equal_sequential_folds_and_stop_cleanly(workdir, one_thr
     for e, rec in enumerate(lock):
         assert rec["fold_val_waf"] == [h[e]["val_waf"] for h in seq]
         assert rec["val_waf"] == pytest.approx(sum(h[e]["val_waf"] for h in seq) / 3)
-    # With dropout, runs repeat exactly; a trial stopped after one epoch leaves no thread behind.
+    # With dropout, runs repeat exactly; the folds step in this thread (no thread per fold),
+    # and a trial stopped after one epoch closes them.
     cfg = TrainConfig(epochs=2, hidden=16, heads=2, batch_size=16, dropout=0.3)
     assert list(lockstep_folds(cfg, data, ["text"], {"text": 8}, 3)) == \
         list(lockstep_folds(cfg, data, ["text"], {"text": 8}, 3))
     threads = set(threading.enumerate())
     records = lockstep_folds(cfg, data, ["text"], {"text": 8}, 3)
     next(records)
-    records.close()
     assert set(threading.enumerate()) <= threads
+    records.close()
+    with pytest.raises(StopIteration):
+        next(records)
 
 
 def test_four_trial_search_writes_outputs_and_its_best_yaml_trains(ray_local, workdir):
