@@ -441,11 +441,13 @@ class TuneConfig:
     grace_period: int = 4  # epochs every trial runs before ASHA may stop it
     reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
     cv_folds: int = 3  # folds per trial, trained epoch by epoch in lockstep (not train.folds)
-    runner: str = "auto"  # "process": train in the trial's process; "ray_train": a TorchTrainer
-    # of train.num_workers workers inside the trial; "auto": ray_train when num_workers > 1
+    runner: str = "auto"  # "process": train in the trial's process; "folds": its folds as
+    # Ray tasks at once (train.num_workers of them, 0: all); "ray_train": a TorchTrainer of
+    # train.num_workers DDP workers; "auto": process, or with num_workers > 1 folds (ray_train
+    # under train.strategy ddp)
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs allow
-    cpus_per_trial: float = 1.0  # the trial's process (with ray_train, workers come on top)
-    gpus_per_trial: float = 0.0  # process runner only; ray_train takes train.use_gpu
+    cpus_per_trial: float = 1.0  # the trial's process (folds, ray_train: workers on top)
+    gpus_per_trial: float = 0.0  # process runner only; folds and ray_train take train.use_gpu
     max_failures: int = 1  # retries of a failed trial
     # A trial that reports nothing for this long fails the search (instead of a silent hang).
     no_progress_timeout_s: float = 900.0
@@ -460,8 +462,8 @@ class TuneConfig:
         check(self.grace_period > 0, "grace_period", "> 0", self.grace_period)
         check(self.reduction_factor > 1, "reduction_factor", "> 1", self.reduction_factor)
         check(self.cv_folds >= 2, "cv_folds", ">= 2", self.cv_folds)
-        check(self.runner in ("auto", "process", "ray_train"), "runner",
-               "'auto', 'process' or 'ray_train'", self.runner)
+        check(self.runner in ("auto", "process", "folds", "ray_train"), "runner",
+               "'auto', 'process', 'folds' or 'ray_train'", self.runner)
         check(self.max_concurrent_trials >= 0, "max_concurrent_trials", ">= 0",
                self.max_concurrent_trials)
         check(self.cpus_per_trial > 0, "cpus_per_trial", "> 0", self.cpus_per_trial)

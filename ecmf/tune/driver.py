@@ -71,9 +71,21 @@ class Watchdog(Callback):
 
 
 def resolve_runner(cfg: Config) -> str:
+    """"auto": a trial trains in its own process unless train.num_workers > 1 asks for workers:
+    then its folds run as tasks at once ("folds"), or a TorchTrainer for train.strategy ddp."""
     if cfg.tune.runner != "auto":
         return cfg.tune.runner
-    return "ray_train" if cfg.train.num_workers > 1 else "process"
+    if cfg.train.num_workers <= 1:
+        return "process"
+    return "ray_train" if cfg.train.strategy == "ddp" else "folds"
+
+
+def trial_workers(cfg: Config, runner: str) -> int:
+    """Workers a trial holds beside its own process: fold tasks at once ("folds": num_workers,
+    0: every fold), a TorchTrainer's workers ("ray_train": 0 means one), none ("process")."""
+    if runner == "folds":
+        return min(cfg.train.num_workers or cfg.tune.cv_folds, cfg.tune.cv_folds)
+    return max(1, cfg.train.num_workers) if runner == "ray_train" else 0
 
 
 def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
@@ -98,11 +110,13 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
     cpus, gpus = capacity.totals.get("CPU", 0.0), capacity.totals.get("GPU", 0.0)
     per_trial, reserve = tc.cpus_per_trial, 0.0
     keys = "tune.cpus_per_trial"
-    workers = max(1, tr.num_workers)  # a TorchTrainer's workers (0: one)
-    if runner == "ray_train":
+    workers = trial_workers(cfg, runner)
+    if runner != "process":
         per_trial += workers * tr.cpus_per_worker
+        keys += ", train.num_workers x train.cpus_per_worker"
+    if runner == "ray_train":
         reserve = 1.0  # Ray Data's read tasks take a whole CPU each
-        keys += ", train.num_workers x train.cpus_per_worker and 1 CPU for Ray Data"
+        keys += " and 1 CPU for Ray Data"
     fits = math.floor((cpus - reserve) / per_trial + 1e-9)
     if fits < 1:
         raise ConfigError(f"a trial needs {per_trial + reserve:g} CPUs ({keys}) but the cluster "
@@ -148,6 +162,18 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
             use_gpu=cfg.tune.gpus_per_trial > 0, num_classes=len(cfg.labels))
         return tune.with_resources(fn, {"cpu": cfg.tune.cpus_per_trial,
                                         "gpu": cfg.tune.gpus_per_trial})
+    if runner == "folds":
+        import ray
+        from ray.tune import PlacementGroupFactory
+
+        data = trial.trial_data(store, table, features)
+        # Put once, read by every trial's fold tasks; a worker bundle per fold task at once.
+        shared = {"ref": ray.put(data), "rows": len(data["y"])}
+        fn = tune.with_parameters(trial.folds_trial, table=shared, dims=dims, base=base,
+                                  folds=cfg.tune.cv_folds, num_classes=len(cfg.labels))
+        worker = {"CPU": cfg.train.cpus_per_worker, "GPU": float(cfg.train.use_gpu)}
+        return tune.with_resources(fn, PlacementGroupFactory(
+            [{"CPU": cfg.tune.cpus_per_trial}] + [worker] * trial_workers(cfg, runner)))
     fn = tune.with_parameters(
         trial.ray_train_trial, table=table, store=str(store), base=base, folds=cfg.tune.cv_folds,
         storage=str(out / "ray" / "train_runs"),

@@ -84,6 +84,59 @@ def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: 
                    {"train_rows": len(data["y"])})
 
 
+def fold_stepper_task(config: dict, fold: int) -> Iterator[dict]:
+    """A Ray generator task: one fold of a trial, alone on the table the driver put in the
+    object store, yielding each epoch's history entry as it ends (`fold_epochs`)."""
+    import ray
+    import torch
+
+    from ecmf.train.fold_tasks import task_device
+
+    cfg = TrainConfig(**config["train"])
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    device = task_device(cfg.use_gpu)
+    data = ray.get(config["table"]["ref"])
+    yield from fold_epochs(cfg, data, config["features"], config["dims"], fold,
+                           prepare=lambda m: m.to(device), device=device, distributed=False,
+                           num_classes=config["num_classes"])
+
+
+def fold_task_epochs(cfg: TrainConfig, table: dict, features: list[str], dims: dict[str, int],
+                     folds: int, num_classes: int) -> Iterator[dict]:
+    """`lockstep_folds`' records from `folds` fold tasks that train at once (as many as the
+    trial's placement group holds, `train.num_workers` worker bundles): epoch e's record once
+    every fold has ended epoch e. Closing it (a trial that Tune stops) cancels the tasks."""
+    import ray
+
+    task = ray.remote(fold_stepper_task).options(
+        name="tune_fold", num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
+        max_retries=0)
+    config = {"train": asdict(cfg), "table": table, "features": features, "dims": dims,
+              "num_classes": num_classes}
+    runs = [task.remote(config, k) for k in range(folds)]
+    try:
+        for epoch in range(cfg.epochs):
+            entries = [ray.get(next(r)) for r in runs]
+            yield {"epoch": epoch, "fold_val_waf": [e["val_waf"] for e in entries],
+                   **{k: float(np.mean([e[k] for e in entries]))
+                      for k in ("val_waf", "val_acc", "train_loss")}}
+    finally:
+        for r in runs:
+            ray.cancel(r, force=True)
+
+
+def folds_trial(config: dict, *, table: dict, dims: dict[str, int], base: dict, folds: int,
+                num_classes: int = len(schema.LABELS)) -> None:
+    """Tune trainable: the trial's folds as Ray tasks at once, `ecmf train`'s "folds" path
+    (`table`: {"ref": the arrays in the object store}, shared by every trial)."""
+    from ray import tune
+
+    cfg = trial_config(TrainConfig(**base), config)
+    features, dims = _features(cfg, dims)
+    _report_epochs(fold_task_epochs(cfg, table, features, dims, folds, num_classes),
+                   tune.report, {"train_rows": int(table["rows"])})
+
+
 def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict, folds: int,
                     storage: str, no_progress_timeout_s: float,
                     num_classes: int = len(schema.LABELS)) -> None:

@@ -1,8 +1,10 @@
 """Searches on a tiny feature store: lockstep folds, a 4-trial ASHA search whose best.yaml trains,
-resume after an interruption, CPU budgets, the hang watchdog and the TorchTrainer runner."""
+resume after an interruption, CPU budgets, the hang watchdog, the fold-task and TorchTrainer
+runners."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -20,7 +22,7 @@ from ecmf.configure import load_config
 from ecmf.train.fit import training_table
 from ecmf.train.loop import train_one_fold
 from ecmf.tune.driver import SearchError, Watchdog, _search_alg, plan_concurrency, run_search
-from ecmf.tune.trial import lockstep_folds, trial_data
+from ecmf.tune.trial import fold_task_epochs, lockstep_folds, trial_data
 
 SEARCH = Path(__file__).with_name("search.yaml")
 
@@ -135,6 +137,24 @@ def test_cpu_budgets_that_would_deadlock_fail_naming_the_keys(ray_local):
         plan_concurrency(load_config(None, ["train.num_workers=3"]), "ray_train", 4)
     with pytest.raises(ConfigError, match=r"tune\.gpus_per_trial"):
         plan_concurrency(load_config(None, ["tune.gpus_per_trial=1"]), "process", 4)
+    # Fold tasks: 0.5 (trial) + 3 folds x 0.5 per trial, no Ray Data read to leave room for.
+    cfg = load_config(None, ["tune.cpus_per_trial=0.5", "train.num_workers=0",
+                             "train.cpus_per_worker=0.5", "tune.cv_folds=3"])
+    assert plan_concurrency(cfg, "folds", 16) == 2
+    with pytest.raises(ConfigError, match=r"train\.num_workers x train\.cpus_per_worker"):
+        plan_concurrency(load_config(None, ["train.num_workers=4", "tune.cv_folds=4"]),
+                         "folds", 4)
+
+
+def test_auto_runner_follows_workers_and_strategy():
+    from ecmf.tune.driver import resolve_runner
+
+    assert resolve_runner(load_config(None, [])) == "process"  # num_workers 0 by default
+    assert resolve_runner(load_config(None, ["train.num_workers=2"])) == "folds"
+    assert resolve_runner(load_config(None, ["train.num_workers=2",
+                                             "train.strategy=ddp"])) == "ray_train"
+    assert resolve_runner(load_config(None, ["train.num_workers=2",
+                                             "tune.runner=process"])) == "process"
 
 
 def test_other_search_algorithms_fail_clearly_when_missing_or_given_a_grid():
@@ -177,6 +197,56 @@ def test_a_silent_trial_fails_the_search_instead_of_hanging(ray_local, workdir):
     # Which clock runs out first (trial start or first report) depends on the machine's speed.
     with pytest.raises(SearchError, match="reported nothing|no trial could start"):
         run_search(cfg, workdir / "tune")
+
+
+def test_fold_tasks_step_like_folds_trained_alone_and_free_their_cpus_when_stopped(
+        ray_local, workdir, one_thread):
+    table = training_table(pd.read_parquet(workdir / "manifest.parquet"), 3, 0)
+    data = trial_data(workdir / "features" / "store", table, ["text", "audio"])
+    dims = {"text": 8, "audio": 4}
+    shared = {"ref": ray_local.put(data), "rows": len(data["y"])}
+    # Each fold task is a fold alone in its process, seeded as `train_one_fold` seeds it: the
+    # same epochs, dropout included, as the folds trained one after the other here.
+    cfg = TrainConfig(epochs=3, hidden=16, heads=2, batch_size=16, dropout=0.3)
+    records = list(fold_task_epochs(cfg, shared, ["text", "audio"], dims, 3, 6))
+    seq = [train_one_fold(cfg, data, ["text", "audio"], dims, k)["history"] for k in range(3)]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for e, rec in enumerate(records):
+        assert rec["fold_val_waf"] == [h[e]["val_waf"] for h in seq]
+        assert rec["train_loss"] == pytest.approx(sum(h[e]["train_loss"] for h in seq) / 3)
+    # A trial Tune stops after one epoch (of many): its fold tasks end, their CPUs free again.
+    total = ray_local.cluster_resources()["CPU"]
+
+    def free_cpus_reach(test) -> bool:  # the resource view lags the scheduler a little
+        deadline = time.monotonic() + 60
+        while not test(ray_local.available_resources().get("CPU", 0)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    records = fold_task_epochs(dataclasses.replace(cfg, epochs=100_000), shared, ["text"],
+                               {"text": 8}, 3, 6)
+    next(records)
+    assert free_cpus_reach(lambda free: free <= total - 3)  # the 3 folds train
+    records.close()
+    assert free_cpus_reach(lambda free: free == total)
+
+
+def test_fold_task_runner_reports_every_epoch_through_tune(ray_local, odd_workdir):
+    workdir = odd_workdir
+    cfg = load_config(SEARCH, [f"workdir={workdir}", "tune.num_samples=2", "tune.runner=folds",
+                               "train.num_workers=0", "train.cpus_per_worker=0.5",
+                               "tune.cpus_per_trial=0.5", "tune.cv_folds=2", "train.epochs=2",
+                               "tune.scheduler=fifo"])
+    summary = run_search(cfg, workdir / "tune")
+    trials = pd.read_csv(workdir / "tune" / "trials.csv")
+    assert summary["completed"] == 2 and trials["epochs_run"].tolist() == [2, 2]
+    assert 0.0 < summary["best_val_waf"] <= 1.0
+    from ecmf.workdir import load_manifest
+
+    labeled = int((load_manifest(cfg)["split"] == "train").sum())
+    assert trials["train_rows"].tolist() == [labeled, labeled]
 
 
 def test_ray_train_runner_reports_every_epoch_through_tune(ray_local, odd_workdir):
