@@ -430,8 +430,7 @@ def prepare_on(device):
 def _progress_sender(config: dict, sends: bool) -> Callable[[dict], None] | None:
     """Where this worker sends its progress records: the queue in `config["progress"]` (a
     `ecmf.progress.Relay`'s) if it `sends`, or nowhere. Under DDP every rank computes the same
-    all-reduced metrics, so rank 0 alone sends; with the "folds" strategy each worker sends
-    its own folds'."""
+    all-reduced metrics, so rank 0 alone sends; each fold task sends its own fold's."""
     queue = config.get("progress")
     if queue is None or not sends:
         return None
@@ -454,32 +453,27 @@ def task_rows(config: dict, features: list[str]) -> dict:
 
 
 def worker_data(config: dict, features: list[str], dims: dict[str, int]) -> dict:
-    """This worker's rows as `train_one_fold` takes them, sorted by sample_id: the table handed
-    over as a fold task gets it (`task_rows`; a DDP worker keeps every world-th row), else the
-    DDP shard Ray Train streams to it."""
+    """A DDP worker's rows as `train_one_fold` takes them, sorted by sample_id: every world-th
+    row of the table handed over (`task_rows`), else the shard Ray Train streams to it."""
     import ray.train
 
     if config.get("table") is None and not config.get("read"):
         shard = ray.train.get_dataset_shard("train")
         return arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
                                    features, dims)
-    data = task_rows(config, features)
-    if config["train"].get("strategy") == "ddp":
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        data = {k: v[rank::world] for k, v in data.items()}
-    return data
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    return {k: v[rank::world] for k, v in task_rows(config, features).items()}
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point: k folds, a checkpoint after each round of folds.
-
-    Strategy "folds": worker r of W trains folds r, r + W, ... on every row, alone (no gradient
-    sync), so W folds train at once; "ddp": every worker trains every fold on its shard, the
-    gradients all-reduced. A restarted worker group (FailureConfig) or a resumed run (`ecmf
-    train --resume`, the same run name under the same storage) gets the last checkpoint and
-    trains only the missing folds.
-    With a progress queue in `config["progress"]`, workers send it records (dicts with a
+    """Ray Train entry point of `train.strategy: ddp`: every worker trains every fold on its
+    shard, the gradients all-reduced, and reports after each fold (rank 0 saving it into the
+    checkpoint). A restarted worker group (FailureConfig) or a resumed run (`ecmf train
+    --resume`, the same run name under the same storage) gets the last checkpoint and trains
+    only the missing folds. (The default strategy, "folds", runs a Ray task per fold:
+    `ecmf.train.fold_tasks`.)
+    With a progress queue in `config["progress"]`, rank 0 sends it records (dicts with a
     "kind"): "start" (the folds to train, those kept from a checkpoint), "epoch" (each epoch's
     `train_one_fold` history entry) and "fold" (a fold's best epoch and validation WAF). They
     travel outside `ray.train.report`, which would hold the workers up to a controller poll
@@ -493,13 +487,11 @@ def train_loop_per_worker(config: dict) -> dict:
     features, dims = config["features"], config["dims"]
     device = training_device()
     data = worker_data(config, features, dims)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    alone = cfg.strategy == "folds"
 
-    def mine(k: int) -> bool:
-        return k % world == rank if alone else rank == 0
+    def mine(k: int) -> bool:  # rank 0 saves every fold: the ranks' models are the same
+        return rank == 0
 
     done: dict[int, dict] = {}
     ckpt = ray.train.get_checkpoint()
@@ -509,33 +501,26 @@ def train_loop_per_worker(config: dict) -> dict:
                 saved = load_fold(p)
                 done[saved["fold"]] = saved
     todo = [k for k in range(cfg.folds) if k not in done]
-    # Each worker's folds to train, in rounds; every worker reports once per round.
-    queues = [[k for k in todo if k % world == r] for r in range(world)] if alone else [todo]
-    rounds = max(len(q) for q in queues)
-    mine_todo = queues[rank] if alone else todo
     # DDP shards may be uneven (every row is kept); the metrics show how the rows were dealt.
     rows = _Dist(device).gather(len(data["y"]))
     base = {"resumed_folds": sorted(done), "shard_rows": rows, "strategy": cfg.strategy}
     summary = {"fold": -1, **base}
-    send = _progress_sender(config, alone or rank == 0)
+    send = _progress_sender(config, rank == 0)
     on_epoch = (lambda h: send({"kind": "epoch", **h})) if send else None
-    if send and rank == 0:
+    if send:
         send({"kind": "start", "folds": todo, "resumed": sorted(done)})
-    for i in range(rounds):
-        if i < len(mine_todo):
-            fold = mine_todo[i]
-            _injected_fault(len(done), rank)
-            prepare = (lambda m: m.to(device)) if alone else prepare_on(device)
-            result = train_one_fold(cfg, data, features, dims, fold, prepare=prepare,
-                                    device=device, on_epoch=on_epoch, distributed=not alone,
-                                    num_classes=config["num_classes"])
-            done[fold] = result
-            summary = {"fold": fold, "val_waf": result["val_waf"],
-                       "best_epoch": result["best_epoch"], **base}
-            if send:
-                send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
-                      "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
+    for fold in todo:
+        _injected_fault(len(done), rank)
+        result = train_one_fold(cfg, data, features, dims, fold, prepare=prepare_on(device),
+                                device=device, on_epoch=on_epoch,
+                                num_classes=config["num_classes"])
+        done[fold] = result
+        summary = {"fold": fold, "val_waf": result["val_waf"],
+                   "best_epoch": result["best_epoch"], **base}
+        if send:
+            send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
+                  "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
         _report_folds(done, summary, cfg, features, dims, mine)
-    if rounds == 0:  # every fold came from the checkpoint: hand it on as this run's result
+    if not todo:  # every fold came from the checkpoint: hand it on as this run's result
         _report_folds(done, summary, cfg, features, dims, mine)
     return summary
