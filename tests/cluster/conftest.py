@@ -62,15 +62,38 @@ def _tree(root_pid: int, temp_dir: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def _ended(p: psutil.Process) -> bool:
+    """Gone, or a zombie: one that exited and waits for its parent to reap it (the head's
+    raylet, under `ray start`), which `psutil.wait_procs` would wait out in full."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _wait_ended(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to `timeout_s` for `procs` to end -> those still running."""
+    deadline = time.monotonic() + timeout_s
+    while not all(_ended(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in procs if not _ended(p)]
+
+
 def stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
-    """SIGTERM the head's processes, SIGKILL what is left after 15 s, remove its temp dir."""
+    """End the head: SIGTERM to `ray start --block`, which stops what it started (2-3 s for an
+    idle head here; SIGTERM to every process at once left the GCS and raylet waiting on each
+    other for over 15 s), SIGTERM to what is left after 5 s (the fake provider's nodes; a
+    head that ran jobs), SIGKILL after 3 s more; remove its temp dir. A throwaway test head
+    needs no graceful end: the full 15 s each took was a sixth of the cluster tests' time."""
     procs = _tree(proc.pid, temp_dir)  # before anything dies and gets re-parented
-    for p in procs:
+    proc.terminate()
+    rest = _wait_ended(procs, 5)
+    for p in rest:
         try:
             p.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    alive = _wait_ended(rest, 3)
     for p in alive + _tree(proc.pid, temp_dir):
         try:
             p.kill()
