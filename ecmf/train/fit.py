@@ -17,8 +17,8 @@ from ecmf import schema
 from ecmf.config import Config, ConfigError, TrainConfig
 from ecmf.errors import InputError, MissingInput, UnknownName
 from ecmf.progress import EpochLines, epoch_relay
+from ecmf.train.ddp import train_loop_per_worker
 from ecmf.train.fold_tasks import fault_env, run_fold_tasks
-from ecmf.train.loop import train_loop_per_worker
 from ecmf.train.rows import table_arrays, table_bytes
 from ecmf.workdir import Workdir, save_config, with_labels, write_json
 

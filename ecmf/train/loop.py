@@ -1,17 +1,14 @@
-"""The training loop: k folds over one worker's data, each fold's epoch chosen on an inner split
-of its training rows (never on the fold it is scored on).
-
-`train_one_fold` is plain PyTorch on NumPy arrays (usable without Ray); `train_loop_per_worker`
-feeds it a Ray Data shard and reports a checkpoint of the finished folds after each fold, so
-a restarted worker resumes from the last finished fold. Each epoch's metrics go to the driver's
-progress queue when it hands one over (`ecmf.progress.Relay`, shown by `ecmf.train.fit`).
+"""The training loop: the fold stepper (`fold_epochs`, an epoch per step) and what a fold needs
+around it. Each fold's epoch is chosen on an inner split of its training rows, never on the
+fold it is scored on. Plain PyTorch on NumPy arrays, usable without Ray; under DDP its
+collectives run through `_Dist`. Fold tasks (`ecmf.train.fold_tasks`), Ray Train's DDP workers
+(`ecmf.train.ddp`) and Tune's trials (`ecmf.tune.trial`) drive it.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict
@@ -382,51 +379,6 @@ def _injected_fault(finished: int, rank: int, settle_s: float = 5.0) -> None:
     raise RuntimeError(f"injected failure after {finished} fold(s) (ECMF_FAULT_AFTER_FOLDS)")
 
 
-def _report_folds(done: dict[int, dict], summary: dict, cfg: TrainConfig, features: list[str],
-                  dims: dict[str, int], mine: Callable[[int], bool]) -> None:
-    """Every worker reports (a barrier in Ray Train); each saves the finished folds it owns
-    (`mine`) into its part of the checkpoint, which Ray Train gathers into one directory."""
-    import ray.train
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        owned = [r for k, r in done.items() if mine(k)]
-        for r in owned:
-            if "state" in r:
-                save_fold(r, cfg, features, dims, Path(tmp))
-            else:  # loaded from a checkpoint: already in saved form
-                torch.save(r, Path(tmp) / MODEL_FILE.format(r["fold"]))
-        ckpt = ray.train.Checkpoint.from_directory(tmp) if owned else None
-        ray.train.report(summary, checkpoint=ckpt)
-
-
-def training_device():
-    """This worker's device: the GPU Ray gave it where CUDA is there, else the CPU.
-
-    Ray Train names a CUDA device whenever the worker holds a GPU resource; on a node whose
-    GPU resource has no CUDA behind it (a CPU wheel, a simulated GPU node) that device does not
-    exist, so torch is asked, never the resource.
-    """
-    import ray.train.torch
-    import torch
-
-    device = ray.train.torch.get_device()
-    if isinstance(device, list):
-        device = device[0]
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return device
-
-
-def prepare_on(device):
-    """Ray Train's `prepare_model` (DDP where there are several workers) on `device`."""
-    import functools
-
-    import ray.train.torch
-
-    return functools.partial(ray.train.torch.prepare_model, move_to_device=device)
-
-
 def _progress_sender(config: dict, sends: bool) -> Callable[[dict], None] | None:
     """Where this worker sends its progress records: the queue in `config["progress"]` (a
     `ecmf.progress.Relay`'s) if it `sends`, or nowhere. Under DDP every rank computes the same
@@ -450,77 +402,3 @@ def task_rows(config: dict, features: list[str]) -> dict:
 
     read = config["read"]
     return table_arrays(read["store"], ray.get(read["rows"]), features)
-
-
-def worker_data(config: dict, features: list[str], dims: dict[str, int]) -> dict:
-    """A DDP worker's rows as `train_one_fold` takes them, sorted by sample_id: every world-th
-    row of the table handed over (`task_rows`), else the shard Ray Train streams to it."""
-    import ray.train
-
-    if config.get("table") is None and not config.get("read"):
-        shard = ray.train.get_dataset_shard("train")
-        return arrays_from_batches(shard.iter_batches(batch_size=4096, batch_format="numpy"),
-                                   features, dims)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    return {k: v[rank::world] for k, v in task_rows(config, features).items()}
-
-
-def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point of `train.strategy: ddp`: every worker trains every fold on its
-    shard, the gradients all-reduced, and reports after each fold (rank 0 saving it into the
-    checkpoint). A restarted worker group (FailureConfig) or a resumed run (`ecmf train
-    --resume`, the same run name under the same storage) gets the last checkpoint and trains
-    only the missing folds. (The default strategy, "folds", runs a Ray task per fold:
-    `ecmf.train.fold_tasks`.)
-    With a progress queue in `config["progress"]`, rank 0 sends it records (dicts with a
-    "kind"): "start" (the folds to train, those kept from a checkpoint), "epoch" (each epoch's
-    `train_one_fold` history entry) and "fold" (a fold's best epoch and validation WAF). They
-    travel outside `ray.train.report`, which would hold the workers up to a controller poll
-    (about 2 s) per report.
-    """
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    cfg = TrainConfig(**config["train"])
-    features, dims = config["features"], config["dims"]
-    device = training_device()
-    data = worker_data(config, features, dims)
-    rank = ray.train.get_context().get_world_rank()
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-
-    def mine(k: int) -> bool:  # rank 0 saves every fold: the ranks' models are the same
-        return rank == 0
-
-    done: dict[int, dict] = {}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # a restarted run: keep the folds that already finished
-        with ckpt.as_directory() as d:
-            for p in sorted(Path(d).glob("fold_*.pt")):
-                saved = load_fold(p)
-                done[saved["fold"]] = saved
-    todo = [k for k in range(cfg.folds) if k not in done]
-    # DDP shards may be uneven (every row is kept); the metrics show how the rows were dealt.
-    rows = _Dist(device).gather(len(data["y"]))
-    base = {"resumed_folds": sorted(done), "shard_rows": rows, "strategy": cfg.strategy}
-    summary = {"fold": -1, **base}
-    send = _progress_sender(config, rank == 0)
-    on_epoch = (lambda h: send({"kind": "epoch", **h})) if send else None
-    if send:
-        send({"kind": "start", "folds": todo, "resumed": sorted(done)})
-    for fold in todo:
-        _injected_fault(len(done), rank)
-        result = train_one_fold(cfg, data, features, dims, fold, prepare=prepare_on(device),
-                                device=device, on_epoch=on_epoch,
-                                num_classes=config["num_classes"])
-        done[fold] = result
-        summary = {"fold": fold, "val_waf": result["val_waf"],
-                   "best_epoch": result["best_epoch"], **base}
-        if send:
-            send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
-                  "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
-        _report_folds(done, summary, cfg, features, dims, mine)
-    if not todo:  # every fold came from the checkpoint: hand it on as this run's result
-        _report_folds(done, summary, cfg, features, dims, mine)
-    return summary

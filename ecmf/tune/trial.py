@@ -183,7 +183,8 @@ def tune_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ecmf.train.loop import _Dist, arrays_from_batches, prepare_on, training_device
+    from ecmf.train.ddp import prepare_on, training_device
+    from ecmf.train.loop import _Dist, arrays_from_batches
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
