@@ -106,24 +106,27 @@ def test_collect_keeps_the_order_of_the_refs(ray_local, caplog):
     assert lines(caplog)[-1].startswith("sleepers: 4/4 tasks")
 
 
-def test_relay_hands_worker_records_to_the_driver_in_order(ray_local):
+@pytest.fixture
+def send_all():
+    """A Ray task's side: n records on a relay's queue (defined here, so it is pickled by
+    value: the workers cannot import this test module)."""
+
     def send_all(queue, n: int) -> int:
         for i in range(n):
             send(queue, {"i": i})
         return n
 
+    return send_all
+
+
+def test_relay_hands_worker_records_to_the_driver_in_order(ray_local, send_all):
     got = []
     with Relay(got.append, poll_s=0.2) as relay:
         ray_local.get(ray_local.remote(send_all).options(num_cpus=0).remote(relay.queue, 20))
     assert got == [{"i": i} for i in range(20)]
 
 
-def test_relay_exit_wakes_its_thread_instead_of_waiting_out_a_poll(ray_local):
-    def send_all(queue, n: int) -> int:
-        for i in range(n):
-            send(queue, {"i": i})
-        return n
-
+def test_relay_exit_wakes_its_thread_instead_of_waiting_out_a_poll(ray_local, send_all):
     got = []
     with Relay(got.append, poll_s=120) as relay:
         ray_local.get(ray_local.remote(send_all).options(num_cpus=0).remote(relay.queue, 3))
