@@ -2,8 +2,9 @@
 per epoch.
 
 ASHA compares trials epoch by epoch, so each report is the mean validation WAF over all folds at
-that epoch: folds take turns (one runs at a time, in a fixed order, so results are reproducible)
-and a trial stopped early has still been judged on every fold.
+that epoch, and a trial stopped early has still been judged on every fold. In the trial's own
+process the folds take turns (one epoch each, in a fixed order, so results are reproducible);
+as fold tasks they train at once, each in its own process, and a report waits for every fold.
 """
 
 from __future__ import annotations
