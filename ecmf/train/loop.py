@@ -187,8 +187,8 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
                 num_classes: int = len(schema.LABELS)) -> Generator[dict, None, dict]:
     """The fold stepper: train on rows whose fold != `fold`, validate on rows whose fold ==
     `fold`, one epoch per step. Yields each epoch's history entry; returns (StopIteration's
-    value) the fold's result. `ecmf train` runs it to the end (`train_one_fold`), a Tune trial
-    steps its folds in turn (`ecmf.tune.trial.lockstep_folds`).
+    value) the fold's result. `ecmf train` runs it to the end (`train_one_fold`); a Tune trial
+    steps its folds in turn, or each in a fold task (`ecmf.tune.trial`).
 
     The epoch kept is chosen without the validation rows (`cfg.select_epoch`): by WAF on an
     inner split of the labeled training rows (`inner_split`), which are then not trained on,
