@@ -5,7 +5,6 @@ its rows and its per-fold checkpoint reports. (The default, "folds", runs a Ray 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from ecmf.config import TrainConfig
@@ -46,9 +45,6 @@ def train_loop_per_worker(config: dict) -> dict:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
-    def mine(k: int) -> bool:  # rank 0 saves every fold: the ranks' models are the same
-        return rank == 0
-
     done: dict[int, dict] = {}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted run: keep the folds that already finished
@@ -76,21 +72,21 @@ def train_loop_per_worker(config: dict) -> dict:
         if send:
             send({"kind": "fold", "fold": fold, "best_epoch": result["best_epoch"],
                   "val_waf": result["val_waf"], "val_acc": result["val_acc"]})
-        _report_folds(done, summary, cfg, features, dims, mine)
+        _report_folds(done, summary, cfg, features, dims, saves=rank == 0)
     if not todo:  # every fold came from the checkpoint: hand it on as this run's result
-        _report_folds(done, summary, cfg, features, dims, mine)
+        _report_folds(done, summary, cfg, features, dims, saves=rank == 0)
     return summary
 
 
 def _report_folds(done: dict[int, dict], summary: dict, cfg: TrainConfig, features: list[str],
-                  dims: dict[str, int], mine: Callable[[int], bool]) -> None:
-    """Every worker reports (a barrier in Ray Train); each saves the finished folds it owns
-    (`mine`) into its part of the checkpoint, which Ray Train gathers into one directory."""
+                  dims: dict[str, int], saves: bool) -> None:
+    """Every worker reports (a barrier in Ray Train); the one that `saves` (rank 0: the ranks'
+    models are the same) puts the finished folds into the checkpoint."""
     import ray.train
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        owned = [r for k, r in done.items() if mine(k)]
+        owned = list(done.values()) if saves else []
         for r in owned:
             if "state" in r:
                 save_fold(r, cfg, features, dims, Path(tmp))

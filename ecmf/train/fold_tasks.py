@@ -88,23 +88,29 @@ def task_device(use_gpu: bool):
     return torch.device("cuda:0" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
+def task_setup(config: dict) -> tuple[TrainConfig, object, dict]:
+    """A fold task's train config, device and rows (`task_rows`), its torch threads set to
+    `train.cpus_per_worker`: what `ecmf train`'s fold tasks and Tune's share."""
+    import torch
+
+    from ecmf.train.loop import task_rows
+
+    cfg = TrainConfig(**config["train"])
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    return cfg, task_device(cfg.use_gpu), task_rows(config, config["features"])
+
+
 def train_fold_task(config: dict, fold: int, finished: int) -> dict:
     """One fold, alone, in a Ray task: its rows (the table the driver put in the object store,
     or read from the store here when it was too big to put), `train_one_fold`, and the saved
     form of the result. `finished`: folds done when it was submitted (the fault-test hook)."""
-    import torch
-
-    from ecmf.train.loop import _injected_fault, _progress_sender, fold_record, task_rows
+    from ecmf.train.loop import _injected_fault, _progress_sender, fold_record, train_one_fold
 
     began = time.time()
-    cfg = TrainConfig(**config["train"])
+    cfg, device, data = task_setup(config)
     features, dims = config["features"], config["dims"]
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    device = task_device(cfg.use_gpu)
-    data = task_rows(config, features)
     _injected_fault(finished, 0, settle_s=0.0)
     send = _progress_sender(config, True)
-    from ecmf.train.loop import train_one_fold
 
     result = train_one_fold(cfg, data, features, dims, fold,
                             prepare=lambda m: m.to(device), device=device,

@@ -24,6 +24,14 @@ from ecmf.tune.space import trial_config
 METRIC, MODE = "val_waf", "max"
 
 
+def _epoch_record(epoch: int, entries: list[dict]) -> dict:
+    """A trial's report of one epoch from its folds' history entries: each fold's validation
+    WAF, and val_waf, val_acc and train_loss averaged over the folds."""
+    return {"epoch": epoch, "fold_val_waf": [e["val_waf"] for e in entries],
+            **{k: float(np.mean([e[k] for e in entries]))
+               for k in ("val_waf", "val_acc", "train_loss")}}
+
+
 def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict[str, int],
                    folds: int, prepare: Callable = lambda m: m, device="cpu",
                    num_classes: int = len(schema.LABELS)) -> Iterator[dict]:
@@ -33,10 +41,7 @@ def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict
                         num_classes=num_classes) for k in range(folds)]
     try:
         for epoch in range(cfg.epochs):
-            entries = [next(r) for r in runs]
-            yield {"epoch": epoch, "fold_val_waf": [e["val_waf"] for e in entries],
-                   **{k: float(np.mean([e[k] for e in entries]))
-                      for k in ("val_waf", "val_acc", "train_loss")}}
+            yield _epoch_record(epoch, [next(r) for r in runs])
     finally:  # a stopped trial frees its folds' models now
         for r in runs:
             r.close()
@@ -88,15 +93,9 @@ def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: 
 def fold_stepper_task(config: dict, fold: int) -> Iterator[dict]:
     """A Ray generator task: one fold of a trial, alone on the table the driver put in the
     object store, yielding each epoch's history entry as it ends (`fold_epochs`)."""
-    import ray
-    import torch
+    from ecmf.train.fold_tasks import task_setup
 
-    from ecmf.train.fold_tasks import task_device
-
-    cfg = TrainConfig(**config["train"])
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    device = task_device(cfg.use_gpu)
-    data = ray.get(config["table"]["ref"])
+    cfg, device, data = task_setup(config)
     yield from fold_epochs(cfg, data, config["features"], config["dims"], fold,
                            prepare=lambda m: m.to(device), device=device, distributed=False,
                            num_classes=config["num_classes"])
@@ -112,15 +111,12 @@ def fold_task_epochs(cfg: TrainConfig, table: dict, features: list[str], dims: d
     task = ray.remote(fold_stepper_task).options(
         name="tune_fold", num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
         max_retries=0)
-    config = {"train": asdict(cfg), "table": table, "features": features, "dims": dims,
+    config = {"train": asdict(cfg), "table": table["ref"], "features": features, "dims": dims,
               "num_classes": num_classes}
     runs = [task.remote(config, k) for k in range(folds)]
     try:
         for epoch in range(cfg.epochs):
-            entries = [ray.get(next(r)) for r in runs]
-            yield {"epoch": epoch, "fold_val_waf": [e["val_waf"] for e in entries],
-                   **{k: float(np.mean([e[k] for e in entries]))
-                      for k in ("val_waf", "val_acc", "train_loss")}}
+            yield _epoch_record(epoch, [ray.get(next(r)) for r in runs])
     finally:
         for r in runs:
             ray.cancel(r, force=True)
