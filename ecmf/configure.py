@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from ecmf import config as config_module
-from ecmf.config import Config, FaceEncoderConfig
+from ecmf.config import Config
 from ecmf.config_dict import ConfigError, from_dict, merge, parse_set, to_dict
+from ecmf.config_extract import FaceEncoderConfig
 from ecmf.workdir import save_config
 
 __all__ = ["describe", "load_config", "save_config", "validate"]

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ecmf import schema
-from ecmf.config import PACKAGED_MINILM, Config
+from ecmf.config import Config
+from ecmf.config_extract import PACKAGED_MINILM
 from ecmf.configure import load_config
 from ecmf.workdir import Workdir, write_json
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from ecmf.capacity import Capacity, check_placeable, node_types_from_yaml
-from ecmf.config import ConfigError, EncoderConfig
+from ecmf.config import ConfigError
+from ecmf.config_extract import EncoderConfig
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = {"CPU": 8.0, "memory": 3e10}
@@ -29,7 +30,7 @@ def _launcher_capacity() -> Capacity:
 
 
 def test_the_launcher_cluster_scaled_to_zero_can_run_the_default_encoders():
-    from ecmf.config import ExtractConfig
+    from ecmf.config_extract import ExtractConfig
     from ecmf.features.extract import check_resources, encoder_stages
 
     capacity = _launcher_capacity()

@@ -93,7 +93,7 @@ def test_an_unknown_key_suggests_the_closest_one():
 
 
 def test_face_options_live_on_face_encoders_only():
-    from ecmf.config import FaceEncoderConfig
+    from ecmf.config_extract import FaceEncoderConfig
 
     cfg = load_config(None, ["extract.encoders.faces.detector=haar"])
     assert isinstance(cfg.extract.encoders["faces"], FaceEncoderConfig)
@@ -115,7 +115,7 @@ def test_a_loaded_config_is_frozen():
 def test_describe_prints_yaml_that_loads_back_with_a_comment_on_every_key():
     import dataclasses
 
-    from ecmf import config
+    from ecmf import config, config_extract
     from ecmf.config import to_dict
     from ecmf.configure import describe, field_comments
 
@@ -123,7 +123,7 @@ def test_describe_prints_yaml_that_loads_back_with_a_comment_on_every_key():
     text = describe(cfg)
     assert yaml.safe_load(text) == to_dict(cfg)
     assert any(line.startswith("  epochs: 3  # ") for line in text.splitlines())
-    classes = [c for c in vars(config).values()
+    classes = [c for c in {**vars(config_extract), **vars(config)}.values()
                if isinstance(c, type) and dataclasses.is_dataclass(c)]
     assert len(classes) >= 13
     for cls in classes:

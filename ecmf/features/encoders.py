@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from ecmf import schema
-from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
 from ecmf.errors import InputError, MissingExtra
 from ecmf.features.precision import autocast, autocast_dtype
 from ecmf.registry import Registry

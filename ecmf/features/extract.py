@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ecmf import schema
-from ecmf.config import Config, EncoderConfig
+from ecmf.config import Config
+from ecmf.config_extract import EncoderConfig
 from ecmf.errors import MissingInput
 from ecmf.features.store import (
     check_one_row_per_sample,

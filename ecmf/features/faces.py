@@ -19,7 +19,7 @@ from ecmf.errors import InputError, MissingExtra, MissingInput
 from ecmf.registry import Registry
 
 if TYPE_CHECKING:
-    from ecmf.config import EncoderConfig
+    from ecmf.config_extract import EncoderConfig
 
 log = logging.getLogger(__name__)
 FACE_DETECTORS: Registry[type] = Registry("face detector")
@@ -197,7 +197,7 @@ class RetinaFaceDetector(Detector):
             raise MissingExtra(f"face detector 'retinaface' needs retinaface-pytorch and "
                                f"torchvision: install the GPU extra (pip install 'ecmf[gpu]'); "
                                f"CPU runs use detector: haar ({e})") from None
-        from ecmf.config import RETINAFACE_WEIGHTS
+        from ecmf.config_extract import RETINAFACE_WEIGHTS
 
         path = self.cfg.detector_weights or RETINAFACE_WEIGHTS
         if not Path(path).is_file():

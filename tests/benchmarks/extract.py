@@ -70,7 +70,7 @@ def write_corpus(root: Path, clips: int, big: int) -> dict[int, Path]:
 
 
 def encoder_configs(tiny: dict[str, str], args) -> dict[str, dict]:
-    from ecmf.config import PACKAGED_MINILM, ExtractConfig
+    from ecmf.config_extract import PACKAGED_MINILM, ExtractConfig
 
     default = ExtractConfig().encoders
     enc = {"num_gpus": 0.0, "num_cpus": args.encoder_cpus, "pool_size": args.pool_size}
@@ -91,7 +91,7 @@ def sequential(manifest: Path, encoders: dict[str, dict]) -> dict:
     import pandas as pd
     import torch
 
-    from ecmf.config import EncoderConfig
+    from ecmf.config_extract import EncoderConfig
     from ecmf.data.media import MediaError, read_audio, sample_frames
     from ecmf.features.encoders import ENCODERS
 
@@ -159,7 +159,7 @@ def pipeline(manifest: Path, workdir: Path, encoders: dict[str, dict], args,
     """
     import ray
 
-    from ecmf.config import ExtractConfig
+    from ecmf.config_extract import ExtractConfig
     from ecmf.configure import load_config
     from ecmf.features.extract import extract_features
     from ecmf.runtime import ray_session

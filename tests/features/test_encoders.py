@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
 from ecmf.features.encoders import ENCODERS
 
 

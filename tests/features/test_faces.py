@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ecmf.config import ConfigError, EncoderConfig, FaceEncoderConfig
+from ecmf.config import ConfigError
+from ecmf.config_extract import EncoderConfig, FaceEncoderConfig
 from ecmf.features.faces import (FACE_DETECTORS, Detector, FaceError, RetinaFaceDetector,
                                  build_detector, crop_face, read_crops)
 

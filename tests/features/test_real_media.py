@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecmf.config import EncoderConfig, FaceEncoderConfig
+from ecmf.config_extract import EncoderConfig, FaceEncoderConfig
 
 CREMA = Path(__file__).parents[1] / "data" / "crema-d"
 CLIPS = sorted(CREMA.glob("1001_DFA_*.flv"))

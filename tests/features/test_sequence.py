@@ -100,7 +100,7 @@ def _batch(n, **cols):
 
 
 def test_encoders_emit_pooled_sequences_beside_unchanged_features(tiny):
-    from ecmf.config import PACKAGED_MINILM, EncoderConfig
+    from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
     from ecmf.features.encoders import ENCODERS
 
     rng = np.random.default_rng(0)

@@ -48,7 +48,7 @@ def _report(line: str) -> None:
 
 def test_encoders_run_on_cuda_under_autocast(tmp_path):
     from ecmf import schema
-    from ecmf.config import PACKAGED_MINILM, EncoderConfig
+    from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
     from ecmf.features.encoders import ENCODERS
     from ecmf.tiny_models import build_tiny_clip_vision, build_tiny_hubert
 
