@@ -3,7 +3,8 @@
 A leaf module: the dataclasses check their own values (with keys relative to their section;
 `from_dict` adds the full path), while names that components register (layouts, encoders,
 detectors, models, LLM backends) are checked by `ecmf.configure`, which loads, validates and
-prints configs. `ecmf config` shows every key with the comment written beside it here.
+prints configs. `ecmf config` shows every key with the comment written beside it here (and
+in `ecmf.config_extract`, which holds the extraction section).
 """
 
 from __future__ import annotations
