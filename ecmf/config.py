@@ -159,6 +159,11 @@ class TrainConfig:
     # fold's labeled training rows (`inner_fraction` of each class, held out of its training);
     # "last": the last epoch, every labeled row trained on.
     select_epoch: str = "inner"
+    # Evaluate, choose and keep a running average of the weights (an exponential moving average
+    # over about this many epochs of steps; a plain mean until that many steps are in it)
+    # instead of the last step's weights, whose step-to-step noise it smooths (MELD dev:
+    # docs/benchmarks.md); 0: the weights as trained.
+    average_epochs: float = 1.0
     inner_fraction: float = 0.15  # "inner": share of each class's labeled training rows held out
     batch_size: int = 32  # rows per optimiser step
     folds: int = 5  # stratified k-fold cross-validation over the labeled set
@@ -202,6 +207,7 @@ class TrainConfig:
               self.lr_schedule)
         check(self.select_epoch in ("inner", "last"), "select_epoch", "'inner' or 'last'",
               self.select_epoch)
+        check(self.average_epochs >= 0.0, "average_epochs", ">= 0", self.average_epochs)
         check(0.0 < self.inner_fraction < 0.5, "inner_fraction", "in (0, 0.5)",
               self.inner_fraction)
         check(self.strategy in TRAIN_STRATEGIES, "strategy", f"one of {TRAIN_STRATEGIES}",

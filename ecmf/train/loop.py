@@ -193,7 +193,10 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
     The epoch kept is chosen without the validation rows (`cfg.select_epoch`): by WAF on an
     inner split of the labeled training rows (`inner_split`), which are then not trained on,
     or the last epoch. The validation WAF returned is the kept epoch's, so it is an honest
-    out-of-fold estimate; every epoch's is in the history (progress, Tune's schedulers).
+    out-of-fold estimate; every epoch's is in the history (progress, Tune's schedulers). What
+    is evaluated, chosen and kept is a running average of the weights over about
+    `cfg.average_epochs` epochs of steps (`average_decay`), or the weights as trained when it
+    is 0.
 
     Rows with a `train_fold` (`data["train_fold"]`, optional) of another fold than `fold` are
     left out of both: pseudo-labels made by another fold's model of an earlier run, another
@@ -241,6 +244,11 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
     # Copies: arrays from Ray Data batches are read-only, which torch warns about.
     y_all = torch.tensor(np.array(data["y"], dtype=np.int64))
     w_all = torch.tensor(np.array(data["weight"], dtype=np.float32))
+    # The weights evaluated, chosen and kept: the trained ones, or their running average.
+    kept, average = model, None
+    if cfg.average_epochs > 0:
+        kept = average = copy.deepcopy(getattr(model, "module", model))
+    step = 0
     best = {"score": -1.0, "val_waf": -1.0, "epoch": -1, "state": None}
     history, epoch_seconds = [], []
     for epoch in range(cfg.epochs):
@@ -268,10 +276,14 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
             opt.step()
             if schedule is not None:
                 schedule.step()
+            if average is not None:
+                _average_into(average, getattr(model, "module", model),
+                              average_decay(step, cfg.average_epochs * steps))
+            step += 1
             # The weighted loss sum and weight of this rank's rows; all-reduced per epoch below.
             total += loss.item() * float(denom.clamp(min=1e-8))
             weight += float(w.sum())
-        cm = dist.sum(evaluate_confusion(model, data, features, val_idx, device,
+        cm = dist.sum(evaluate_confusion(kept, data, features, val_idx, device,
                                          num_classes=num_classes))
         waf = weighted_f1_from_confusion(cm)
         acc = float(np.trace(cm) / max(cm.sum(), 1))
@@ -280,7 +292,7 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
                  "train_loss": float(loss_sum[0] / max(loss_sum[1], 1e-8))}
         if use_inner:
             entry["inner_waf"] = weighted_f1_from_confusion(dist.sum(evaluate_confusion(
-                model, data, features, inner_idx, device, num_classes=num_classes)))
+                kept, data, features, inner_idx, device, num_classes=num_classes)))
         history.append(entry)
         # Kept beside the history, which stays a function of the seed alone.
         epoch_seconds.append(time.perf_counter() - began)
@@ -289,7 +301,7 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
         # the later model has trained longer with no sign of over-fitting.
         chosen = entry["inner_waf"] >= best["score"] if use_inner else epoch == cfg.epochs - 1
         if chosen:
-            module = getattr(model, "module", model)
+            module = getattr(kept, "module", kept)
             best = {"score": entry.get("inner_waf", 0.0), "val_waf": waf, "val_acc": acc,
                     "epoch": epoch, "state": copy.deepcopy(module.state_dict())}
         yield history[-1]
@@ -297,6 +309,24 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
             "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history,
             "epoch_seconds": epoch_seconds, "trained_at": time.time(),
             "num_classes": num_classes}
+
+
+def average_decay(step: int, horizon_steps: float) -> float:
+    """The weight of the running average at optimiser step `step` (0-based): a plain mean of
+    the weights after every step so far until `horizon_steps` are in it, then an exponential
+    moving average over about that many steps."""
+    return min(1.0 - 1.0 / max(1.0, horizon_steps), step / (step + 1))
+
+
+def _average_into(average, model, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, parameters and buffers alike."""
+    import torch
+
+    with torch.no_grad():
+        for a, p in zip(average.parameters(), model.parameters()):
+            a.lerp_(p.detach(), 1.0 - decay)
+        for a, b in zip(average.buffers(), model.buffers()):
+            a.copy_(b)
 
 
 def lr_schedule(opt, name: str, total_steps: int):

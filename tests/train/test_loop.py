@@ -193,3 +193,34 @@ def test_cosine_schedule_decays_the_rate_to_zero_over_the_fold_and_changes_train
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert not same_state(run(cfg()), run(cfg(lr_schedule="cosine")))
+
+
+def test_weight_average_is_a_plain_mean_then_an_exponential_one():
+    from ecmf.train.loop import _average_into, average_decay
+
+    model, average = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    seen = []
+    for step, value in enumerate([3.0, 5.0, 10.0, 2.0, 6.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        _average_into(average, model, average_decay(step, horizon_steps=3))
+        seen.append(round(average.weight.item(), 6))
+    # The mean of the first 1, 2, 3 steps; then each step weighs 1/3.
+    assert seen == [3.0, 4.0, 6.0, round(6.0 * 2 / 3 + 2.0 / 3, 6), round(
+        (6.0 * 2 / 3 + 2.0 / 3) * 2 / 3 + 2.0, 6)]
+    assert average_decay(0, 0.5) == 0.0 and average_decay(10, 0.5) == 0.0  # horizon < 1 step
+
+
+def test_the_averaged_weights_are_what_is_scored_and_kept():
+    from ecmf.models.fusion import MODELS
+    from ecmf.train.loop import evaluate_confusion, model_kwargs
+    from ecmf.train.metrics import weighted_f1_from_confusion
+
+    d = data()
+    averaged, raw = run(cfg(average_epochs=1.0), d), run(cfg(average_epochs=0.0), d)
+    assert not same_state(averaged, raw) and same_state(averaged, run(cfg(average_epochs=1.0), d))
+    for r in (averaged, raw):
+        model = MODELS.get("ecmf")(**model_kwargs(cfg(), DIMS))
+        model.load_state_dict(r["state"])
+        cm = evaluate_confusion(model, d, FEATURES, np.flatnonzero(d["fold"] == 0), "cpu")
+        assert weighted_f1_from_confusion(cm) == r["val_waf"]
