@@ -120,3 +120,10 @@ def test_only_a_users_error_exits_2_a_bug_shows_its_traceback(monkeypatch, tiny_
     monkeypatch.setattr(ecmf.train.evaluate, "evaluate", bug)
     with pytest.raises(KeyError, match="no such key"):
         main(["evaluate", "--set", f"workdir={tmp_path}"])
+
+
+def test_bad_override_fails_naming_the_key(capsys):
+    assert main(["train", "--set", "train.folds=1"]) == 2
+    assert "train.folds" in capsys.readouterr().err
+    assert main(["train", "--set", "train.nonsense=3"]) == 2
+    assert "nonsense" in capsys.readouterr().err
