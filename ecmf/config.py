@@ -255,7 +255,10 @@ class PseudoConfig:
     class_balance: bool = True
     weight: float = 0.7  # sample weight of a pseudo-label in training (labeled: 1.0)
     candidates: bool = True  # the candidates join the unlabeled pool (false: the pool split alone)
-    patience: int = 1  # stop when validation WAF has not improved for this many rounds
+    # Stop when validation WAF has not improved for this many rounds in a row. A curriculum's
+    # later steps can recover from one round's dip (MELD dev: docs/benchmarks.md), and `predict`
+    # picks the best round whatever ran after it.
+    patience: int = 2
     # Feature sets of weak classifiers (refine.classifiers on refine.feature_sets) whose pool
     # prediction must equal the fusion model's for a pseudo-label to be taken; 0: no agreement.
     min_agree: int = 1
