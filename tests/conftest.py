@@ -18,6 +18,18 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`): a module's tests
+    stay on one worker, so its module fixtures (a trained workdir, a demo run) are built once;
+    the tests that start Ray heads of their own (marked `cluster`) run one after another on
+    one worker, as they do in a plain run, beside the other worker's modules."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one intra-op thread for the rest of a module: tiny models are bound by thread
