@@ -23,10 +23,10 @@ demo: install
 	$(BIN)/ecmf demo --out $(OUT)
 
 # Two pytest workers (pytest-xdist): a module stays on one worker, and the tests that start
-# Ray heads run one after another on one worker (tests/conftest.py). TEST_WORKERS=0: one process.
+# Ray heads run one after another on one worker (tests/conftest.py's scheduler). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 # On a machine with CUDA (a GPU image: docker/Dockerfile.gpu): the production code paths on the
 # GPU, printing clips/s and tokens/s (tests/gpu). Skips, with the reason, without CUDA.

@@ -18,16 +18,21 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`): a module's tests
-    stay on one worker, so its module fixtures (a trained workdir, a demo run) are built once;
-    the tests that start Ray heads of their own (marked `cluster`) run one after another on
-    one worker, as they do in a plain run, beside the other worker's modules."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown where it is not installed
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two pytest-xdist workers. A module's tests go to one worker, so its
+    module fixtures (a trained workdir, a demo job) are built once; the tests under
+    tests/cluster, which start Ray heads of their own, run one after another on one worker, as
+    in a plain run, beside the other worker's modules. (xdist's own `--dist loadgroup` does not
+    group under pytest 9, whose node ids it can no longer suffix.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndCluster(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/cluster" if module.startswith("tests/cluster/") else module
+
+    return ModulesAndCluster(config, log)
 
 
 @pytest.fixture(scope="module")
