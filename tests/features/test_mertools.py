@@ -17,7 +17,8 @@ from ecmf import schema
 from ecmf.cli import main
 from ecmf.errors import InputError
 from ecmf.features import mertools
-from ecmf.features.mertools import feature_name, find_tree, import_mertools
+from ecmf.features.mertools import import_mertools
+from ecmf.features.mertools_folders import feature_name, find_tree
 from ecmf.features.mertools_out import MERTOOLS_LABELS, export_mertools, write_emo_probs
 from ecmf.features.sequence import pool_steps, sequence_shape
 from ecmf.features.store import (
