@@ -23,7 +23,8 @@ demo: install
 	$(BIN)/ecmf demo --out $(OUT)
 
 # Two pytest workers (pytest-xdist): a module stays on one worker, and the tests that start
-# Ray heads run one after another on one worker (tests/conftest.py's scheduler). TEST_WORKERS=0: one process.
+# Ray heads run one after another on one worker (tests/conftest.py's scheduler).
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
