@@ -245,9 +245,10 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
     y_all = torch.tensor(np.array(data["y"], dtype=np.int64))
     w_all = torch.tensor(np.array(data["weight"], dtype=np.float32))
     # The weights evaluated, chosen and kept: the trained ones, or their running average.
-    kept, average = model, None
+    trained = getattr(model, "module", model)  # without a DDP wrapper
+    kept, average = trained, None
     if cfg.average_epochs > 0:
-        kept = average = copy.deepcopy(getattr(model, "module", model))
+        kept = average = copy.deepcopy(trained)
     step = 0
     best = {"score": -1.0, "val_waf": -1.0, "epoch": -1, "state": None}
     history, epoch_seconds = [], []
@@ -277,8 +278,7 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
             if schedule is not None:
                 schedule.step()
             if average is not None:
-                _average_into(average, getattr(model, "module", model),
-                              average_decay(step, cfg.average_epochs * steps))
+                _average_into(average, trained, average_decay(step, cfg.average_epochs * steps))
             step += 1
             # The weighted loss sum and weight of this rank's rows; all-reduced per epoch below.
             total += loss.item() * float(denom.clamp(min=1e-8))
@@ -301,9 +301,8 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
         # the later model has trained longer with no sign of over-fitting.
         chosen = entry["inner_waf"] >= best["score"] if use_inner else epoch == cfg.epochs - 1
         if chosen:
-            module = getattr(kept, "module", kept)
             best = {"score": entry.get("inner_waf", 0.0), "val_waf": waf, "val_acc": acc,
-                    "epoch": epoch, "state": copy.deepcopy(module.state_dict())}
+                    "epoch": epoch, "state": copy.deepcopy(kept.state_dict())}
         yield history[-1]
     return {"fold": fold, "best_epoch": best["epoch"], "val_waf": best["val_waf"],
             "val_acc": best.get("val_acc", 0.0), "state": best["state"], "history": history,
