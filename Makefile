@@ -1,33 +1,53 @@
 # The two set-up commands: `make demo` (the whole pipeline on a generated corpus, local Ray)
-# and `make test` (the test suite). Both create .venv on first use.
+# and `make test` (lint, then the test suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
+LOCK := requirements.lock
 
-.PHONY: demo test gpu-check install clean
+.PHONY: demo test test-fast lint gpu-check install lock clean
 
 install: $(VENV)/.installed
 
-# torch is installed first and pinned: left to the resolver it would pull a CUDA build with
-# several GB of nvidia packages (on machines without a local CPU wheel, add
-# --index-url https://download.pytorch.org/whl/cpu to that line).
-$(VENV)/.installed: pyproject.toml
+# Every package at the version $(LOCK) names (`make lock` writes it). torch goes first: left to
+# the resolver it would pull a CUDA build with several GB of nvidia packages (on machines
+# without a local CPU wheel, add --index-url https://download.pytorch.org/whl/cpu to that line).
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c $(LOCK) torch
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $@
+
+# Re-resolve pyproject.toml's ranges in a throwaway environment and pin what was installed.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet "torch>=2.13,<2.14"
+	.lock-venv/bin/pip install --quiet -e ".[test]"
+	(echo "# Exact versions for \`make install\` and the images; written by \`make lock\`."; \
+	 .lock-venv/bin/pip freeze --exclude-editable) > $(LOCK)
+	rm -rf .lock-venv
 
 demo: install
 	$(BIN)/ecmf demo --out $(OUT)
+
+lint: install
+	$(BIN)/ruff check ecmf tests
 
 # Two pytest workers (pytest-xdist): a module stays on one worker, and the tests that start
 # Ray heads run one after another on one worker (tests/conftest.py's scheduler).
 # TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: install
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+test: lint
+	$(BIN)/python -m pytest -q $(XDIST)
+
+# The tier to run after every change: the tests that start no Ray (a test that does fails here,
+# telling you to mark it `ray`).
+test-fast: install
+	ECMF_TEST_NO_RAY=1 $(BIN)/python -m pytest -q $(XDIST) -m "not ray and not cluster and not autoscale and not gpu"
 
 # On a machine with CUDA (a GPU image: docker/Dockerfile.gpu): the production code paths on the
 # GPU, printing clips/s and tokens/s (tests/gpu). Skips, with the reason, without CUDA.

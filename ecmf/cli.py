@@ -1,202 +1,61 @@
-"""The `ecmf` command: one thin subcommand per stage, each loading a config and calling one function."""
+"""The `ecmf` command: parse the line, load the config, call the command's stage (`ecmf.stages`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
-from pathlib import Path
 
-from ecmf.commands import HELP, JOB_COMMANDS
+from ecmf import __version__
+from ecmf.config import Config
 from ecmf.errors import UserError
+from ecmf.runtime.jobs import JobFailed
+from ecmf.stages import HELP, JOB_COMMANDS, module_name
+from ecmf.stages.common import load_config
+from ecmf.tune.report import apply_best
+
+# The options each command's `run` takes beyond the config, from its parsed arguments.
+OPTIONS = {
+    "prepare-demo": lambda a: {"out": a.out},
+    "import-features": lambda a: {"sources": a.sources, "steps": a.steps,
+                                  "overwrite": a.overwrite, "mertools": a.mertools},
+    "export-features": lambda a: {"out": a.out, "features": a.features,
+                                  "overwrite": a.overwrite},
+    "train": lambda a: {"resume": a.resume},
+    "tune": lambda a: {"resume": a.resume},
+    "predict": lambda a: {"run_dir": a.run},
+    "evaluate": lambda a: {"truth": a.truth},
+    "demo": lambda a: {"out": a.out, "config_path": a.config, "sets": a.set},
+    "submit": lambda a: {"job": a.job, "sets": a.set, "env": a.env, "address": a.address,
+                         "submission_id": a.submission_id, "dry_run": a.dry_run,
+                         "follow": a.follow, "timeout": a.timeout},
+    "jobs": lambda a: {"action": a.action, "job_id": a.id, "address": a.address,
+                       "follow": a.follow, "timeout": a.timeout, "tail": a.tail},
+}
+# Commands whose `run` takes no config: the demo builds its own, jobs talk to a cluster.
+NO_CONFIG = ("demo", *JOB_COMMANDS)
+# Stages that check their inputs, then the registered names, before Ray starts
+# (`ecmf.stages.common.stage_session`): the config is loaded without the names here, whose check
+# imports torch, so a missing stage is named in about a second.
+CHECKED_BY_STAGE = ("enrich", "extract", "train", "refine", "pseudo-label", "tune", "predict")
 
 
-def _config(args, extra: list[str] = (), check_names: bool = True):
-    from ecmf.configure import load_config
-
-    # Types are checked here; registered names too unless the caller checks them later.
-    cfg = load_config(args.config, [*extra, *args.set], check_names=check_names)
-    if args.command != "tune":  # a search starts from the configured train keys
-        from ecmf.tune.report import apply_best
-
-        cfg = apply_best(cfg)
-    return cfg
+def command_config(args) -> Config:
+    """The config a command runs with: defaults, its YAML file, `--set` items; a search starts
+    from the configured train keys, every other command from a finished search's best trial."""
+    cfg = load_config(args.config, args.set, check_names=args.command not in CHECKED_BY_STAGE)
+    return cfg if args.command == "tune" else apply_best(cfg)
 
 
-def _with_ray(args, fn, extra: list[str] = (), run: str | None = None):
-    """Load the config, check the stage's inputs (`ecmf.workdir.check_inputs`: the corpus
-    reads, the store and earlier runs it needs exist) before Ray starts, then run `fn(cfg)`
-    inside a Ray session. The inputs are checked before the registered names, whose check
-    imports the components (torch: seconds): a missing stage is named in about a second."""
-    from ecmf.configure import validate
-    from ecmf.workdir import check_inputs
-
-    cfg = _config(args, extra, check_names=False)
-    check_inputs(cfg, args.command, run)
-    validate(cfg)
-    from ecmf.runtime import ray_session
-
-    with ray_session(cfg.ray):
-        return fn(cfg)
-
-
-def cmd_prepare_demo(args):
-    from ecmf.data.demo import write_demo_corpus
-
-    cfg = _config(args)
-    return write_demo_corpus(cfg.demo, args.out)
-
-
-def cmd_extract(args):
-    from ecmf.features.extract import extract_features, preflight
-    from ecmf.runtime import ray_session
-
-    cfg = _config(args)
-    manifest = preflight(cfg)  # a bad corpus or store fails in a second, before Ray starts
-    with ray_session(cfg.ray):
-        s = extract_features(cfg, manifest)
-    # One line a person reads after the progress bars; the full summary follows as JSON.
-    rate = f", {s['clips_per_s']} clips/s" if s.get("clips_per_s") else ""
-    partial = s.get("with_failed_modality", 0)
-    partial_txt = f", {partial} with a modality that failed" if partial else ""
-    failed = f" (see {s['errors']})" if s.get("failed") or partial else ""
-    print(f"ecmf extract: {s['done']} of {s['clips']} clips in the store, {s['skipped']} skipped "
-          f"as already done, {s['failed']} failed{partial_txt}{failed}{rate}", file=sys.stderr)
-    return s
-
-
-def cmd_import_features(args):
-    from ecmf.features.mertools import import_stage
-
-    return import_stage(_config(args), args.sources, args.steps, args.overwrite,
-                        mertools=args.mertools)
-
-
-def cmd_export_features(args):
-    from ecmf.features.mertools_out import export_stage
-
-    return export_stage(_config(args), args.out, args.features or None, args.overwrite)
-
-
-def _stage(args, target: str, *params, run: str | None = None):
-    """`_with_ray` for the stage function `target` ("module:function", called as
-    `function(cfg, *params)`): its module, which imports torch and Ray, is imported only once
-    the inputs are checked."""
-    import importlib
-
-    module, name = target.split(":")
-    return _with_ray(args, lambda cfg: getattr(importlib.import_module(module), name)(cfg, *params),
-                     run=run)
-
-
-def cmd_enrich(args):
-    return _stage(args, "ecmf.enrichment.stage:enrich_corpus")
-
-
-def cmd_train(args):
-    result = _stage(args, "ecmf.train.fit:train_stage", args.resume)
-    from ecmf.train.metrics import format_per_class
-
-    print(format_per_class(result["cv"], "train (out-of-fold)"), file=sys.stderr)
-    return result
-
-
-def cmd_refine(args):
-    return _stage(args, "ecmf.semi.refine:refine_labels")
-
-
-def cmd_pseudo_label(args):
-    return _stage(args, "ecmf.semi.rounds:run_rounds")
-
-
-def cmd_tune(args):
-    def stage(cfg):  # SearchError lives beside tune_stage, in a module that imports Ray
-        from ecmf.tune.driver import SearchError, tune_stage
-
-        try:
-            return tune_stage(cfg, resume=args.resume)
-        except SearchError as e:
-            raise SystemExit(f"ecmf tune: {e}") from None
-
-    return _with_ray(args, stage)
-
-
-def cmd_predict(args):
-    return _stage(args, "ecmf.predict:predict_candidates", args.run, run=args.run)
-
-
-def cmd_evaluate(args):
-    from ecmf.train.evaluate import evaluate
-    from ecmf.train.metrics import format_per_class
-
-    result = evaluate(_config(args), args.truth)
-    for name, m in [*result["cross_validation"].items(), *([("test", result["test"])]
-                                                            if "test" in result else [])]:
-        print(format_per_class(m, f"{name} ({'truth file' if name == 'test' else 'out-of-fold'})"),
-              file=sys.stderr)
-    return result
-
-
-def cmd_config(args):
-    from ecmf.configure import describe
-
-    print(describe(_config(args)), end="")
-    return None
-
-
-def cmd_demo(args):
-    from ecmf.pipeline import format_table, run_demo
-
-    results = run_demo(args.out, args.config, args.set)
-    print(format_table(results))
-    print(f"\nNote: {results['note']}.")
-    print(f"\nresults: {Path(args.out) / 'results.json'} ({results['seconds']:.0f} s in all)")
-    return None
-
-
-def cmd_submit(args):
-    from ecmf import jobs
-
-    spec = jobs.load_job_spec(args.job, args.set, args.env)
-    address = jobs.resolve_address(args.address)
-    sid = args.submission_id or spec.submission_id or jobs.new_submission_id(spec.name)
-    print(f"equivalent: {jobs.ray_job_submit_command(spec, address, sid)}")
-    if spec.hidden_names():
-        print(f"ecmf submit: {', '.join(spec.hidden_names())} shown as {jobs.MASK}; the job gets "
-              "the real values", file=sys.stderr)
-    if args.dry_run:
-        print("\n".join(spec.plan()))
-        return None
-    client = jobs.connect(address)
-    sid = jobs.submit(client, spec, sid)
-    print(f"submitted {sid} to {address}\nlogs: ecmf jobs logs {sid} --follow --address {address}")
-    if args.follow:
-        print(f"job {sid} {jobs.follow(client, sid, timeout_s=args.timeout)}")
-    return None
-
-
-def cmd_jobs(args):
-    from ecmf import jobs
-
-    if args.action != "list" and not args.id:
-        raise UserError(f"ecmf jobs {args.action}: give the job's submission id")
-    client = jobs.connect(args.address)
-    if args.action == "list":
-        return jobs.list_jobs(client)
-    if args.action == "status":
-        return jobs.job_status(client, args.id)
-    if args.action == "stop":
-        return jobs.stop(client, args.id)
-    if args.follow:
-        print(f"job {args.id} {jobs.follow(client, args.id, timeout_s=args.timeout)}")
-    else:
-        print(jobs.log_tail(client, args.id, args.tail))
-    return None
-
-
-COMMANDS = {name: (globals()[f"cmd_{name.replace('-', '_')}"], help_)
-            for name, help_ in HELP.items()}
+def run_command(args) -> dict | list | None:
+    """Call the command's stage's `run` with its config and options."""
+    options = OPTIONS.get(args.command, lambda a: {})(args)
+    stage = importlib.import_module(f"ecmf.stages.{module_name(args.command)}")
+    if args.command in NO_CONFIG:
+        return stage.run(**options)
+    return stage.run(command_config(args), **options)
 
 
 def _add_job_arguments(p: argparse.ArgumentParser, name: str) -> None:
@@ -235,23 +94,19 @@ def _verbosity(default) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ecmf import __version__
-
     parser = argparse.ArgumentParser(prog="ecmf", description=__doc__,
                                      parents=[_verbosity("INFO")])
     parser.add_argument("--version", action="version", version=f"ecmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (fn, help_) in COMMANDS.items():
+    for name, help_ in HELP.items():
         p = sub.add_parser(name, help=help_, description=help_,
                            parents=[_verbosity(argparse.SUPPRESS)])
         if name in JOB_COMMANDS:
-            p.set_defaults(fn=fn)
             _add_job_arguments(p, name)
             continue
         p.add_argument("config", nargs="?", help="YAML file of overrides of the defaults")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one key, e.g. --set train.epochs=20 (repeatable)")
-        p.set_defaults(fn=fn)
         if name in ("prepare-demo", "demo"):
             default = "demo-out/corpus" if name == "prepare-demo" else "demo-out"
             p.add_argument("--out", default=default, help=f"output directory (default {default})")
@@ -295,10 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger().setLevel(args.log_level)  # also where handlers were set up before
-    from ecmf.jobs import JobFailed
-
     try:
-        result = args.fn(args)
+        result = run_command(args)
     except JobFailed as e:  # the job ran and failed: not a usage error
         print(f"ecmf {args.command}: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A config, an input file or a missing earlier stage; the message says which and the way out."""
+    """A config, an input file or a missing earlier stage; the message says which and the way
+    out."""
 
 
 class InputError(UserError, ValueError):

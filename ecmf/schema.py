@@ -5,8 +5,8 @@ from __future__ import annotations
 from ecmf.errors import InputError
 
 # MER2025's six classes, in its order: the label set of the MER2025 and demo layouts. Another
-# corpus brings its own (`Config.labels`, resolved by `ecmf.workdir.with_labels`); functions that
-# take a `labels` argument default to these six.
+# corpus brings its own (`Config.labels`, resolved by `ecmf.data.manifest.with_labels`);
+# functions that take a `labels` argument default to these six.
 LABELS: tuple[str, ...] = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 
 SAMPLE_ID = "sample_id"
@@ -88,7 +88,8 @@ def label_index(label: str, where: str = "", labels=LABELS) -> int:
         return list(labels).index(label)
     except ValueError:
         place = f" in {where}" if where else ""
-        raise InputError(f"unknown label {label!r}{place}; expected one of {list(labels)}") from None
+        raise InputError(f"unknown label {label!r}{place}; expected one of "
+                         f"{list(labels)}") from None
 
 
 def label_indices(values, where: str = "", labels=LABELS):

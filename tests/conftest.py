@@ -36,6 +36,40 @@ def pytest_xdist_make_scheduler(config, log):
     return ModulesAndCluster(config, log)
 
 
+# Test tiers: a test that starts Ray, in its process or in a command it runs, is marked `ray`
+# (`cluster` and `autoscale`: it starts heads of its own); `make test-fast` runs the others.
+RAY_MARKS = ("ray", "cluster", "autoscale")
+RAY_FIXTURES = ("ray_local", "ray_head", "fake_gpu_cluster")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that asks for a Ray fixture must carry a Ray mark, so the tiers stay true."""
+    unmarked = [item.nodeid for item in items
+                if set(RAY_FIXTURES) & set(getattr(item, "fixturenames", ()))
+                and not any(item.get_closest_marker(m) for m in RAY_MARKS)]
+    if unmarked:
+        raise pytest.UsageError("tests using a Ray fixture without a `ray` mark:\n  "
+                                + "\n  ".join(unmarked))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def refuse_ray_in_the_fast_tier():
+    """Under `make test-fast` (ECMF_TEST_NO_RAY=1), starting Ray in the test process fails the
+    test, naming the mark it lacks."""
+    if os.environ.get("ECMF_TEST_NO_RAY") != "1":
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Ray: mark it `@pytest.mark.ray` (make test-fast "
+                           "runs only tests that start none)")
+
+    real, ray.init = ray.init, refuse
+    yield
+    ray.init = real
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one intra-op thread for the rest of a module: tiny models are bound by thread
@@ -78,11 +112,11 @@ def no_ray(monkeypatch):
     """Fails the test if a command starts Ray: for what must fail before it."""
     import contextlib
 
-    import ecmf.runtime
+    import ecmf.runtime.session
 
     @contextlib.contextmanager
     def refuse(cfg):
         raise AssertionError("Ray was started")
         yield
 
-    monkeypatch.setattr(ecmf.runtime, "ray_session", refuse)
+    monkeypatch.setattr(ecmf.runtime.session, "ray_session", refuse)

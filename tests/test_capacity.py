@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecmf.capacity import Capacity, check_placeable, node_types_from_yaml
-from ecmf.config import ConfigError
-from ecmf.config_extract import EncoderConfig
+from ecmf.config import ConfigError, EncoderConfig
+from ecmf.runtime.capacity import Capacity, check_placeable, node_types_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = {"CPU": 8.0, "memory": 3e10}
@@ -30,7 +29,7 @@ def _launcher_capacity() -> Capacity:
 
 
 def test_the_launcher_cluster_scaled_to_zero_can_run_the_default_encoders():
-    from ecmf.config_extract import ExtractConfig
+    from ecmf.config import ExtractConfig
     from ecmf.features.extract import check_resources, encoder_stages
 
     capacity = _launcher_capacity()
@@ -38,6 +37,7 @@ def test_the_launcher_cluster_scaled_to_zero_can_run_the_default_encoders():
     check_resources(encoder_stages(ExtractConfig().encoders), capacity)  # GPUs from zero: fine
 
 
+@pytest.mark.ray
 def test_a_gpu_request_without_a_gpu_node_type_is_refused_naming_the_key(ray_local):
     from ecmf.features.extract import check_resources, encoder_stages
 

@@ -112,12 +112,12 @@ def test_a_feature_name_not_in_the_store_fails_before_ray(tiny_corpus, tmp_path,
 
 def test_only_a_users_error_exits_2_a_bug_shows_its_traceback(monkeypatch, tiny_corpus,
                                                               tmp_path, capsys):
-    import ecmf.train.evaluate
+    import ecmf.stages.evaluate
 
     def bug(cfg, truth=None):
         return {}["no such key"]  # a KeyError deep inside a stage is a bug, not a usage error
 
-    monkeypatch.setattr(ecmf.train.evaluate, "evaluate", bug)
+    monkeypatch.setattr(ecmf.stages.evaluate, "evaluate", bug)
     with pytest.raises(KeyError, match="no such key"):
         main(["evaluate", "--set", f"workdir={tmp_path}"])
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from ecmf.config import Config, ConfigError
-from ecmf.configure import load_config, save_config
+from ecmf.stages.common import load_config
+from ecmf.workdir import save_config
 
 
 def test_defaults_validate_and_round_trip(tmp_path):
@@ -93,7 +94,7 @@ def test_an_unknown_key_suggests_the_closest_one():
 
 
 def test_face_options_live_on_face_encoders_only():
-    from ecmf.config_extract import FaceEncoderConfig
+    from ecmf.config import FaceEncoderConfig
 
     cfg = load_config(None, ["extract.encoders.faces.detector=haar"])
     assert isinstance(cfg.extract.encoders["faces"], FaceEncoderConfig)
@@ -115,9 +116,9 @@ def test_a_loaded_config_is_frozen():
 def test_describe_prints_yaml_that_loads_back_with_a_comment_on_every_key():
     import dataclasses
 
-    from ecmf import config, config_extract
-    from ecmf.config import to_dict
-    from ecmf.configure import describe, field_comments
+    from ecmf.config import describe, field_comments, to_dict
+    from ecmf.config import extract as config_extract
+    from ecmf.config import sections as config
 
     cfg = load_config(None, ["train.epochs=3", "extract.encoders.audio=null"])
     text = describe(cfg)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecmf.tiny_models import (
+from ecmf.models.tiny import (
     build_tiny_causal_lm,
     build_tiny_clip_vision,
     build_tiny_hubert,

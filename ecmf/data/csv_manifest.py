@@ -1,10 +1,11 @@
 """Reader for a generic CSV manifest (`corpus.layout: csv`): one row per clip, any corpus.
 
 Columns: `path` (video, or an audio-only file) and/or `text`, optional `label` (any class
-names: the run's label set is resolved from them, `ecmf.workdir.corpus_labels`), `name` (sample
-id, default: the file's stem; required for a text-only row), `split` (train/candidate/pool;
-default train when labeled, else pool) and `audio_path`. A row without `path` is text only: its
-frame and audio features are masked as absent. Relative paths resolve against the CSV's folder.
+names: the run's label set is resolved from them, `ecmf.data.manifest.corpus_labels`),
+`name` (sample id, default: the file's stem; required for a text-only row), `split`
+(train/candidate/pool; default train when labeled, else pool) and `audio_path`. A row without
+`path` is text only: its frame and audio features are masked as absent. Relative paths resolve
+against the CSV's folder.
 """
 
 from __future__ import annotations

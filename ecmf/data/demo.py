@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ecmf.config import DemoConfig
+from ecmf.data import synth
 from ecmf.data.mer2025 import CANDIDATES, SUBTITLES, TRAIN_LABELS
 from ecmf.schema import LABELS
 
@@ -187,7 +188,6 @@ def plan_corpus(cfg: DemoConfig) -> pd.DataFrame:
 
 
 def _write_clip(job: tuple) -> str:
-    from ecmf.data import synth
 
     out, index, name, label, no_face, silent, seed, size, fps, seconds = job
     frames, audio = synth.render_clip(label, no_face, silent, seed, index, size, fps, seconds,

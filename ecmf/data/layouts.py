@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from ecmf.data.csv_manifest import read_csv_manifest
+from ecmf.data.mer2025 import read_mer2025
 from ecmf.errors import InputError
 from ecmf.registry import Registry
 
@@ -14,12 +17,11 @@ if TYPE_CHECKING:
 
     from ecmf.config import CorpusConfig
 
-LAYOUTS: Registry[Callable[["CorpusConfig"], "pd.DataFrame"]] = Registry("corpus layout")
+LAYOUTS: Registry[Callable[[CorpusConfig], pd.DataFrame]] = Registry("corpus layout")
 
 
 @LAYOUTS.register("mer2025")
-def _mer2025(corpus: "CorpusConfig") -> "pd.DataFrame":
-    from ecmf.data.mer2025 import read_mer2025
+def _mer2025(corpus: CorpusConfig) -> pd.DataFrame:
 
     if not corpus.root:
         raise InputError("config corpus.root is empty: point it at a MER2025-layout directory "
@@ -28,8 +30,7 @@ def _mer2025(corpus: "CorpusConfig") -> "pd.DataFrame":
 
 
 @LAYOUTS.register("csv")
-def _csv(corpus: "CorpusConfig") -> "pd.DataFrame":
-    from ecmf.data.csv_manifest import read_csv_manifest
+def _csv(corpus: CorpusConfig) -> pd.DataFrame:
 
     if not corpus.manifest:
         raise InputError("config corpus.manifest is empty: layout 'csv' reads a CSV with columns "
@@ -37,6 +38,6 @@ def _csv(corpus: "CorpusConfig") -> "pd.DataFrame":
     return read_csv_manifest(corpus.manifest, corpus.encoding, labels=None)
 
 
-def read_corpus(corpus: "CorpusConfig") -> "pd.DataFrame":
+def read_corpus(corpus: CorpusConfig) -> pd.DataFrame:
     """The manifest of the corpus `corpus` names, read by its layout's reader."""
     return LAYOUTS.get(corpus.layout)(corpus)

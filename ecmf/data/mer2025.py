@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecmf import schema
+from ecmf.data.csv_manifest import decode_text
 from ecmf.errors import InputError, MissingInput
 
 SUBTITLES = "subtitle_chieng.csv"
@@ -19,7 +20,6 @@ MANIFEST_COLUMNS = [schema.SAMPLE_ID, schema.VIDEO, schema.AUDIO, schema.TEXT, s
 def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
     import io
 
-    from ecmf.data.csv_manifest import decode_text
 
     if not path.is_file():
         raise MissingInput(f"{path}: missing; MER2025's release layout has this file")

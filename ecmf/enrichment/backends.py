@@ -21,7 +21,10 @@ from ecmf.enrichment.parse import (
     task_result,
 )
 from ecmf.enrichment.prompts import CONTEXT_COLUMNS, as_text, row_context, task_prompt
+from ecmf.enrichment.vllm_engine import vllm_dataset
 from ecmf.registry import Registry
+from ecmf.runtime import devices
+from ecmf.runtime.devices import device_for
 from ecmf.schema import LABELS, SAMPLE_ID, TEXT
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ class TransformersBackend:
         torch.manual_seed(0)
         self.cfg, self.task = cfg, task
         self.max_new_tokens = cfg.vote_max_new_tokens if task == "vote" else cfg.max_new_tokens
-        self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.device = str(device_for(cfg.num_gpus, "enrich.num_gpus"))
         # Left padding: generation continues every row from the end of its own prompt.
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if self.tokenizer.pad_token is None:
@@ -138,7 +141,7 @@ class TransformersBackend:
         for col, example in template.items():
             dtype = object if isinstance(example, str) else type(example)
             out[col] = np.array([r[col] for r in rows], dtype=dtype)
-        return out
+        return devices.to_host(out)
 
 
 @BACKENDS.register("transformers")
@@ -163,6 +166,5 @@ def transformers_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: st
 def vllm_backend(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
                  task: str = "enrich", labels: Sequence[str] = LABELS) -> ray.data.Dataset:
     """vLLM through Ray Data's LLM processor (GPU images with the `gpu` extra only)."""
-    from ecmf.enrichment.vllm_engine import vllm_dataset
 
     return vllm_dataset(ds, cfg, model_path, task, labels)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ecmf.config import EnrichConfig
+from ecmf.enrichment.parse import result_columns
 from ecmf.schema import LABELS
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ def enrich_dataset(ds: ray.data.Dataset, cfg: EnrichConfig, model_path: str,
     nothing runs until the dataset is consumed.
     """
     from ecmf.enrichment.backends import BACKENDS
-    from ecmf.enrichment.parse import result_columns
 
     labels = list(labels)
     result_columns(task, labels)  # an unknown task fails before any actor starts

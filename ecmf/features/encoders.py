@@ -14,10 +14,15 @@ import logging
 import numpy as np
 
 from ecmf import schema
-from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
+from ecmf.config import PACKAGED_MINILM, EncoderConfig
+from ecmf.data.media import is_silent
 from ecmf.errors import InputError, MissingExtra
+from ecmf.features.faces import build_detector, detection_frames
 from ecmf.features.precision import autocast, autocast_dtype
+from ecmf.features.sequence import pool_steps
 from ecmf.registry import Registry
+from ecmf.runtime import devices
+from ecmf.runtime.devices import device_for
 
 log = logging.getLogger(__name__)
 ENCODERS: Registry[type] = Registry("encoder")
@@ -49,7 +54,7 @@ class Encoder:
         self.drop_input = drop_input
         # One encoder actor per CPU it was given: more threads would fight the other actors.
         torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        self.device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.device = str(device_for(cfg.num_gpus, f"extract.encoders.{feature}.num_gpus"))
         self.steps = cfg.sequence_steps
         self.model_path = resolve_model(cfg.model)
         self.load(self.model_path)
@@ -94,7 +99,6 @@ class Encoder:
         return inputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ecmf.features.sequence import pool_steps
 
         n = len(batch[schema.SAMPLE_ID])
         errors = batch[schema.ERROR]
@@ -150,7 +154,7 @@ class Encoder:
         if self.drop_input:
             batch.pop(self.input)
             batch.pop(schema.decode_error_column(self.input), None)
-        return batch
+        return devices.to_host(batch)
 
 
 class EncoderGroup:
@@ -171,7 +175,7 @@ class EncoderGroup:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for encoder in self.encoders:
             batch = encoder(batch)
-        return batch
+        return devices.to_host(batch)  # what leaves the actor is host memory
 
 
 @ENCODERS.register("clip")
@@ -219,14 +223,12 @@ class FaceEncoder(ClipFramesEncoder):
     """
 
     def load(self, path: str) -> None:
-        from ecmf.features.faces import build_detector
 
         # The detector first: a missing extra or weights file is the error a user should see.
         self.detector = build_detector(self.cfg, self.device)
         super().load(path)
 
     def prepare(self, value, batch, i):
-        from ecmf.features.faces import detection_frames
 
         video = str(batch[schema.VIDEO][i]) if schema.VIDEO in batch else ""
         if not self.detector.reads_frames:  # the corpus' own crops
@@ -267,7 +269,6 @@ class SpeechEncoder(Encoder):
                         and hasattr(self.model, "_get_feat_extract_output_lengths"))
 
     def present(self, value) -> bool:
-        from ecmf.data.media import is_silent
 
         return value is not None and not is_silent(np.asarray(value))
 

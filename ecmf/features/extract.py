@@ -15,9 +15,12 @@ import pandas as pd
 import pyarrow as pa
 
 from ecmf import schema
-from ecmf.config import Config
-from ecmf.config_extract import EncoderConfig
+from ecmf.config import Config, ConfigError, EncoderConfig
+from ecmf.data.manifest import build_manifest
+from ecmf.data.media import MediaError, read_audio, sample_frames
 from ecmf.errors import MissingInput
+from ecmf.features.encoders import ENCODERS, EncoderGroup
+from ecmf.features.sequence import sequence_array, sequence_field
 from ecmf.features.store import (
     check_one_row_per_sample,
     compact_store,
@@ -27,8 +30,10 @@ from ecmf.features.store import (
     modality_counts,
     run_stamp,
     status_table,
+    store_columns,
 )
-from ecmf.workdir import Workdir, build_manifest, save_config, write_json
+from ecmf.runtime.capacity import check_placeable, cluster_capacity
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,6 @@ def decode_batch(batch: dict[str, np.ndarray], num_frames: int, sample_rate: int
     """Decode frames and audio of each clip, each on its own: a modality that fails is
     recorded in its `_error_<input>` column (the encoders mask it), never raised, and the
     clip's other modalities go on. Audio the wav cannot give comes from the video's track."""
-    from ecmf.data.media import MediaError, read_audio, sample_frames
 
     n = len(batch[schema.SAMPLE_ID])
     out = {"frames": [], "audio": []}
@@ -93,7 +97,6 @@ def to_store_rows(batch: dict[str, np.ndarray], features: list[str]) -> pa.Table
     the sequences encoders emitted (`seq_<name>`, steps and dim in the field metadata), notes
     and error: a clip with no modality read, and some that failed, gets their reasons as its
     error (one whose modalities are all absent by nature is kept, as before)."""
-    from ecmf.features.sequence import sequence_array, sequence_field
 
     n = len(batch[schema.SAMPLE_ID])
     fields = [pa.field(schema.SAMPLE_ID, pa.string())]
@@ -173,7 +176,6 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
     """
     import ray
 
-    from ecmf.features.encoders import ENCODERS, EncoderGroup
     from ecmf.features.sink import StoreSink
 
     wd = Workdir.of(cfg)
@@ -231,8 +233,6 @@ def check_store_matches(store, encoders: dict[str, EncoderConfig]) -> None:
     would leave some samples without a feature the readers expect (e.g. a store made by
     `ecmf import-features`, or one extracted before `sequence_steps` was set).
     """
-    from ecmf.config import ConfigError
-    from ecmf.features.store import store_columns
 
     if not any(Path(store).glob("*.parquet")):
         return
@@ -272,7 +272,6 @@ def encoder_stages(encoders: dict[str, EncoderConfig]) -> list[list[dict]]:
     The last member to read an input column drops it (decoded frames and audio are the bulk
     of a block, and carrying them on would fill the object store).
     """
-    from ecmf.features.encoders import ENCODERS
 
     stages: list[list[str]] = []
     where: dict[str, int] = {}
@@ -302,9 +301,7 @@ def check_resources(stages: list[list[dict]], capacity=None) -> None:
     every CPU the cluster can reach: decode and write tasks would then wait forever for a CPU
     while the actors wait for their input, and Ray Data would stall without an error.
     Counted against what the cluster can scale to (`capacity`, by default the connected
-    cluster's: ecmf.capacity), not what is up now."""
-    from ecmf.capacity import check_placeable, cluster_capacity
-    from ecmf.config import ConfigError
+    cluster's: ecmf.runtime.capacity), not what is up now."""
 
     capacity = capacity or cluster_capacity()
     requests = {}

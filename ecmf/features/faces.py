@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ecmf.config import RETINAFACE_WEIGHTS
+from ecmf.data.media import MediaError, sample_frames
 from ecmf.errors import InputError, MissingExtra, MissingInput
+from ecmf.features.precision import autocast, autocast_dtype
 from ecmf.registry import Registry
 
 if TYPE_CHECKING:
-    from ecmf.config_extract import EncoderConfig
+    from ecmf.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 FACE_DETECTORS: Registry[type] = Registry("face detector")
@@ -39,7 +42,7 @@ class Detector:
 
     reads_frames = True  # False: the crops come from elsewhere (provided), not from the frames
 
-    def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
+    def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
         self.cfg = cfg
         self.device = device
 
@@ -81,7 +84,6 @@ def detection_frames(frames: np.ndarray, video_path: str, short_side: int) -> np
     """
     import inspect
 
-    from ecmf.data.media import MediaError, sample_frames
 
     if not short_side or not video_path or len(frames) == 0:
         return frames
@@ -137,7 +139,7 @@ class HaarDetector(Detector):
     `detector_weights` may name another cascade XML; empty: the packaged frontal-face one.
     """
 
-    def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
+    def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
         super().__init__(cfg, device)
         import cv2
 
@@ -181,9 +183,8 @@ class RetinaFaceDetector(Detector):
     mean = (0.485, 0.456, 0.406)  # ImageNet's, as the release normalises its inputs
     std = (0.229, 0.224, 0.225)
 
-    def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
+    def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
         super().__init__(cfg, device)
-        from ecmf.features.precision import autocast_dtype
 
         self.net, self.priors = self._load()
         self.amp = autocast_dtype(device, cfg.precision)
@@ -197,7 +198,6 @@ class RetinaFaceDetector(Detector):
             raise MissingExtra(f"face detector 'retinaface' needs retinaface-pytorch and "
                                f"torchvision: install the GPU extra (pip install 'ecmf[gpu]'); "
                                f"CPU runs use detector: haar ({e})") from None
-        from ecmf.config_extract import RETINAFACE_WEIGHTS
 
         path = self.cfg.detector_weights or RETINAFACE_WEIGHTS
         if not Path(path).is_file():
@@ -215,7 +215,6 @@ class RetinaFaceDetector(Detector):
     def detect_many(self, frames):
         import torch
 
-        from ecmf.features.precision import autocast
 
         out = []
         for s in range(0, len(frames), self.frames_per_forward):
@@ -329,7 +328,7 @@ class ProvidedCrops(Detector):
 
     reads_frames = False
 
-    def __init__(self, cfg: "EncoderConfig", device: str = "cpu"):
+    def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
         super().__init__(cfg, device)
         if cfg.faces_dir and not Path(cfg.faces_dir).is_dir():
             raise MissingInput(f"encoder.faces_dir: {cfg.faces_dir} is not a directory")
@@ -395,6 +394,6 @@ def read_crops(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def build_detector(cfg: "EncoderConfig", device: str = "cpu") -> Detector:
+def build_detector(cfg: EncoderConfig, device: str = "cpu") -> Detector:
     """The detector `cfg.detector` names ("available: [...]" when unknown)."""
     return FACE_DETECTORS.get(cfg.detector)(cfg, device)

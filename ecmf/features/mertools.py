@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ecmf import schema
+from ecmf.data.manifest import build_manifest
 from ecmf.errors import InputError
 from ecmf.features.mertools_folders import (
     FRA,
@@ -47,6 +48,7 @@ from ecmf.features.store import (
     status_table,
     write_part,
 )
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +364,6 @@ def import_stage(cfg, sources: list[str] | None = None, steps: int | None = None
     """`ecmf import-features`: MERTools folders (every one of the tree `mertools`, and the
     `--from` items `sources`) into `<workdir>/features/store`, keyed by the corpus's manifest
     when the config names a corpus (else by every file name found)."""
-    from ecmf.workdir import Workdir, build_manifest, save_config, write_json
 
     wd = Workdir.of(cfg)
     folders, empty = find_tree(mertools) if mertools else ({}, [])

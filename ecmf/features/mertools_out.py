@@ -15,6 +15,7 @@ from ecmf import schema
 from ecmf.errors import InputError, UnknownName
 from ecmf.features.sequence import sequence_shape, sequence_to_numpy
 from ecmf.features.store import _dataset, list_to_numpy
+from ecmf.workdir import Workdir
 
 UTT, FRA = "utt", "fra"
 # MERTools' class order (`emos_mer` in its toolkit/globals.py): the columns of its emo_probs.
@@ -85,7 +86,6 @@ def export_mertools(store: str | Path, out_dir: str | Path, features: list[str] 
 def export_stage(cfg, out: str | Path, features: list[str] | None = None,
                  overwrite: bool = False) -> dict:
     """`ecmf export-features`: the workdir's store as MERTools folders under `out`."""
-    from ecmf.workdir import Workdir
 
     return export_mertools(Workdir.of(cfg).store, out, features, overwrite)
 

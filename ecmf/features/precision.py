@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ecmf.config_extract import PRECISIONS
+from ecmf.config import PRECISIONS
 from ecmf.errors import InputError
 
 

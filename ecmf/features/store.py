@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
@@ -37,7 +38,7 @@ class FeatureTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, index: np.ndarray) -> "FeatureTable":
+    def take(self, index: np.ndarray) -> FeatureTable:
         return FeatureTable(self.ids[index], {k: v[index] for k, v in self.feats.items()},
                             {k: v[index] for k, v in self.masks.items()})
 
@@ -149,14 +150,14 @@ def status_table(store: str | Path, extra: tuple[str, ...] = (), masks: bool = F
     return _to_table(ds, store, columns=cols).to_pandas()
 
 
-def error_rows(table: "pd.DataFrame") -> "pd.DataFrame":
+def error_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The errors table (schema.ERROR_COLUMNS) of a store's rows (`status_table`): a row per
     failed modality, and one with no feature for a failed clip that names none."""
     import pandas as pd
 
     rows = []
     status_cols = [c for c in table.columns if c.startswith(schema.STATUS_PREFIX)]
-    table = table.fillna({c: "" for c in (*status_cols, schema.ERROR)})
+    table = table.fillna(dict.fromkeys((*status_cols, schema.ERROR), ""))
     for rec in table.to_dict("records"):
         failed = [(c[len(schema.STATUS_PREFIX):], rec[c]) for c in status_cols if rec[c]]
         if rec[schema.ERROR] and not failed:
@@ -167,7 +168,7 @@ def error_rows(table: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=list(schema.ERROR_COLUMNS))
 
 
-def modality_counts(table: "pd.DataFrame") -> dict[str, dict[str, int]]:
+def modality_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per feature, over the usable rows (no clip error) of a `status_table` read with its mask
     columns: how many have the modality (`present`), lack it by nature (`absent`: silent audio,
     no face, empty subtitle) or could not read it (`failed`)."""
@@ -367,22 +368,3 @@ def store_dataset(store: str | Path, features: list[str], ids: list[str] | None 
     if ids is not None:
         ds = ds.filter(expr=col(schema.SAMPLE_ID).is_in(list(ids)))
     return ds.drop_columns(["error"])
-
-
-def read_sequences(store: str | Path, name: str,
-                   ids: list[str] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Frame-level sequence of feature `name` for the error-free samples (all, or `ids` in that
-    order) -> (ids [N], float32 [N, steps, dim]); steps and dim come from the field metadata."""
-    from ecmf.features.sequence import sequence_shape, sequence_to_numpy
-
-    ds = _dataset(store)
-    column = schema.sequence_column(name)
-    if column not in ds.schema.names:
-        have = [c[len(schema.SEQUENCE_PREFIX):] for c in ds.schema.names
-                if c.startswith(schema.SEQUENCE_PREFIX)]
-        raise UnknownName(f"no sequence column {column!r} in store {store} (set "
-                          f"extract.encoders.{name}.sequence_steps > 0); available: "
-                          f"{sorted(have)}")
-    steps, dim = sequence_shape(ds.schema.field(column))
-    table, got = _error_free_rows(ds, [schema.SAMPLE_ID, column], ids, store, column)
-    return got, sequence_to_numpy(table.column(column), steps, dim)

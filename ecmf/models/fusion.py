@@ -1,4 +1,5 @@
-"""Fusion models over per-modality utterance features: ECMF and two baselines, registered in `MODELS`.
+"""Fusion models over per-modality utterance features: ECMF and two baselines, registered in
+`MODELS`.
 
 Every model takes `(dims, num_classes, hidden, heads, layers, dropout, modality_dropout)` and maps
 `feats[m]: [B, D_m]` with `masks[m]: bool [B]` (False: modality missing) to logits `[B, C]`.

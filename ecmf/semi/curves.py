@@ -1,4 +1,5 @@
-"""Plot of pseudo-label rounds: validation (and test) WAF per round over the pseudo-labels each took."""
+"""Plot of pseudo-label rounds: validation (and test) WAF per round over the pseudo-labels each
+took."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 def plot_rounds(rounds: list[dict], path, test_waf: dict[int, float] | None = None) -> Path:
     """Write a PNG of `rounds` (the `rounds` list of `rounds/summary.json`): WAF lines on the left
     axis, pseudo-labels added per round as bars on the right; `test_waf` maps round -> test WAF."""
-    # Figure + the Agg canvas directly, as in `plot_confusion`: no pyplot, so no global backend switch.
+    # Figure + the Agg canvas directly, as in `plot_confusion`: no pyplot, so no global backend
+    # switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

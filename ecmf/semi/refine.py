@@ -20,9 +20,14 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config
+from ecmf.data.manifest import load_manifest, with_labels
 from ecmf.errors import MissingInput
-from ecmf.keys import Stamp
-from ecmf.workdir import Workdir, load_manifest, save_config, with_labels, write_json
+from ecmf.features.store import usage_counts
+from ecmf.keys import Stamp, file_sha256, frame_sha256
+from ecmf.semi.weak import fold_pairs, weak_inputs, weak_key, weak_probabilities
+from ecmf.train.fit import fit, resolve_features, run_changes, run_record, stage_table
+from ecmf.train.metrics import classification_report
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 ORIGINAL = "original"
@@ -163,7 +168,6 @@ def gather_sources(cfg: Config, ids: np.ndarray, train_fold: int = -1,
     model k's fold-blind sources (fit without fold k and the sample's fold). `weak`, `fusion`:
     the weak classifiers' table and the fusion source's out-of-fold frame when the caller has
     them (a frame with a `train_fold` column: its rows for `train_fold`)."""
-    from ecmf.semi.weak import weak_probabilities
 
     cfg = with_labels(cfg)
     rc = cfg.refine
@@ -210,7 +214,6 @@ def pair_table(table: pd.DataFrame, folds: int) -> pd.DataFrame:
     `table`: the labeled rows of `training_table` (original labels). A clip of fold m gets a row
     per pair p: a validation row (fold p, train_fold p) when m is in p, else a training row of
     model p alone (fold -1, train_fold p); `train_one_fold` does the rest."""
-    from ecmf.semi.weak import fold_pairs
 
     lab = table[table["fold"] >= 0]
     parts = []
@@ -228,8 +231,6 @@ def _pairs_setup(cfg: Config):
     """The pair run's config (train.folds = the number of pairs), features, dims and table."""
     from dataclasses import replace
 
-    from ecmf.semi.weak import fold_pairs
-    from ecmf.train.fit import resolve_features, stage_table
 
     cfg = with_labels(cfg)
     folds = cfg.train.folds
@@ -241,7 +242,6 @@ def _pairs_setup(cfg: Config):
 
 def pair_run_record(cfg: Config) -> dict:
     """What the fusion pair run depends on (`ecmf.train.fit.run_record` of it)."""
-    from ecmf.train.fit import run_record
 
     pcfg, features, dims, table = _pairs_setup(cfg)
     return run_record(pcfg, features, dims, table)
@@ -255,8 +255,6 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
     Trains `<workdir>/refine/pairs` (one fold model per pair of folds) unless a
     finished run there has the same settings, features and table."""
 
-    from ecmf.semi.weak import fold_pairs
-    from ecmf.train.fit import fit, run_changes, run_record
 
     pcfg, features, dims, table = _pairs_setup(cfg)
     out = Workdir.of(cfg).refine / PAIRS_RUN
@@ -281,7 +279,6 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
 
 def training_fold_of(cfg: Config) -> dict[str, int]:
     """sample_id -> the fold of each labeled clip (the split every training run shares)."""
-    from ecmf.train.fit import stage_table
 
     t = stage_table(cfg)
     return dict(zip(t[schema.SAMPLE_ID].astype(str), t["fold"].astype(int)))
@@ -294,8 +291,6 @@ def refine_key(cfg: Config) -> dict:
     (fold-blind) and the LLM votes (their files' digests)."""
     from dataclasses import asdict
 
-    from ecmf.keys import file_sha256, frame_sha256
-    from ecmf.semi.weak import weak_inputs, weak_key
 
     rc = cfg.refine
     wd = Workdir.of(cfg)
@@ -354,9 +349,6 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
 
     `key`: `refine_key(cfg)` when the caller has it already (it reads the manifest and the
     store's ids)."""
-    from ecmf.features.store import usage_counts
-    from ecmf.semi.weak import weak_probabilities
-    from ecmf.train.metrics import classification_report
 
     cfg = with_labels(cfg)
     rc = cfg.refine
@@ -368,8 +360,9 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
     ids = lab[schema.SAMPLE_ID].to_numpy().astype(str)
     original = schema.label_indices(lab[schema.LABEL].to_numpy(), "the manifest", cfg.labels)
-    weak = (weak_probabilities(cfg) if rc.weights.get("weak", 0.0) > 0 and rc.classifiers
-            else None)
+    # Fitted whenever classifiers are named: they vote here (refine.weights.weak) and on the
+    # pool in `ecmf pseudo-label` (pseudo.min_agree), which reads what this stage writes.
+    weak = weak_probabilities(cfg) if rc.classifiers else None
     sources, weights, groups = gather_sources(cfg, ids, -1, weak)
     table = _vote(cfg, ids, original, sources, weights, groups)
     table.to_parquet(out / "labels.parquet", index=False)

@@ -24,8 +24,23 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config, ConfigError
-from ecmf.errors import InputError, MissingInput
-from ecmf.workdir import Workdir, load_manifest, with_labels, write_json
+from ecmf.data.manifest import load_manifest, with_labels
+from ecmf.errors import MissingInput
+from ecmf.features.store import ok_ids
+from ecmf.keys import Stamp, file_sha256, frame_sha256
+from ecmf.semi.refine import refined_labels
+from ecmf.semi.select import (
+    SELECTION,
+    agreeing_groups,
+    apply_temperature,
+    class_prior,
+    fit_temperature,
+)
+from ecmf.semi.weak import fold_top_column, read_weak_probabilities
+from ecmf.train.fit import fit, stage_table
+from ecmf.train.metrics import score
+from ecmf.train.predict import fold_prob_columns, predict_store, run_labels
+from ecmf.workdir import Workdir, write_json
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = [schema.SAMPLE_ID, schema.LABEL, schema.CONFIDENCE, "weight", "round",
@@ -44,8 +59,6 @@ def val_waf(run_dir: Path, reference: pd.Series) -> float:
     Every run is scored against the same labels (the original annotations), whatever labels it
     was trained on, so that rounds trained on refined labels compare with the first run.
     """
-    from ecmf.train.metrics import score
-    from ecmf.train.predict import run_labels
 
     oof = pd.read_parquet(run_dir / "oof.parquet")
     ref = reference.reindex(oof[schema.SAMPLE_ID])
@@ -61,16 +74,11 @@ def pool_agreement(ids: np.ndarray, fusion: np.ndarray, weak_pool: pd.DataFrame 
     (None, []) when not asked for. Each weak classifier votes with its model of fold `fold`
     (fit without that fold's labels), so the agreement, too, is blind to the labels the
     fold's next model is validated on."""
-    from ecmf.semi.weak import fold_top_column
 
     if weak_pool is None or min_agree == 0:
         return None, [FUSION_SOURCE] * len(ids)
-    from ecmf.semi.select import agreeing_groups
 
     column = fold_top_column(fold)
-    if column not in weak_pool:
-        raise InputError(f"weak classifiers' pool predictions lack {column}: refit them "
-                         f"(remove refine/weak_probs.parquet)")
     names = sorted(weak_pool["source"].unique())
     c = num_classes
     tops, groups = [], []
@@ -91,8 +99,6 @@ def pool_agreement(ids: np.ndarray, fusion: np.ndarray, weak_pool: pd.DataFrame 
 def calibration(run_dir: Path, reference: pd.Series) -> float:
     """Temperature of a run's fold models, fitted on its out-of-fold predictions against the
     `reference` (original) labels, so a confidence threshold means the same in every round."""
-    from ecmf.semi.select import fit_temperature
-    from ecmf.train.predict import run_labels
 
     labels = run_labels(run_dir)
     oof = pd.read_parquet(run_dir / "oof.parquet")
@@ -115,8 +121,6 @@ def select_round(preds: pd.DataFrame, cfg: Config, prior: np.ndarray, k: int,
     quotas, `pseudo.max_per_round`) among the rows it has not taken before (`taken[f]`); a clip
     may be taken by several folds, even with different labels: one row per fold (`train_fold`).
     """
-    from ecmf.semi.select import SELECTION, apply_temperature
-    from ecmf.train.predict import fold_prob_columns
 
     pc = cfg.pseudo
     labels = list(cfg.labels) or list(schema.LABELS)
@@ -161,13 +165,10 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
     """
     from dataclasses import asdict
 
-    from ecmf.keys import file_sha256, frame_sha256
 
     wd = Workdir.of(cfg)
     key = {section: {k: v for k, v in asdict(getattr(cfg, section)).items()
                      if k not in FREE_SETTINGS[section]} for section in ("pseudo", "train")}
-    # Pseudo-labels per fold (`select_round`); rounds of an older ecmf shared them.
-    key["pseudo_labels"] = "per-fold"
     order = [c for c in (schema.SAMPLE_ID, "train_fold") if c in train_labels]
     key["labels_sha256"] = frame_sha256(train_labels.sort_values(order, kind="stable"))
     key["first_run"] = file_sha256(wd.train / "oof.parquet")
@@ -191,15 +192,12 @@ def check_round_key(rdir: Path, key: dict) -> None:
 
     Rounds never overwrite an earlier one, so a changed setting cannot take effect in rounds
     already on disk; resuming after them would mix two configurations in one run. A round
-    written before rounds kept their key is resumed with a warning.
+    without its key file was not written by this ecmf, and is refused the same way.
     """
-    from ecmf.keys import Stamp
-
     changes = Stamp(rdir / KEY_FILE).changes(key)
     if changes is None:
-        log.warning("%s has no %s (an older ecmf wrote it): resuming after it unchecked",
-                    rdir, KEY_FILE)
-    elif changes:
+        changes = [f"{KEY_FILE} is missing"]
+    if changes:
         raise StaleRoundsError(
             f"{rdir} was made with other settings or inputs than this run's "
             f"({'; '.join(changes)}). Rounds never overwrite earlier ones: move {rdir.parent} "
@@ -210,19 +208,12 @@ def check_round_key(rdir: Path, key: dict) -> None:
 def run_rounds(cfg: Config) -> dict:
     """Run the configured pseudo-label rounds on top of the workdir's `train` run.
 
-    With `refine.enabled`, the labeled set is refined first (once; `ecmf refine`), and every
-    round trains on the refined labels: fold-blind ones by default (fold model k's from sources
-    that never saw fold k), else one per clip voted with the `train` run's out-of-fold
-    predictions. With `pseudo.min_agree` > 0, the weak classifiers' pool predictions vote on
-    which pseudo-labels to trust.
+    With `refine.enabled`, every round trains on the labels `ecmf refine` wrote: fold-blind
+    ones by default (fold model k's from sources that never saw fold k), else one per clip
+    voted with the `train` run's out-of-fold predictions. With `pseudo.min_agree` > 0, the
+    weak classifiers' pool predictions, which `ecmf refine` wrote too, vote on which
+    pseudo-labels to trust. Missing or stale, either stops naming `ecmf refine`.
     """
-    from ecmf.features.store import ok_ids
-    from ecmf.keys import Stamp
-    from ecmf.semi.refine import refined_labels
-    from ecmf.semi.select import class_prior
-    from ecmf.semi.weak import weak_probabilities
-    from ecmf.train.fit import fit, stage_table
-    from ecmf.train.predict import predict_store
 
     wd = Workdir.of(cfg)
     if not (wd.train / "metrics.json").is_file():
@@ -237,7 +228,7 @@ def run_rounds(cfg: Config) -> dict:
                                              cfg.labels), len(cfg.labels))
     weak_pool = None
     if cfg.pseudo.min_agree > 0 and cfg.refine.classifiers:
-        weak = weak_probabilities(cfg)
+        weak = read_weak_probabilities(cfg)
         weak_pool = weak[weak["part"] == "pool"]
     if refined is not None:  # fold-blind: a label per fold model (a train_fold column)
         trained_on = refined[[c for c in (schema.SAMPLE_ID, "train_fold", "refined", "weight")
@@ -259,8 +250,6 @@ def run_rounds(cfg: Config) -> dict:
         if (rdir / "metrics.json").is_file() and (rdir / "labels.parquet").is_file():
             check_round_key(rdir, key)
             selected = pd.read_parquet(rdir / "labels.parquet")
-            if "train_fold" not in selected:  # an older ecmf's round: labels for every fold
-                selected["train_fold"] = -1
             log.info("round %d already finished: resuming after it", k)
         else:
             taken = {f: set(selected.loc[selected["train_fold"].isin([f, -1]),

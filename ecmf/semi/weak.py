@@ -13,21 +13,27 @@ and folds are unchanged.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config
-from ecmf.errors import UnknownName
+from ecmf.data.manifest import load_manifest, with_labels
+from ecmf.errors import MissingInput, UnknownName
+from ecmf.features.store import ok_ids, read_features, store_dims, store_fingerprint
+from ecmf.keys import Stamp, sha256_hex
 from ecmf.registry import Registry
-from ecmf.workdir import Workdir, load_manifest, with_labels
+from ecmf.runtime.progress import collect
+from ecmf.train.fit import stage_table
+from ecmf.workdir import Workdir
 
 log = logging.getLogger(__name__)
 WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
-# Bumped when the file's columns change, so that an older cache is fitted again: 2 added the
-# fold models' own top classes on the pool (`top_f<k>`), 3 the fold-blind "pair" rows.
+# Part of the key: bumped when the file's columns change, so that a file of another layout is
+# fitted again instead of read.
 WEAK_FORMAT = 3
 
 
@@ -189,8 +195,6 @@ def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
 
 def weak_inputs(cfg: Config) -> tuple[list[list[str]], pd.DataFrame, list[str]]:
     """Feature sets, the labeled training table (extracted clips only) and the pool's ids."""
-    from ecmf.features.store import ok_ids, store_dims
-    from ecmf.train.fit import stage_table
 
     wd = Workdir.of(cfg)
     sets = feature_sets(cfg, list(store_dims(wd.store)))
@@ -208,8 +212,6 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
              pool_ids: list[str]) -> dict:
     """What the weak probabilities depend on: classifiers, their options, feature sets, the
     labels and folds, the pool, and the store's files (a re-extraction changes them)."""
-    from ecmf.features.store import store_fingerprint
-    from ecmf.keys import sha256_hex
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
@@ -220,17 +222,32 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
             "store": store_fingerprint(Workdir.of(cfg).store)}
 
 
+def read_weak_probabilities(cfg: Config) -> pd.DataFrame:
+    """What `ecmf refine` wrote to `refine/weak_probs.parquet` (`weak_probabilities`), checked
+    against the inputs it would be fitted from now: missing or stale, it stops naming `ecmf
+    refine` with what changed. Stages after refine read it and never fit it themselves."""
+    wd = Workdir.of(cfg)
+    path = wd.refine / "weak_probs.parquet"
+    if not path.is_file():
+        raise MissingInput(f"{path} is not there: run `ecmf refine` first (its weak classifiers "
+                           f"vote on the pool with pseudo.min_agree {cfg.pseudo.min_agree}; "
+                           f"pseudo.min_agree=0 does without them)")
+    changes = Stamp(wd.refine / "weak_key.json").changes(weak_key(cfg, *weak_inputs(cfg)))
+    if changes is None or changes:
+        why = "; ".join(changes or ["its key file is missing"])
+        raise MissingInput(f"{path} was made from other inputs ({why}): run `ecmf refine` "
+                           f"again")
+    return pd.read_parquet(path)
+
+
 def weak_probabilities(cfg: Config) -> pd.DataFrame:
     """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks
-    (their progress logged by `ecmf.progress.collect`); reused from `refine/weak_probs.parquet`
-    while `weak_key` is unchanged. With `refine.fold_blind`, also rows of part "pair": fold
-    model j's fold-blind probabilities (`pair_oof`) on the labeled samples outside fold j,
-    `train_fold` j (-1 on other rows)."""
+    (their progress logged by `ecmf.runtime.progress.collect`); reused from
+    `refine/weak_probs.parquet` while `weak_key` is unchanged. With `refine.fold_blind`, also
+    rows of part "pair": fold model j's fold-blind probabilities (`pair_oof`) on the labeled
+    samples outside fold j, `train_fold` j (-1 on other rows)."""
     import ray
 
-    from ecmf.features.store import read_features
-    from ecmf.keys import Stamp
-    from ecmf.progress import collect
 
     cfg = with_labels(cfg)
     rc = cfg.refine

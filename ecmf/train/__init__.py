@@ -1,1 +1,2 @@
-"""Training: the per-worker loop, k-fold fitting (a Ray task per fold, or Ray Train DDP), metrics, prediction and submission."""
+"""Training: the fold stepper, k-fold fitting (a Ray task per fold, or Ray Train DDP), metrics,
+prediction and submission."""

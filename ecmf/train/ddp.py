@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ecmf.config import TrainConfig
+from ecmf.runtime.devices import device_for
 from ecmf.train.loop import (
     MODEL_FILE,
     _Dist,
@@ -97,21 +98,18 @@ def _report_folds(done: dict[int, dict], summary: dict, cfg: TrainConfig, featur
 
 
 def training_device():
-    """This worker's device: the GPU Ray gave it where CUDA is there, else the CPU.
+    """This worker's device: the GPU Ray gave it, or the CPU where it holds none.
 
     Ray Train names a CUDA device whenever the worker holds a GPU resource; on a node whose
-    GPU resource has no CUDA behind it (a CPU wheel, a simulated GPU node) that device does not
-    exist, so torch is asked, never the resource.
+    GPU resource has no CUDA behind it (an old driver, a CPU wheel) that device does not exist:
+    `device_for` then fails naming `train.use_gpu` (the simulated cluster runs it on the CPU).
     """
     import ray.train.torch
-    import torch
 
     device = ray.train.torch.get_device()
     if isinstance(device, list):
         device = device[0]
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return device
+    return device_for(True, "train.use_gpu") if device.type == "cuda" else device
 
 
 def prepare_on(device):

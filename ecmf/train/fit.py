@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -15,12 +16,18 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config, ConfigError, TrainConfig
+from ecmf.data.manifest import load_manifest, with_labels
 from ecmf.errors import InputError, MissingInput, UnknownName
-from ecmf.progress import EpochLines, epoch_relay
+from ecmf.features.store import store_dataset, store_dims, usage_counts
+from ecmf.keys import Stamp, diff
+from ecmf.runtime.capacity import check_placeable, cluster_capacity
+from ecmf.runtime.progress import EpochLines, epoch_relay
 from ecmf.train.ddp import train_loop_per_worker
 from ecmf.train.fold_tasks import fault_env, run_fold_tasks
+from ecmf.train.metrics import classification_report
+from ecmf.train.predict import oof_predictions
 from ecmf.train.rows import table_arrays, table_bytes
-from ecmf.workdir import Workdir, save_config, with_labels, write_json
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 RUN_FILE = "ray_run.json"  # the Ray Train run behind a training directory, for --resume
@@ -51,12 +58,17 @@ def assign_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None) -> np.ndarray:
+def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None,
+               write: bool = False) -> np.ndarray:
     """The fold of each labeled clip (manifest train rows sorted by sample_id), read from
-    `<workdir>/folds.parquet`: every stage's split comes from that one file, written the first
-    time a split of `folds` folds and `train.seed` is asked for (a column `fold_k<folds>_seed
-    <seed>`, `assign_folds`). A split a user writes there (values in [0, folds)) is used as is.
-    A labeled set that changed since (other clips or labels) gets its folds anew, logged."""
+    `<workdir>/folds.parquet`: every stage's split comes from that one file, a column
+    `fold_k<folds>_seed<seed>` (`assign_folds`). A split a user writes there (values in
+    [0, folds)) is used as is.
+
+    Only `ecmf train` writes it (`write`): the first time its split is asked for, or anew when
+    the labeled set changed since (other clips or labels). Another stage that finds no column
+    for the labeled set it reads stops naming `ecmf train`; a split of another fold count (a
+    search's `tune.cv_folds`) is made in memory, the same every time."""
     folds = folds or cfg.train.folds
     seed = cfg.train.seed
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
@@ -65,11 +77,8 @@ def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None) ->
     path = Workdir.of(cfg).folds
     column = f"fold_k{folds}_seed{seed}"
     table = pd.read_parquet(path) if path.is_file() else None
-    if table is not None and not table[[schema.SAMPLE_ID, schema.LABEL]].equals(now):
-        log.warning("%s: the labeled set changed since it was written (other clips or labels); "
-                    "its folds are made again", path)
-        table = None
-    if table is not None and column in table:
+    stale = table is not None and not table[[schema.SAMPLE_ID, schema.LABEL]].equals(now)
+    if table is not None and not stale and column in table:
         split = table[column].to_numpy(dtype=np.int64)
         bad = (split < 0) | (split >= folds)
         if bad.any():
@@ -78,24 +87,35 @@ def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None) ->
         return split
     y = schema.label_indices(now[schema.LABEL].to_numpy(), "the manifest", cfg.labels
                              or sorted(set(now[schema.LABEL])))
+    if not write:
+        if folds == cfg.train.folds:
+            why = "was written for another labeled set" if stale else "has no such column"
+            raise MissingInput(f"{path} {why} ({column}): run `ecmf train` first, which "
+                               f"writes the folds every stage uses")
+        return assign_folds(y, folds, seed)
+    if stale:
+        log.warning("%s: the labeled set changed since it was written (other clips or labels); "
+                    "its folds are made again", path)
+        table = None
     table = now if table is None else table
     table[column] = assign_folds(y, folds, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path, index=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
     return table[column].to_numpy(dtype=np.int64)
 
 
 def stage_table(cfg: Config, manifest: pd.DataFrame | None = None, folds: int | None = None,
-                **kw) -> pd.DataFrame:
+                write_folds: bool = False, **kw) -> pd.DataFrame:
     """`training_table` of a stage: the config's label set and the workdir's folds
-    (`fold_split`); `kw`: pseudo, refined."""
-    from ecmf.workdir import load_manifest
+    (`fold_split`, which `ecmf train` alone writes: `write_folds`); `kw`: pseudo, refined."""
 
     manifest = load_manifest(cfg) if manifest is None else manifest
     cfg = with_labels(cfg, manifest)
     folds = folds or cfg.train.folds
     return training_table(manifest, folds, cfg.train.seed, labels=cfg.labels,
-                          split=fold_split(cfg, manifest, folds), **kw)
+                          split=fold_split(cfg, manifest, folds, write_folds), **kw)
 
 
 def training_table(manifest: pd.DataFrame, folds: int, seed: int,
@@ -204,7 +224,6 @@ def attach_labels(batch: dict[str, np.ndarray], lookup: dict[str, list[tuple]]) 
 
 
 def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
-    from ecmf.features.store import store_dims
 
     dims = store_dims(Workdir.of(cfg).store)
     features = list(cfg.train.features) or list(dims)
@@ -289,7 +308,7 @@ def run_record(cfg: Config, features: list[str], dims: dict[str, int],
                table: pd.DataFrame) -> dict:
     """What a training run's results depend on: train keys (not resources), features, table."""
     cols = table[[schema.SAMPLE_ID, "y", "weight", "fold"]].reset_index(drop=True)
-    if "train_fold" in table and (table["train_fold"] >= 0).any():  # older digests unchanged
+    if "train_fold" in table:
         cols["train_fold"] = table["train_fold"].to_numpy()
     digest = hashlib.sha256(cols.to_csv(index=False).encode()).hexdigest()
     train = {k: v for k, v in asdict(cfg.train).items() if k not in RESOURCE_KEYS}
@@ -300,7 +319,6 @@ def run_record(cfg: Config, features: list[str], dims: dict[str, int],
 def run_changes(out: Path, record: dict) -> list[str] | None:
     """What differs between the run recorded in `<out>/ray_run.json` and `record` (`keys.diff`:
     train keys, features, the training table's digest); None when no run is recorded."""
-    from ecmf.keys import Stamp, diff
 
     saved = Stamp(out / RUN_FILE).read()
     return None if saved is None else diff(saved["record"], record)
@@ -308,7 +326,6 @@ def run_changes(out: Path, record: dict) -> list[str] | None:
 
 def _resume_target(out: Path, record: dict) -> tuple[str, str]:
     """The interrupted run to go on with; refuses, naming them, settings that changed since."""
-    from ecmf.keys import Stamp
 
     path = out / RUN_FILE
     changed = run_changes(out, record)
@@ -330,11 +347,6 @@ def fit(cfg: Config, table: pd.DataFrame, out_dir: str | Path, resume: bool = Fa
     storage, so Ray hands the workers its last checkpoint and finished folds are kept).
     While it trains, the `ecmf.progress` logger shows each epoch of each fold (`EpochLines`).
     """
-    from ecmf.capacity import check_placeable, cluster_capacity
-    from ecmf.features.store import store_dataset, usage_counts
-    from ecmf.keys import Stamp
-    from ecmf.train.metrics import classification_report
-    from ecmf.train.predict import oof_predictions
 
     out = Path(out_dir)
     wd = Workdir.of(cfg)
@@ -429,4 +441,4 @@ def _ddp_fit(tc: TrainConfig, loop_config: dict, name: str, storage: str, datase
 
 def train_stage(cfg: Config, resume: bool = False) -> dict:
     """`ecmf train [--resume]`: k-fold fit on the labeled clips into `<workdir>/train`."""
-    return fit(cfg, stage_table(cfg), Workdir.of(cfg).train, resume=resume)
+    return fit(cfg, stage_table(cfg, write_folds=True), Workdir.of(cfg).train, resume=resume)

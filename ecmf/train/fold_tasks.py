@@ -12,7 +12,7 @@ What Ray Train gave and this keeps:
   back, so `ecmf train --resume` trains only the folds missing there;
 - fault tolerance: a fold whose task fails (its worker lost, or it raised) is trained again, up
   to `train.max_failures` times in all; the folds already back are kept;
-- the progress records of `ecmf.progress` (the tasks send each epoch to the driver's queue).
+- the progress records of `ecmf.runtime.progress` (the tasks send each epoch to the driver's queue).
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ import time
 from pathlib import Path
 
 from ecmf.config import TrainConfig
+from ecmf.runtime import devices
+from ecmf.runtime.devices import device_for
+from ecmf.train.loop import (
+    MODEL_FILE,
+    _injected_fault,
+    _progress_sender,
+    fold_record,
+    read_record,
+    task_rows,
+    train_one_fold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +55,6 @@ class RunStorage:
         self.fs.create_dir(self.dir, recursive=True)
 
     def path(self, fold: int) -> str:
-        from ecmf.train.loop import MODEL_FILE
 
         return f"{self.dir}/{MODEL_FILE.format(fold)}"
 
@@ -66,13 +76,10 @@ class RunStorage:
         self.fs.move(tmp, self.path(fold))
 
     def read(self, fold: int) -> dict:
-        import torch
-
         with self.fs.open_input_stream(self.path(fold)) as f:
-            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+            return read_record(io.BytesIO(f.read()), self.path(fold))
 
     def copy_to(self, folds: int, directory: Path) -> None:
-        from ecmf.train.loop import MODEL_FILE
 
         directory.mkdir(parents=True, exist_ok=True)
         for k in range(folds):
@@ -81,11 +88,9 @@ class RunStorage:
 
 
 def task_device(use_gpu: bool):
-    """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES names it as device 0) where CUDA is
-    there; the CPU otherwise, a simulated GPU node or a CPU wheel included."""
-    import torch
-
-    return torch.device("cuda:0" if use_gpu and torch.cuda.is_available() else "cpu")
+    """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES names it as device 0); one asked for
+    and not there fails naming `train.use_gpu` (`ecmf.runtime.devices.device_for`)."""
+    return device_for(use_gpu, "train.use_gpu")
 
 
 def task_setup(config: dict) -> tuple[TrainConfig, object, dict]:
@@ -93,7 +98,6 @@ def task_setup(config: dict) -> tuple[TrainConfig, object, dict]:
     `train.cpus_per_worker`: what `ecmf train`'s fold tasks and Tune's share."""
     import torch
 
-    from ecmf.train.loop import task_rows
 
     cfg = TrainConfig(**config["train"])
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
@@ -104,7 +108,6 @@ def train_fold_task(config: dict, fold: int, finished: int) -> dict:
     """One fold, alone, in a Ray task: its rows (the table the driver put in the object store,
     or read from the store here when it was too big to put), `train_one_fold`, and the saved
     form of the result. `finished`: folds done when it was submitted (the fault-test hook)."""
-    from ecmf.train.loop import _injected_fault, _progress_sender, fold_record, train_one_fold
 
     began = time.time()
     cfg, device, data = task_setup(config)
@@ -123,7 +126,7 @@ def train_fold_task(config: dict, fold: int, finished: int) -> dict:
     saved["rows"] = len(data["y"])
     saved["task_began"] = began  # unix time: with trained_at, where a fold's time went
     saved["task_seconds"] = time.time() - began
-    return saved
+    return devices.to_host(saved)  # the driver may have no CUDA: host memory only crosses back
 
 
 def run_fold_tasks(tc: TrainConfig, loop_config: dict, storage: str, name: str,

@@ -18,6 +18,12 @@ import numpy as np
 
 from ecmf import schema
 from ecmf.config import TrainConfig
+from ecmf.errors import InputError
+from ecmf.models.losses import balanced_from_counts, weighted_cross_entropy
+from ecmf.runtime import devices
+from ecmf.runtime.progress import send
+from ecmf.train.metrics import confusion, weighted_f1_from_confusion
+from ecmf.train.rows import table_arrays
 
 MODEL_FILE = "fold_{}.pt"
 
@@ -138,7 +144,6 @@ def evaluate_confusion(model, data, features, idx, device, batch_size=512,
     """Confusion counts [C, C] of `model` on rows `idx` (rows = true class)."""
     import torch
 
-    from ecmf.train.metrics import confusion
 
     c = num_classes
     if len(idx) == 0:
@@ -210,8 +215,6 @@ def fold_epochs(cfg: TrainConfig, data: dict, features: list[str], dims: dict[st
     import torch
 
     from ecmf.models.fusion import MODELS
-    from ecmf.models.losses import balanced_from_counts, weighted_cross_entropy
-    from ecmf.train.metrics import weighted_f1_from_confusion
 
     dist = _Dist(device, distributed)
     torch.manual_seed(cfg.seed * 1000 + fold)  # identical initial weights on every rank
@@ -368,11 +371,24 @@ def fold_record(result: dict, cfg: TrainConfig, features: list[str],
                 dims: dict[str, int]) -> dict:
     """What a fold file holds: the model (name, kwargs, weights) and how it was trained."""
     kwargs = model_kwargs(cfg, dims, result.get("num_classes", len(schema.LABELS)))
-    return {"model": cfg.model, "kwargs": kwargs, "features": features,
-            "state_dict": result["state"], "fold": result["fold"],
-            "best_epoch": result["best_epoch"], "val_waf": result["val_waf"],
-            "history": result["history"], "trained_at": result.get("trained_at"),
-            "epoch_seconds": result.get("epoch_seconds", []), "train_config": asdict(cfg)}
+    return plain({"model": cfg.model, "kwargs": kwargs, "features": features,
+                  "state_dict": result["state"], "fold": result["fold"],
+                  "best_epoch": result["best_epoch"], "val_waf": result["val_waf"],
+                  "history": result["history"], "trained_at": result.get("trained_at"),
+                  "epoch_seconds": result.get("epoch_seconds", []),
+                  "train_config": asdict(cfg)})
+
+
+def plain(obj):
+    """`obj` with NumPy scalars as Python numbers and tuples as lists, tensors as they are:
+    what `torch.load(weights_only=True)` reads back."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[str, int],
@@ -380,14 +396,30 @@ def save_fold(result: dict, cfg: TrainConfig, features: list[str], dims: dict[st
     import torch
 
     path = Path(directory) / MODEL_FILE.format(result["fold"])
-    torch.save(fold_record(result, cfg, features, dims), path)
+    torch.save(devices.to_host(fold_record(result, cfg, features, dims)), path)
     return path
 
 
 def load_fold(path: Path) -> dict:
+    """A fold file's record, read as data only: a file that holds anything but tensors and
+    plain values (a pickled object, which could run code as it loads) is refused."""
+    with open(path, "rb") as f:
+        return read_record(f, path)
+
+
+def read_record(stream, where) -> dict:
+    """`torch.load` with `weights_only=True` (the loader that never runs code), on the CPU."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(stream, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise InputError(f"{where}: refused: a fold file holds model weights and plain values "
+                         f"only, and this one holds more ({first}). Train the run again, or "
+                         f"use a run directory you trust") from None
 
 
 def _injected_fault(finished: int, rank: int, settle_s: float = 5.0) -> None:
@@ -410,12 +442,11 @@ def _injected_fault(finished: int, rank: int, settle_s: float = 5.0) -> None:
 
 def _progress_sender(config: dict, sends: bool) -> Callable[[dict], None] | None:
     """Where this worker sends its progress records: the queue in `config["progress"]` (a
-    `ecmf.progress.Relay`'s) if it `sends`, or nowhere. Under DDP every rank computes the same
-    all-reduced metrics, so rank 0 alone sends; each fold task sends its own fold's."""
+    `ecmf.runtime.progress.Relay`'s) if it `sends`, or nowhere. Under DDP every rank computes
+    the same all-reduced metrics, so rank 0 alone sends; each fold task sends its own fold's."""
     queue = config.get("progress")
     if queue is None or not sends:
         return None
-    from ecmf.progress import send
 
     return lambda record: send(queue, record)
 
@@ -427,7 +458,6 @@ def task_rows(config: dict, features: list[str]) -> dict:
 
     if config.get("table") is not None:
         return ray.get(config["table"])
-    from ecmf.train.rows import table_arrays
 
     read = config["read"]
     return table_arrays(read["store"], ray.get(read["rows"]), features)

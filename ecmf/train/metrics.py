@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -165,7 +165,8 @@ def format_per_class(report: dict, title: str) -> str:
     for i, lab in enumerate(labels):
         prec = diag[i] / predicted[i] if predicted[i] else 0.0
         rec = diag[i] / actual[i] if actual[i] else 0.0
-        lines.append(f"  {lab:<{width}}  {prec:9.3f}  {rec:6.3f}  {report['per_class_f1'][lab]:5.3f}"
+        f1 = report["per_class_f1"][lab]
+        lines.append(f"  {lab:<{width}}  {prec:9.3f}  {rec:6.3f}  {f1:5.3f}"
                      f"  {report['support'][lab]:7d}")
     total = sum(report["support"].values())
     lines.append(f"  {'weighted F1':<{width}}  {'':9}  {'':6}  {report['waf']:5.3f}  {total:7d}"

@@ -9,6 +9,10 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.errors import MissingInput
+from ecmf.features.store import ok_ids, read_features, store_dataset
+from ecmf.runtime import devices
+from ecmf.runtime.capacity import check_placeable, cluster_capacity
+from ecmf.runtime.devices import device_for
 from ecmf.train.loop import load_fold
 
 
@@ -90,8 +94,7 @@ class Predictor:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.ensemble = FoldEnsemble(run_dir, device=device)
+        self.ensemble = FoldEnsemble(run_dir, device=device_for(use_gpu, "predict.num_gpus"))
         self.per_fold = per_fold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -104,7 +107,7 @@ class Predictor:
             cols = [c for k in self.ensemble.folds for c in fold_prob_columns(k, labels)]
             wide = probs.transpose(1, 0, 2).reshape(len(df), -1).astype(np.float32)
             df = pd.concat([df, pd.DataFrame(wide, columns=cols, index=df.index)], axis=1)
-        return df
+        return devices.to_host(df)
 
 
 def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
@@ -119,8 +122,6 @@ def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
     """
     import ray
 
-    from ecmf.capacity import check_placeable, cluster_capacity
-    from ecmf.features.store import store_dataset
 
     check_placeable({"predict.num_cpus, predict.num_gpus": {"CPU": num_cpus, "GPU": num_gpus}},
                     cluster_capacity())
@@ -148,7 +149,6 @@ def oof_predictions(run_dir: str | Path, store: str | Path, table: pd.DataFrame)
     in the store, sorted by sample_id then fold: one per labeled clip, or one per fold model
     that holds a clip out where a table gives it to several (the pair run of fold-blind
     refinement)."""
-    from ecmf.features.store import ok_ids, read_features
 
     ens = FoldEnsemble(run_dir)
     labels = ens.labels

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ecmf import schema
+from ecmf.features.store import ok_ids, read_features
 
 
 def table_bytes(table: pd.DataFrame, dims: dict[str, int]) -> int:
@@ -20,7 +21,6 @@ def table_arrays(store: str | Path, table: pd.DataFrame, features: list[str]) ->
     """The training table's rows with their features, as `train_one_fold` takes them, in the
     order a worker's streamed rows come in (sorted by sample_id, a clip's rows in table order).
     Rows whose clip has no error-free features are left out, as the streamed read leaves them."""
-    from ecmf.features.store import ok_ids, read_features
 
     have = ok_ids(store)
     rows = table[table[schema.SAMPLE_ID].astype(str).isin(have)]

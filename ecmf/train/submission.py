@@ -1,4 +1,5 @@
-"""MER2025-SEMI submission files: a CSV with columns `name, discrete`, one row per candidate clip."""
+"""MER2025-SEMI submission files: a CSV with columns `name, discrete`, one row per candidate
+clip."""
 
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ import yaml
 from ray.tune import Callback  # this module is Ray's edge: `import ecmf` never loads it
 
 from ecmf.config import Config, ConfigError, to_dict
+from ecmf.data.manifest import with_labels
+from ecmf.features.store import store_dims
+from ecmf.runtime.capacity import check_placeable, cluster_capacity
+from ecmf.train.fit import stage_table
+from ecmf.tune import report, trial
 from ecmf.tune.space import (
     feature_sets,
     max_epochs,
@@ -94,7 +99,6 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
     A Tune trial, its Train workers and Ray Data's read tasks all take CPUs: if trials and
     workers hold them all, the reads wait forever and the search hangs without an error.
     """
-    from ecmf.capacity import check_placeable, cluster_capacity
 
     tc, tr = cfg.tune, cfg.train
     # What the cluster can scale to, not what is up: a GPU cluster starts from zero workers.
@@ -137,10 +141,6 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
     """The Tune trainable with its data and resources attached."""
     from ray import tune
 
-    from ecmf.features.store import store_dims
-    from ecmf.train.fit import stage_table
-    from ecmf.tune import trial
-    from ecmf.workdir import with_labels
 
     store = Workdir.of(cfg).store.resolve()  # trials may run in another working directory
     dims = store_dims(store)
@@ -287,7 +287,6 @@ def run_search(cfg: Config, out_dir: str | Path, *, points: list[dict] | None = 
 
 def write_outputs(cfg: Config, out: Path, keys: list[str], seconds: float = 0.0) -> dict:
     """trials.csv, val_waf.png and best.yaml from the experiment in `out`; a summary."""
-    from ecmf.tune import report
 
     table, histories, configs = report.load_trials(out / "ray" / EXPERIMENT, keys,
                                                    cfg.train.epochs)

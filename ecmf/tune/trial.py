@@ -18,7 +18,14 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import TrainConfig
-from ecmf.train.loop import fold_epochs
+from ecmf.features.store import store_dataset, store_dims
+from ecmf.runtime import devices
+from ecmf.runtime.devices import device_for
+from ecmf.train.ddp import prepare_on, training_device
+from ecmf.train.fit import all_rows_data_config, attach_labels, label_lookup, torch_config
+from ecmf.train.fold_tasks import task_setup
+from ecmf.train.loop import _Dist, arrays_from_batches, fold_epochs
+from ecmf.train.rows import table_arrays
 from ecmf.tune.space import trial_config
 
 METRIC, MODE = "val_waf", "max"
@@ -49,7 +56,6 @@ def lockstep_folds(cfg: TrainConfig, data: dict, features: list[str], dims: dict
 
 def trial_data(store: str | Path, table: pd.DataFrame, features: list[str]) -> dict:
     """The arrays `train_one_fold` takes, as `fit` reads them (`ecmf.train.rows.table_arrays`)."""
-    from ecmf.train.rows import table_arrays
 
     return table_arrays(store, table, features)
 
@@ -79,7 +85,7 @@ def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: 
     import torch
     from ray import tune
 
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    device = device_for(use_gpu, "train.use_gpu")
     torch.set_num_threads(threads)
     cfg = trial_config(TrainConfig(**base), config)
     dims = {f: int(data[schema.feature_column(f)].shape[1])
@@ -93,12 +99,13 @@ def process_trial(config: dict, *, data: dict, base: dict, folds: int, threads: 
 def fold_stepper_task(config: dict, fold: int) -> Iterator[dict]:
     """A Ray generator task: one fold of a trial, alone on the table the driver put in the
     object store, yielding each epoch's history entry as it ends (`fold_epochs`)."""
-    from ecmf.train.fold_tasks import task_setup
 
     cfg, device, data = task_setup(config)
-    yield from fold_epochs(cfg, data, config["features"], config["dims"], fold,
-                           prepare=lambda m: m.to(device), device=device, distributed=False,
-                           num_classes=config["num_classes"])
+    epochs = fold_epochs(cfg, data, config["features"], config["dims"], fold,
+                         prepare=lambda m: m.to(device), device=device, distributed=False,
+                         num_classes=config["num_classes"])
+    for record in epochs:
+        yield devices.to_host(record)  # host memory only crosses back to the trial
 
 
 def fold_task_epochs(cfg: TrainConfig, table: dict, features: list[str], dims: dict[str, int],
@@ -147,8 +154,6 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ecmf.features.store import store_dataset, store_dims
-    from ecmf.train.fit import all_rows_data_config, attach_labels, label_lookup, torch_config
 
     # Set on the context the dataset captures, so a stalled read fails on any cluster.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s
@@ -180,8 +185,6 @@ def tune_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ecmf.train.ddp import prepare_on, training_device
-    from ecmf.train.loop import _Dist, arrays_from_batches
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]

@@ -71,7 +71,7 @@ def ray_path(cfg, model: str, texts: list[str], warm_up: bool = False) -> dict:
     import ray
 
     from ecmf.enrichment.pipeline import enrich_dataset
-    from ecmf.enrichment.stage import ROWS_PER_BLOCK
+    from ecmf.stages.enrich import ROWS_PER_BLOCK
 
     rows = texts[:cfg.batch_size] if warm_up else texts
     df = pd.DataFrame({"sample_id": [f"s{i:05d}" for i in range(len(rows))], "text": rows})
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from ecmf.config import EnrichConfig
-    from ecmf.tiny_models import build_tiny_causal_lm
+    from ecmf.models.tiny import build_tiny_causal_lm
 
     texts = subtitles(args.n)
     cfg = EnrichConfig(model="tiny", batch_size=args.batch_size,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ray_first_output_s": [round(r["first_output_s"], 2) for r in on_ray],
         "generated_tokens": n_tokens, "samples": len(texts),
         "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "model": "tiny Llama (2 layers, hidden 64) from ecmf.tiny_models, random weights",
+        "model": "tiny Llama (2 layers, hidden 64) from ecmf.models.tiny, random weights",
         "model_loading": "included in both timed runs; one untimed warm-up run per path first",
         "torch_threads": 1, "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),

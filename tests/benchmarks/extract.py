@@ -70,7 +70,7 @@ def write_corpus(root: Path, clips: int, big: int) -> dict[int, Path]:
 
 
 def encoder_configs(tiny: dict[str, str], args) -> dict[str, dict]:
-    from ecmf.config_extract import PACKAGED_MINILM, ExtractConfig
+    from ecmf.config import PACKAGED_MINILM, ExtractConfig
 
     default = ExtractConfig().encoders
     enc = {"num_gpus": 0.0, "num_cpus": args.encoder_cpus, "pool_size": args.pool_size}
@@ -91,7 +91,7 @@ def sequential(manifest: Path, encoders: dict[str, dict]) -> dict:
     import pandas as pd
     import torch
 
-    from ecmf.config_extract import EncoderConfig
+    from ecmf.config import EncoderConfig
     from ecmf.data.media import MediaError, read_audio, sample_frames
     from ecmf.features.encoders import ENCODERS
 
@@ -159,13 +159,13 @@ def pipeline(manifest: Path, workdir: Path, encoders: dict[str, dict], args,
     """
     import ray
 
-    from ecmf.config_extract import ExtractConfig
-    from ecmf.configure import load_config
+    from ecmf.config import ExtractConfig
     from ecmf.features.extract import extract_features
-    from ecmf.runtime import ray_session
+    from ecmf.runtime.session import ray_session
+    from ecmf.stages.common import load_config
 
     # Only these encoders: a null entry drops a default one (e.g. faces).
-    only = {**{name: None for name in ExtractConfig().encoders}, **encoders}
+    only = {**dict.fromkeys(ExtractConfig().encoders), **encoders}
     cfg = load_config(None, [f"workdir={workdir}", "corpus.layout=csv",
                              f"corpus.manifest={manifest}"],
                       base={"ray": {"num_cpus": args.ray_cpus},
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 < args.clips < args.big:
         parser.error("expected 0 < --clips < --big")
 
-    from ecmf.tiny_models import build_tiny_models
+    from ecmf.models.tiny import build_tiny_models
 
     with tempfile.TemporaryDirectory(prefix="ecmf-bench-") as tmp:
         root = Path(args.keep or tmp)
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
                      else "one per encoder",
                      "batch_size": {k: e["batch_size"] for k, e in encoders.items()},
                      "decode_batch_size": args.decode_batch_size},
-        "encoders": "frames: tiny CLIP, audio: tiny HuBERT (ecmf.tiny_models), text: packaged "
+        "encoders": "frames: tiny CLIP, audio: tiny HuBERT (ecmf.models.tiny), text: packaged "
                     "all-MiniLM-L6-v2",
         "num_frames": NUM_FRAMES, "cpu_count": os.cpu_count(),
         "load_average_1m": loads,  # before the loops, the small and big runs, and at the end

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
@@ -56,8 +58,8 @@ def load_avg() -> float:
 
 def demo_workdir(workdir: Path | None, scratch: Path, pool: int):
     """The config of a demo workdir holding a feature store: the one given, or one made here."""
-    from ecmf.configure import load_config
-    from ecmf.pipeline import demo_overrides
+    from ecmf.stages.common import load_config
+    from ecmf.stages.demo import demo_overrides
 
     if workdir is not None:
         if not (workdir / "features" / "store").is_dir():
@@ -75,8 +77,8 @@ def _tiny_paths(out: Path) -> dict[str, str]:
 def _make_demo_store(out: Path, pool: int):
     from ecmf.data.demo import write_demo_corpus
     from ecmf.features.extract import extract_features
-    from ecmf.pipeline import demo_config
-    from ecmf.runtime import ray_session
+    from ecmf.runtime.session import ray_session
+    from ecmf.stages.demo import demo_config
 
     # No enrichment (its text comes from a random tiny LM), and no encoder that needs a GPU.
     cfg = demo_config(out, None, ["extract.encoders.enriched=null", f"demo.n_pool={pool}"])
@@ -106,7 +108,7 @@ def test_split(cfg):
     return test[test["name"].isin(have)][["name", "discrete"]].reset_index(drop=True)
 
 
-def ensemble_probs(states: list[dict], train_cfg, dims: dict[str, int], ft) -> "np.ndarray":
+def ensemble_probs(states: list[dict], train_cfg, dims: dict[str, int], ft) -> np.ndarray:
     import numpy as np
     import torch
 
@@ -161,7 +163,7 @@ def quality(cfg, seeds: int) -> dict:
     import numpy as np
     import torch
 
-    from ecmf.workdir import load_manifest
+    from ecmf.data.manifest import load_manifest
 
     torch.set_num_threads(1)
     manifest = load_manifest(cfg)
@@ -254,9 +256,9 @@ def plain_fit(cfg, table, out: Path) -> float:
 
 def overhead(epochs: int, repeats: int, n: int, dim: int, hidden: int, scratch: Path,
              first: str = "plain") -> dict:
-    from ecmf.configure import load_config
+    from ecmf.data.manifest import load_manifest
+    from ecmf.stages.common import load_config
     from ecmf.train.fit import fit, training_table
-    from ecmf.workdir import load_manifest
 
     dims = {f"feat{i}": dim for i in range(4)}
     root = scratch / "generated"
@@ -283,7 +285,7 @@ def overhead(epochs: int, repeats: int, n: int, dim: int, hidden: int, scratch: 
     return {"ray_overhead": round(sum(times["ray"]) / sum(times["plain"]), 3),
             "plain_s": times["plain"], "ray_s": times["ray"], "order": order,
             "load_average_1m_before_after": loads, "samples": n,
-            "features": {k: v for k, v in dims.items()}, "epochs": epochs, "folds": tc.folds,
+            "features": dict(dims.items()), "epochs": epochs, "folds": tc.folds,
             "model": tc.model, "hidden": tc.hidden, "heads": tc.heads, "layers": tc.layers,
             "batch_size": tc.batch_size, "num_workers": tc.num_workers,
             "cpus_per_worker": tc.cpus_per_worker, "torch_threads": 1}

@@ -48,7 +48,7 @@ class PeakMemory:
             self._sample()
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

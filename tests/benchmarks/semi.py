@@ -92,13 +92,14 @@ def quality_seed(seed: int, root: Path, sets: list[str] = ()) -> dict:
 
     from ecmf import schema
     from ecmf.data.demo import write_demo_corpus
+    from ecmf.data.manifest import load_manifest
     from ecmf.features.extract import extract_features
-    from ecmf.pipeline import demo_config
     from ecmf.semi.refine import refine_labels
     from ecmf.semi.rounds import best_run, run_rounds
-    from ecmf.train.evaluate import score_run
+    from ecmf.stages.demo import demo_config
+    from ecmf.stages.evaluate import score_run
     from ecmf.train.fit import fit, train_stage, training_table
-    from ecmf.workdir import Workdir, load_manifest
+    from ecmf.workdir import Workdir
 
     out = root / f"seed{seed}"
     # The enriched text of the demo comes from a random LM: neither extracted nor voted here.
@@ -242,7 +243,7 @@ def train_scale_ensemble(store: Path, run: Path, y, folds: int = 2) -> None:
         data[schema.feature_column(f)] = ft.feats[f]
         data[schema.mask_column(f)] = ft.masks[f]
     cfg = TrainConfig(hidden=64, epochs=3, batch_size=64, folds=folds)
-    dims = {f: SCALE_DIM for f in SCALE_FEATURES}
+    dims = dict.fromkeys(SCALE_FEATURES, SCALE_DIM)
     (run / "models").mkdir(parents=True, exist_ok=True)
     for k in range(folds):
         result = train_one_fold(cfg, data, list(SCALE_FEATURES), dims, k)
@@ -254,9 +255,9 @@ def scale(rows: int, root: Path, chunk: int, pool_size: int, batch_size: int) ->
     import ray
 
     from ecmf import schema
-    from ecmf.configure import load_config
     from ecmf.semi.rounds import select_round
     from ecmf.semi.select import class_prior
+    from ecmf.stages.common import load_config
     from ecmf.train.predict import predict_store
 
     store, run = root / "scale" / "store", root / "scale" / "run"

@@ -1,4 +1,5 @@
-"""Training speed: `ecmf`'s fit (a Ray task per fold, folds in parallel) against a plain PyTorch loop.
+"""Training speed: `ecmf`'s fit (a Ray task per fold, folds in parallel) against a plain PyTorch
+loop.
 
     python tests/benchmarks/train_speed.py --out train-speed.json [--epochs 20] [--cpus 2]
 
@@ -115,9 +116,9 @@ def main() -> None:
     logging.getLogger("ecmf").setLevel(logging.INFO)
     from fusion import load_avg, write_generated_store
 
-    from ecmf.configure import load_config
+    from ecmf.data.manifest import load_manifest
+    from ecmf.stages.common import load_config
     from ecmf.train.fit import training_table
-    from ecmf.workdir import load_manifest
 
     scratch = Path(tempfile.mkdtemp(prefix="train-speed-"))
     root = scratch / "generated"

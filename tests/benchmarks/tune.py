@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import ray
 
-    from ecmf.configure import load_config
+    from ecmf.stages.common import load_config
     from ecmf.tune.space import parse_space, sample_points
 
     workdir = Path(args.workdir).resolve()

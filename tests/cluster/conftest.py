@@ -8,6 +8,7 @@ temp dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -51,10 +52,8 @@ def _tree(root_pid: int, temp_dir: str) -> list[psutil.Process]:
         except psutil.Error:
             pass
 
-    try:
+    with contextlib.suppress(psutil.Error):
         add(psutil.Process(root_pid))
-    except psutil.Error:
-        pass
     for p in psutil.process_iter(["cmdline"]):
         if temp_dir in " ".join(p.info["cmdline"] or []):
             add(p)
@@ -89,16 +88,12 @@ def stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
     proc.terminate()
     rest = _wait_ended(procs, 5)
     for p in rest:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.terminate()
-        except psutil.Error:
-            pass
     alive = _wait_ended(rest, 3)
     for p in alive + _tree(proc.pid, temp_dir):
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=5)
     proc.wait(timeout=5)
     shutil.rmtree(temp_dir, ignore_errors=True)

@@ -17,8 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import f1_score
+
+from ecmf import schema
 
 pytestmark = [pytest.mark.autoscale, pytest.mark.cluster]
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +32,7 @@ STAGE_TIMEOUT_S = 600
 @pytest.fixture(scope="module")
 def gpu_config(tiny_corpus, tmp_path_factory):
     """Overrides that ask for GPUs everywhere, with tiny models that run on CPU inside."""
-    from ecmf.tiny_models import build_tiny_clip_vision, build_tiny_hubert
+    from ecmf.models.tiny import build_tiny_clip_vision, build_tiny_hubert
 
     out = tmp_path_factory.mktemp("fake-gpu")
     gpu = {"num_gpus": 1, "num_cpus": 1, "group": "gpu", "batch_size": 4}
@@ -111,7 +115,13 @@ def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, g
     summary = json.loads((gpu_config["workdir"] / "features" / "summary.json").read_text())
     assert summary["failed"] == 0 and summary["done"] == summary["clips"]
     metrics = _stage(cluster, "train", cfg)
-    assert metrics["n_labeled"] > 0 and metrics["cv"]["waf"] >= 0
+    # Every labeled clip was scored out of fold on the GPU nodes, and the WAF reported is the
+    # one its predictions give.
+    oof = pd.read_parquet(gpu_config["workdir"] / "train" / "oof.parquet")
+    assert len(oof) == metrics["n_labeled"] > 0
+    waf = f1_score(oof["label"], oof[schema.PRED], average="weighted")
+    assert metrics["cv"]["waf"] == pytest.approx(waf, abs=1e-4)
+    _stage(cluster, "refine", cfg)  # the weak classifiers the rounds read
     rounds = _stage(cluster, "pseudo-label", cfg)
     assert rounds["rounds"], rounds
     search = _stage(cluster, "tune", cfg)

@@ -327,7 +327,6 @@ def test_images_build_on_official_ray_tags_of_the_installed_version():
 
 def test_gpu_image_installs_the_gpu_extra_and_stages_weights_offline():
     text = (REPO / "docker" / "Dockerfile.gpu").read_text()
-    assert 'pip install --no-cache-dir ".[gpu]"' in text
     models = re.search(r'^ARG MODELS="([^"]*)"$', text, re.MULTILINE).group(1).split()
     cfg = _load(REPO / "jobs" / "configs" / "mer2025.yaml")
     wanted = {e["model"] for e in cfg["extract"]["encoders"].values()} | {cfg["enrich"]["model"]}
@@ -338,10 +337,24 @@ def test_gpu_image_installs_the_gpu_extra_and_stages_weights_offline():
     assert "--mount=type=secret,id=hf_token" in text and "ARG HF_TOKEN" not in text
 
 
-def test_cpu_image_pins_the_cpu_torch_of_pyproject():
-    text = (REPO / "docker" / "Dockerfile.cpu").read_text()
-    pin = re.search(r'"(torch==[\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
-    assert f"--index-url https://download.pytorch.org/whl/cpu {pin}" in text
+def test_images_install_the_lock():
+    """Both images install every package at the version requirements.lock names: the CPU one
+    its CPU torch from the PyTorch CPU index, the GPU one the CUDA build of the same version."""
+    lock = (REPO / "requirements.lock").read_text()
+    assert re.search(r"^torch==[\d.]+\+cpu$", lock, re.MULTILINE)
+    cpu = (REPO / "docker" / "Dockerfile.cpu").read_text()
+    cpu_torch = ("--index-url https://download.pytorch.org/whl/cpu \\\n"
+                 "        -c requirements.lock torch")
+    assert cpu_torch in cpu
+    assert "pip install --no-cache-dir -c requirements.lock ." in cpu
+    gpu = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    assert "s/^torch==\\([^+]*\\)+cpu$/torch==\\1/' requirements.lock > /tmp/constraints.txt" in gpu
+    assert 'pip install --no-cache-dir -c /tmp/constraints.txt ".[gpu]"' in gpu
+    for kind in ("cpu", "gpu"):
+        assert "COPY --chown=ray:users pyproject.toml README.md requirements.lock ./" in \
+            (REPO / "docker" / f"Dockerfile.{kind}").read_text()
+        ignore = (REPO / "docker" / f"Dockerfile.{kind}.dockerignore").read_text()
+        assert "!requirements.lock" in ignore
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
@@ -349,8 +362,8 @@ def test_images_carry_the_job_configs_the_rayjob_names(kind):
     text = (REPO / "docker" / f"Dockerfile.{kind}").read_text()
     assert "WORKDIR /home/ray/ecmf" in text and "COPY --chown=ray:users jobs ./jobs" in text
     ignore = (REPO / "docker" / f"Dockerfile.{kind}.dockerignore").read_text().split()
-    assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!README.md", "!ecmf/",
-                                                   "!jobs/"]
+    assert ignore[ignore.index("*") + 1:][:5] == ["!pyproject.toml", "!README.md",
+                                                   "!requirements.lock", "!ecmf/", "!jobs/"]
 
 
 # `make test` runs the venv's python without the venv on PATH: look beside it too.

@@ -8,9 +8,9 @@ import pytest
 
 from ecmf import schema
 from ecmf.config import ConfigError
-from ecmf.configure import load_config
 from ecmf.data.csv_manifest import read_csv_manifest
-from ecmf.workdir import build_manifest
+from ecmf.data.manifest import build_manifest
+from ecmf.stages.common import load_config
 
 
 def _media(root, *names):
@@ -81,7 +81,8 @@ def test_row_errors_name_file_line_and_sample(tmp_path, rows, match):
 def test_file_level_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="corpus.manifest"):
         read_csv_manifest(tmp_path / "nope.csv")
-    with pytest.raises(ValueError, match=r"missing column 'path' \(or 'text' .*\); found \['file', 'label'\]"):
+    with pytest.raises(ValueError,
+                       match=r"missing column 'path' \(or 'text' .*\); found \['file', 'label'\]"):
         read_csv_manifest(_csv(tmp_path / "a.csv", "file,label\nx.mp4,sad\n"))
     with pytest.raises(ValueError, match="empty file"):
         read_csv_manifest(_csv(tmp_path / "b.csv", ""))
@@ -129,6 +130,7 @@ def test_layout_registry_dispatch_and_config_errors(tmp_path):
         build_manifest(load_config(None, [f"workdir={tmp_path}"]))
 
 
+@pytest.mark.ray
 def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local, capsys):
     """Relative paths, an audio-only row and a missing file, through the real CLI; the summary
     is printed at the end. Audio and text share one actor pool (an encoder group)."""
@@ -138,7 +140,7 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
     from ecmf.cli import main
     from ecmf.data.mer2025 import read_mer2025
     from ecmf.features.store import read_features
-    from ecmf.tiny_models import build_tiny_hubert
+    from ecmf.models.tiny import build_tiny_hubert
 
     m = read_mer2025(tiny_corpus).iloc[:5]
     shutil.copytree(tiny_corpus / "video", tmp_path / "data" / "video")
@@ -180,7 +182,7 @@ def test_a_csv_corpus_goes_through_ecmf_extract(tmp_path, tiny_corpus, ray_local
 def test_extract_refuses_a_bad_manifest_before_starting_ray(tmp_path, monkeypatch, capsys):
     import contextlib
 
-    import ecmf.runtime
+    import ecmf.runtime.session
     from ecmf.cli import main
 
     @contextlib.contextmanager
@@ -188,7 +190,7 @@ def test_extract_refuses_a_bad_manifest_before_starting_ray(tmp_path, monkeypatc
         raise AssertionError("Ray was started before the manifest was read")
         yield
 
-    monkeypatch.setattr(ecmf.runtime, "ray_session", no_ray)
+    monkeypatch.setattr(ecmf.runtime.session, "ray_session", no_ray)
     bad = _csv(tmp_path / "m.csv", "file,label\nx.mp4,sad\n")
     sets = [f"workdir={tmp_path / 'run'}", "corpus.layout=csv", f"corpus.manifest={bad}"]
     assert main(["extract", *[a for s in sets for a in ("--set", s)]]) == 2

@@ -7,6 +7,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory) -> str:
-    from ecmf.tiny_models import build_tiny_causal_lm
+    from ecmf.models.tiny import build_tiny_causal_lm
 
     return str(build_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "llm", seed=0))

@@ -138,15 +138,21 @@ def test_zh_prompts(tiny_llm, monkeypatch):
 
 def test_a_failed_batch_is_retried_one_by_one(backend, monkeypatch):
     real = backend.model.generate
+    texts = ["One sentence here.", "Another one there."]
+    alone = [backend(_batch([t]))["enriched_text"][0] for t in texts]
+    sizes = []
 
     def fails_on_batches(**kwargs):
-        if kwargs["input_ids"].shape[0] > 1:
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 1:
             raise RuntimeError("CUDA out of memory")
         return real(**kwargs)
 
     monkeypatch.setattr(backend.model, "generate", fails_on_batches)
-    out = backend(_batch(["One sentence here.", "Another one there."]))
+    out = backend(_batch(texts))
+    assert sizes == [2, 1, 1]  # the batch failed, then each sample went alone
     assert not any(s.startswith("error") for s in out["enrich_status"])
+    assert list(out["enriched_text"]) == alone  # greedy: what each gives on its own
 
 
 def test_generation_errors_keep_the_subtitle(backend, monkeypatch):

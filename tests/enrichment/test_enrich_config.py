@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ecmf.config import ConfigError, EnrichConfig
-from ecmf.configure import load_config
+from ecmf.stages.common import load_config
 
 
 def test_tasks_and_engine_kwargs_from_set_items():

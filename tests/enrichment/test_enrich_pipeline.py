@@ -27,6 +27,7 @@ def _dataset(ray, df: pd.DataFrame, rows: int = 8):
     return ray.data.from_pandas([df.iloc[s:s + rows] for s in range(0, len(df), rows)])
 
 
+@pytest.mark.ray
 def test_every_sample_comes_back_once(ray_local, tiny_llm):
     df = _frame(22)
     cfg = EnrichConfig(max_new_tokens=8, batch_size=4, pool_size=1)
@@ -45,6 +46,7 @@ def test_every_sample_comes_back_once(ray_local, tiny_llm):
             assert row["generated_tokens"] == 0
 
 
+@pytest.mark.ray
 def test_votes_come_back_with_a_column_per_label(ray_local, tiny_llm):
     df = _frame(10)
     cfg = EnrichConfig(vote_max_new_tokens=6, batch_size=4, tasks=["vote"])

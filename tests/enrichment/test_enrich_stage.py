@@ -12,8 +12,10 @@ import pytest
 from ecmf.config import Config, CorpusConfig, EnrichConfig
 from ecmf.enrichment import pipeline, prompts
 from ecmf.enrichment.parse import task_result
-from ecmf.enrichment.stage import enrich_corpus, run_task
 from ecmf.schema import LABELS
+from ecmf.stages.enrich import enrich_corpus, run_task
+
+pytestmark = pytest.mark.ray  # every test here starts Ray
 
 N = 12
 VOTES = [f"vote_{x}" for x in LABELS]

@@ -140,6 +140,7 @@ def test_empty_subtitles_are_not_sent():
     assert ve.skipped_row(row, "vote")["vote_status"] == "empty-subtitle"
 
 
+@pytest.mark.ray
 def test_the_driver_builds_the_vllm_pipeline_without_vllm(ray_local, tiny_llm):
     """The driver runs on the CPU head image, which has no vLLM: building the lazy dataset must
     neither need nor import it (and nothing here executes it: it would wait for a GPU)."""
@@ -156,6 +157,7 @@ def test_the_driver_builds_the_vllm_pipeline_without_vllm(ray_local, tiny_llm):
     assert ("vllm" in sys.modules) == imported
 
 
+@pytest.mark.ray
 def test_processor_builds_with_its_stages(ray_local, tiny_llm):
     processor = ve.build_vllm_processor(CFG, tiny_llm, "vote")
     assert processor.list_stage_names() == ["ChatTemplateStage", "TokenizeStage",
@@ -172,6 +174,7 @@ def test_processor_builds_with_its_stages(ray_local, tiny_llm):
     assert engine.map_batches_kwargs["num_gpus"] == 1
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_without_vllm_the_engine_actor_fails_naming_the_gpu_extra(ray_local, tiny_llm):
     """The engine stage's class as Ray Data starts it, in an actor (with no GPU asked, as none
@@ -199,6 +202,7 @@ def _vllm_sized_llm(path) -> str:
     return str(path)
 
 
+@pytest.mark.ray
 @pytest.mark.gpu
 @needs_vllm
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

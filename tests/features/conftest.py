@@ -8,6 +8,6 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Tiny random CLIP / HuBERT / causal LM saved to disk: name -> from_pretrained path."""
-    from ecmf.tiny_models import build_tiny_models
+    from ecmf.models.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("models"))

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import warnings
 
+import pytest
 import ray.data  # noqa: F401  (its import sets up the "ray.data" logger, dropping other handlers)
 from ray.util.annotations import RayDeprecationWarning
+
+pytestmark = pytest.mark.ray  # every test here starts Ray
 
 
 class _Records(logging.Handler):

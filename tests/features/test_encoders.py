@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
+from ecmf.config import PACKAGED_MINILM, EncoderConfig
 from ecmf.features.encoders import ENCODERS
 
 
@@ -97,6 +97,7 @@ def test_an_encoder_group_runs_its_members_in_turn_on_one_batch(tiny):
     assert "audio" not in got and "text" in got  # audio's last reader dropped it
 
 
+@pytest.mark.ray
 def test_pools_that_hold_every_cpu_are_refused_before_ray_data_stalls(ray_local):
     from ecmf.config import ConfigError
     from ecmf.features.extract import check_resources, encoder_stages, pool_settings
@@ -158,7 +159,7 @@ def test_encoders_under_autocast_give_float32_features(tiny):
 @pytest.fixture(scope="module")
 def layer_norm_hubert(tmp_path_factory):
     """A tiny HuBERT with chinese-hubert-large's front end: layer norm per conv frame."""
-    from ecmf.tiny_models import build_tiny_hubert
+    from ecmf.models.tiny import build_tiny_hubert
 
     return str(build_tiny_hubert(tmp_path_factory.mktemp("hubert-layer"), norm="layer"))
 

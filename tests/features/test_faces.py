@@ -10,10 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ecmf.config import ConfigError
-from ecmf.config_extract import EncoderConfig, FaceEncoderConfig
-from ecmf.features.faces import (FACE_DETECTORS, Detector, FaceError, RetinaFaceDetector,
-                                 build_detector, crop_face, read_crops)
+from ecmf.config import ConfigError, EncoderConfig, FaceEncoderConfig
+from ecmf.features.faces import (
+    FACE_DETECTORS,
+    Detector,
+    FaceError,
+    RetinaFaceDetector,
+    build_detector,
+    crop_face,
+    read_crops,
+)
 
 CREMA = Path(__file__).parents[1] / "data" / "crema-d"
 
@@ -74,7 +80,7 @@ def test_detectors_are_registered_and_unknown_names_list_them():
     cfg = FaceEncoderConfig("faces", detector="mtcnn")  # built past the config's validation
     with pytest.raises(KeyError, match=r"available: \[.*'haar'.*'provided'.*'retinaface'"):
         build_detector(cfg)
-    from ecmf.configure import load_config
+    from ecmf.stages.common import load_config
 
     with pytest.raises(ConfigError, match=r"extract\.encoders\.faces\.detector"):
         load_config(None, ["extract.encoders.faces.detector=mtcnn"])
@@ -205,9 +211,11 @@ def _provided_corpus(root: Path, rng) -> dict[str, np.ndarray]:
 
 
 def test_provided_crops_corrupt_file_is_its_own_error_and_the_batch_is_stored(tiny, tmp_path):
+    from stored_sequences import read_sequences
+
     from ecmf.features.encoders import ENCODERS
     from ecmf.features.extract import to_store_rows
-    from ecmf.features.store import read_features, read_sequences
+    from ecmf.features.store import read_features
 
     crops = _provided_corpus(tmp_path / "corpus", np.random.default_rng(2))
     names = ["good", "corrupt", "noface", "gray"]  # the corrupt file sits mid-batch

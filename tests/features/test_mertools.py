@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+from stored_sequences import read_sequences
 
 from ecmf import schema
 from ecmf.cli import main
@@ -27,7 +28,6 @@ from ecmf.features.store import (
     ok_ids,
     part_name,
     read_features,
-    read_sequences,
     status_table,
     store_dims,
     write_part,
@@ -287,6 +287,7 @@ def _sets(items):
     return [a for s in items for a in ("--set", s)]
 
 
+@pytest.mark.ray
 def test_mertools_user_imports_then_trains_through_the_cli(tmp_path, ray_local, capsys):
     """Features that carry the class, a CSV manifest, `ecmf import-features`, `ecmf train`."""
     rng = np.random.default_rng(0)

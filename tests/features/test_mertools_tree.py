@@ -8,9 +8,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ecmf import schema
 from ecmf.cli import main
+
+pytestmark = pytest.mark.ray  # every test here starts Ray
 
 # MERTools' class order (`emos_mer`, its toolkit/globals.py), written out rather than imported.
 EMOS_MER = ["neutral", "angry", "happy", "sad", "worried", "surprise"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecmf.config_extract import EncoderConfig, FaceEncoderConfig
+from ecmf.config import EncoderConfig, FaceEncoderConfig
 
 CREMA = Path(__file__).parents[1] / "data" / "crema-d"
 CLIPS = sorted(CREMA.glob("1001_DFA_*.flv"))
@@ -96,13 +96,15 @@ def _corpus(root: Path) -> str:
     return broken
 
 
+@pytest.mark.ray
 def test_extraction_of_real_clips_stores_finite_features_and_sequences(tmp_path, ray_local):
     import pyarrow.parquet as pq
+    from stored_sequences import read_sequences
 
-    from ecmf.configure import load_config
     from ecmf.features.extract import extract_features
-    from ecmf.features.store import read_features, read_sequences, store_dims
-    from ecmf.tiny_models import build_tiny_models
+    from ecmf.features.store import read_features, store_dims
+    from ecmf.models.tiny import build_tiny_models
+    from ecmf.stages.common import load_config
 
     tiny = build_tiny_models(tmp_path / "models")
     broken = _corpus(tmp_path / "corpus")

@@ -6,10 +6,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from stored_sequences import read_sequences
 
-from ecmf.features.sequence import (pool_steps, sequence_array, sequence_field, sequence_shape,
-                                    sequence_to_numpy)
-from ecmf.features.store import read_features, read_sequences
+from ecmf.features.sequence import (
+    pool_steps,
+    sequence_array,
+    sequence_field,
+    sequence_shape,
+    sequence_to_numpy,
+)
+from ecmf.features.store import read_features
 
 
 def test_pool_steps_means_equal_segments():
@@ -100,7 +106,7 @@ def _batch(n, **cols):
 
 
 def test_encoders_emit_pooled_sequences_beside_unchanged_features(tiny):
-    from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
+    from ecmf.config import PACKAGED_MINILM, EncoderConfig
     from ecmf.features.encoders import ENCODERS
 
     rng = np.random.default_rng(0)

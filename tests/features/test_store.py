@@ -42,8 +42,7 @@ def test_store_errors_name_what_is_missing(tmp_path):
 
 
 def test_extraction_refuses_a_store_written_with_other_columns(tmp_path):
-    from ecmf.config import ConfigError
-    from ecmf.config_extract import EncoderConfig
+    from ecmf.config import ConfigError, EncoderConfig
     from ecmf.features.extract import check_store_matches
     from ecmf.features.store import store_columns
 

@@ -48,9 +48,9 @@ def _report(line: str) -> None:
 
 def test_encoders_run_on_cuda_under_autocast(tmp_path):
     from ecmf import schema
-    from ecmf.config_extract import PACKAGED_MINILM, EncoderConfig
+    from ecmf.config import PACKAGED_MINILM, EncoderConfig
     from ecmf.features.encoders import ENCODERS
-    from ecmf.tiny_models import build_tiny_clip_vision, build_tiny_hubert
+    from ecmf.models.tiny import build_tiny_clip_vision, build_tiny_hubert
 
     rng = np.random.default_rng(0)
     frames = np.empty(CLIPS, dtype=object)
@@ -92,9 +92,9 @@ def test_fit_with_nccl(tmp_path, ray_local):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
     from synthetic_workdir import make_workdir
 
-    from ecmf.configure import load_config
+    from ecmf.data.manifest import load_manifest
+    from ecmf.stages.common import load_config
     from ecmf.train.fit import fit, training_table
-    from ecmf.workdir import load_manifest
 
     gpus = torch.cuda.device_count()
     workers = 2 if gpus >= 2 else 1
@@ -139,9 +139,9 @@ def test_vllm_enrichment_and_votes(tmp_path, ray_local):
     if model is None:
         pytest.skip("no instruct model is staged in the Hugging Face cache (HF_HOME)")
     from ecmf.config import DemoConfig
-    from ecmf.configure import load_config
     from ecmf.data.demo import write_demo_corpus
-    from ecmf.enrichment.stage import enrich_corpus
+    from ecmf.stages.common import load_config
+    from ecmf.stages.enrich import enrich_corpus
 
     write_demo_corpus(DemoConfig(n_train=4, n_pool=2, n_candidates=2, n_test=1, seconds=0.5,
                                  workers=1), tmp_path / "corpus")

@@ -23,7 +23,7 @@ def bad_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory):
-    from ecmf.tiny_models import build_tiny_clip_vision, build_tiny_hubert
+    from ecmf.models.tiny import build_tiny_clip_vision, build_tiny_hubert
 
     out = tmp_path_factory.mktemp("models")
     return {"clip": str(build_tiny_clip_vision(out / "clip")),

@@ -11,11 +11,12 @@ import json
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+from bad_corpus import BROKEN_MODALITY, CASES, extract_sets
 
 from ecmf import schema
 from ecmf.cli import main
 
-from bad_corpus import BROKEN_MODALITY, CASES, extract_sets
+pytestmark = pytest.mark.ray  # every test here starts Ray
 
 MODALITIES = ("frames", "audio", "text")
 

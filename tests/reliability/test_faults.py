@@ -4,6 +4,7 @@ driver; and corpus files that cannot be read fail before Ray with the file, line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ def _manifest_ids(workdir: Path) -> list[str]:
     return sorted(pd.read_parquet(workdir / "manifest.parquet")[schema.SAMPLE_ID])
 
 
+@pytest.mark.ray
 def test_truncated_store_file_is_named_set_aside_and_redone(bad_corpus, tiny_encoders,
                                                             tmp_path, ray_local, caplog):
     from ecmf.features.store import StoreFileError, read_features
@@ -75,6 +77,7 @@ def _cmdline(p) -> list[str]:
         return []
 
 
+@pytest.mark.ray
 def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost(bad_corpus, tiny_encoders,
                                                                  tmp_path, ray_local):
     workdir = tmp_path / "w"
@@ -100,6 +103,7 @@ def test_a_killed_encoder_actor_is_restarted_and_no_row_is_lost(bad_corpus, tiny
     assert summary["failed"] == 1 and summary["not_stored"] == 0
 
 
+@pytest.mark.ray
 def test_a_killed_extract_driver_resumes_where_it_stopped(bad_corpus, tiny_encoders, tmp_path,
                                                           ray_local):
     workdir = tmp_path / "w"
@@ -152,10 +156,8 @@ def _freeze_and_kill(driver: subprocess.Popen) -> None:
                 except psutil.NoSuchProcess:
                     pass
     for p in frozen.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     driver.wait()
 
 
@@ -185,8 +187,8 @@ def test_a_gbk_subtitle_file_names_file_line_and_encoding(bad_corpus, tmp_path, 
     first = 2 + int(np.flatnonzero(subs["chinese"].map(lambda t: not t.isascii()))[0])
     assert str(root / "subtitle_chieng.csv") in err and f"line {first}:" in err
     assert "--set corpus.encoding=gbk" in err
-    from ecmf.configure import load_config
-    from ecmf.workdir import build_manifest
+    from ecmf.data.manifest import build_manifest
+    from ecmf.stages.common import load_config
 
     cfg = load_config(None, [f"corpus.root={root}", f"workdir={tmp_path / 'w'}",
                              "corpus.encoding=gbk"])

@@ -12,7 +12,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def rounds_history(n: int = 4) -> list[dict]:
     """A `rounds/summary.json["rounds"]` list with the keys the plot reads and some it ignores."""
-    return [{"round": k, "run": f"runs/r{k}", "val_waf": 0.60 + 0.02 * k, "added": 0 if k == 0 else 40 - 5 * k,
+    return [{"round": k, "run": f"runs/r{k}", "val_waf": 0.60 + 0.02 * k,
+             "added": 0 if k == 0 else 40 - 5 * k,
              "pseudo_total": sum(40 - 5 * j for j in range(1, k + 1)), "pseudo_rows": 0}
             for k in range(n)]
 

@@ -18,8 +18,8 @@ import pytest
 
 from ecmf import schema
 from ecmf.config import TrainConfig
-from ecmf.configure import load_config
 from ecmf.semi.rounds import select_round
+from ecmf.stages.common import load_config
 from ecmf.train.fit import training_table
 from ecmf.train.loop import train_one_fold
 from ecmf.train.predict import fold_prob_columns

@@ -39,8 +39,8 @@ def test_threshold_is_inclusive():
 
 def test_min_agree_counts_groups_not_sources():
     sources = {"lr:text": onehot([1]), "svm:text": onehot([1]), "knn:text": onehot([1])}
-    weights = {k: 1.0 for k in sources}
-    groups = {k: "text" for k in sources}
+    weights = dict.fromkeys(sources, 1.0)
+    groups = dict.fromkeys(sources, "text")
     one_view = combine(sources, weights, np.array([0]), 0.5, min_agree=2, groups=groups)
     assert one_view.changed.tolist() == [False]
     each_own = combine(sources, weights, np.array([0]), 0.5, min_agree=2)
@@ -124,7 +124,7 @@ def test_random_votes_never_change_a_label_without_enough_agreement():
     n, c = 200, 6
     sources = {f"s{j}": rng.dirichlet(np.ones(c), size=n) for j in range(4)}
     original = rng.integers(0, c, n)
-    r = combine(sources, {k: 1.0 for k in sources}, original, 0.3, min_agree=3)
+    r = combine(sources, dict.fromkeys(sources, 1.0), original, 0.3, min_agree=3)
     tops = np.stack([p.argmax(1) for p in sources.values()])
     backing = (tops == r.label[None]).sum(0)
     assert (backing[r.changed] >= 3).all()

@@ -12,6 +12,8 @@ import pytest
 from ecmf import schema
 from ecmf.cli import main
 
+pytestmark = pytest.mark.ray  # every test here starts Ray
+
 DIMS = {"a": 8, "b": 6}
 N_TRAIN, N_POOL = 60, 40
 
@@ -217,7 +219,7 @@ def copy(run, tmp_path):
     """A copy of the finished workdir (file times kept), to change without touching `run`."""
     import shutil
 
-    from ecmf.configure import load_config
+    from ecmf.stages.common import load_config
 
     root = tmp_path / "copy"
     shutil.copytree(run["root"], root)
@@ -299,7 +301,7 @@ def test_rounds_resume_only_over_rounds_made_with_the_same_settings(copy):
 
 
 def test_the_demo_moves_stale_rounds_aside_instead_of_failing(copy):
-    from ecmf.pipeline import demo_rounds
+    from ecmf.stages.demo import demo_rounds
 
     root, cfg = copy
     old = pd.read_parquet(root / "rounds" / "1" / "labels.parquet")

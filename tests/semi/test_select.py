@@ -363,7 +363,7 @@ def test_strategies_are_pure_and_handle_an_empty_pool():
 
 
 def test_an_unknown_strategy_is_named_with_the_registered_ones():
-    from ecmf.configure import load_config
+    from ecmf.stages.common import load_config
 
     with pytest.raises(Exception, match="pseudo.strategy.*curriculum.*curiculum"):
         load_config(None, ["pseudo.strategy=curiculum"])

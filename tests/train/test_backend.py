@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ecmf.config import ConfigError, TrainConfig
-from ecmf.configure import load_config
+from ecmf.stages.common import load_config
 from ecmf.train.fit import NCCL_WITH_GLOO, make_trainer, torch_backend
 from ecmf.train.loop import _Dist
 

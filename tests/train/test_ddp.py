@@ -10,10 +10,10 @@ import socket
 import numpy as np
 import torch
 from synthetic_workdir import DIMS
+from test_loop import FEATURES, data
 
 from ecmf.config import TrainConfig
 from ecmf.train.loop import arrays_from_batches, train_one_fold
-from test_loop import FEATURES, data
 
 CFG = dict(epochs=3, folds=3, hidden=16, heads=2, batch_size=16, modality_dropout=0.2)
 

@@ -48,6 +48,7 @@ def reference(ray_local, tmp_path_factory) -> Path:
     return wd
 
 
+@pytest.mark.ray
 def test_train_writes_models_and_out_of_fold_metrics(reference):
     m = metrics(reference)
     assert sorted(p.name for p in (reference / "train" / "models").glob("*.pt")) == [
@@ -62,6 +63,7 @@ def test_train_writes_models_and_out_of_fold_metrics(reference):
     assert (reference / "train" / "ray_run.json").is_file()
 
 
+@pytest.mark.ray
 def test_same_seed_same_metrics_on_a_rerun(reference, tmp_path):
     wd = make_workdir(tmp_path, n_train=N_TRAIN)
     assert main(["train", *sets(wd)]) == 0
@@ -71,6 +73,7 @@ def test_same_seed_same_metrics_on_a_rerun(reference, tmp_path):
     pd.testing.assert_frame_equal(oof_a, oof_b)
 
 
+@pytest.mark.ray
 def test_a_lost_worker_costs_only_its_fold(reference, tmp_path, monkeypatch):
     wd = make_workdir(tmp_path / "wd", n_train=N_TRAIN)
     marker = tmp_path / "died"
@@ -85,6 +88,7 @@ def test_a_lost_worker_costs_only_its_fold(reference, tmp_path, monkeypatch):
     assert m["cv"] == metrics(reference)["cv"]
 
 
+@pytest.mark.ray
 def test_resume_finishes_an_interrupted_run(reference, tmp_path, monkeypatch, capsys):
     wd = make_workdir(tmp_path / "wd", n_train=N_TRAIN)
     marker = tmp_path / "stopped"
@@ -114,6 +118,7 @@ def test_resume_without_a_run_says_so(tmp_path, capsys):
     assert "no run to resume" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "streamed"])
 def test_ddp_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path, in_memory_mb):
     wd = make_workdir(tmp_path, n_train=N_TRAIN + 1)  # odd: an equal split would drop a row
@@ -126,6 +131,7 @@ def test_ddp_workers_with_uneven_shards_keep_every_row(ray_local, tmp_path, in_m
     assert m["cv"]["waf"] > 0.25
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("in_memory_mb", [2048, 0], ids=["object-store", "worker-read"])
 def test_fold_parallel_workers_train_the_same_models_as_one(reference, tmp_path, in_memory_mb):
     """The "folds" strategy: 2 tasks train folds 0 and 1 at once, then fold 2, each on every
@@ -142,6 +148,7 @@ def test_fold_parallel_workers_train_the_same_models_as_one(reference, tmp_path,
                                   pd.read_parquet(reference / "train" / "oof.parquet"))
 
 
+@pytest.mark.ray
 def test_predict_writes_a_checked_submission_and_probabilities(reference, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(reference, wd)
@@ -237,6 +244,7 @@ def test_fold_blind_refined_labels_give_each_fold_model_its_own_and_validate_on_
         training_table(manifest, 3, 0, refined=refined.drop(index=first_l0))
 
 
+@pytest.mark.ray
 def test_out_of_fold_predictions_skip_a_labeled_clip_without_features(reference):
     """A labeled clip whose extraction failed (absent from the store's rows) never reached the
     fold models: it gets no out-of-fold row, and the others keep theirs."""

@@ -1,5 +1,6 @@
-"""One split for every stage: `folds.parquet` is written once per (folds, seed) and read after,
-a split a user writes there is used, and a changed labeled set gets new folds."""
+"""One split for every stage: `folds.parquet` is written by train alone, once per (folds, seed),
+and read after; a split a user writes there is used, and a changed labeled set gets new folds
+(from train; the other stages stop naming it)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 
 from ecmf import schema
-from ecmf.configure import load_config
-from ecmf.errors import InputError
+from ecmf.errors import InputError, MissingInput
+from ecmf.stages.common import load_config
 from ecmf.train.fit import assign_folds, fold_split, stage_table
 
 
@@ -26,7 +27,10 @@ def manifest(n=40, seed=0):
 def test_written_once_then_read_and_shared_by_the_stages(tmp_path):
     cfg = load_config(None, [f"workdir={tmp_path}", "train.folds=4", "train.seed=3"])
     m = manifest()
-    first = fold_split(cfg, m)
+    with pytest.raises(MissingInput, match="run `ecmf train` first"):
+        fold_split(cfg, m)  # a stage other than train
+    assert not (tmp_path / "folds.parquet").exists()
+    first = fold_split(cfg, m, write=True)
     path = tmp_path / "folds.parquet"
     stamp = path.stat().st_mtime_ns
     saved = pd.read_parquet(path)
@@ -35,17 +39,21 @@ def test_written_once_then_read_and_shared_by_the_stages(tmp_path):
     y = schema.label_indices(saved[schema.LABEL].to_numpy(), labels=["anger", "fear", "joy"])
     assert np.array_equal(first, assign_folds(y, 4, 3))
     assert np.array_equal(fold_split(cfg, m), first) and path.stat().st_mtime_ns == stamp
-    # The training table of any stage takes them; another fold count is another column.
+    assert np.array_equal(fold_split(cfg, m, write=True), first)
+    assert path.stat().st_mtime_ns == stamp
+    # The training table of any stage takes them; another fold count (a search's) is made in
+    # memory, the same every time, and never written.
     table = stage_table(cfg, m)
     assert table["fold"].tolist() == first.tolist()
-    assert stage_table(cfg, m, folds=3)["fold"].max() == 2
-    assert "fold_k3_seed3" in pd.read_parquet(path)
+    three = stage_table(cfg, m, folds=3)["fold"]
+    assert three.max() == 2 and three.tolist() == stage_table(cfg, m, folds=3)["fold"].tolist()
+    assert "fold_k3_seed3" not in pd.read_parquet(path)
 
 
 def test_a_split_written_by_hand_is_used_and_checked(tmp_path):
     cfg = load_config(None, [f"workdir={tmp_path}", "train.folds=2"])
     m = manifest()
-    fold_split(cfg, m)
+    fold_split(cfg, m, write=True)
     path = tmp_path / "folds.parquet"
     saved = pd.read_parquet(path)
     saved["fold_k2_seed0"] = np.arange(len(saved)) % 2  # e.g. by speaker
@@ -60,11 +68,13 @@ def test_a_split_written_by_hand_is_used_and_checked(tmp_path):
 def test_a_changed_labeled_set_gets_new_folds(tmp_path, caplog):
     cfg = load_config(None, [f"workdir={tmp_path}", "train.folds=3"])
     m = manifest()
-    fold_split(cfg, m)
+    fold_split(cfg, m, write=True)
     m.loc[m[schema.SAMPLE_ID] == "c039", schema.LABEL] = "fear" if m[schema.LABEL].iloc[0] \
         != "fear" else "joy"
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(MissingInput, match="another labeled set"):
         fold_split(cfg, m)
+    with caplog.at_level(logging.WARNING):
+        fold_split(cfg, m, write=True)
     assert "labeled set changed" in caplog.text
     saved = pd.read_parquet(tmp_path / "folds.parquet")
     assert saved.set_index(schema.SAMPLE_ID).loc["c039", schema.LABEL] == \

@@ -12,9 +12,9 @@ from synthetic_workdir import SMALL, make_workdir
 
 from ecmf import schema
 from ecmf.cli import main
-from ecmf.configure import load_config
+from ecmf.data.manifest import corpus_labels
 from ecmf.errors import InputError
-from ecmf.workdir import corpus_labels
+from ecmf.stages.common import load_config
 
 # Six classes under other names (the synthetic features have six), out of alphabetical order.
 NAMES = {"neutral": "calm", "angry": "furious", "happy": "amused", "sad": "gloomy",
@@ -54,6 +54,7 @@ def test_the_corpus_label_set_is_resolved_and_checked():
         load_config(None, ["labels=[joy, joy]"])
 
 
+@pytest.mark.ray
 def test_a_run_on_another_label_set_predicts_and_scores_in_it(ray_local, tmp_path):
     wd = relabel(make_workdir(tmp_path, n_train=90))
     ours = sorted(NAMES.values())
@@ -76,6 +77,7 @@ def test_a_run_on_another_label_set_predicts_and_scores_in_it(ray_local, tmp_pat
     assert test["accuracy"] > 1 / 6
 
 
+@pytest.mark.ray
 def test_a_configured_order_is_the_models_class_order(ray_local, tmp_path):
     wd = relabel(make_workdir(tmp_path, n_train=60))
     order = list(NAMES.values())  # not sorted

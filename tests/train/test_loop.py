@@ -60,7 +60,8 @@ def test_the_kept_epoch_never_looks_at_the_scored_fold(select):
     other = d.copy()
     val = d["fold"] == 0
     other["y"] = np.where(val, (d["y"] + 1) % 6, d["y"])
-    a, b = run(cfg(epochs=8, select_epoch=select), d), run(cfg(epochs=8, select_epoch=select), other)
+    c = cfg(epochs=8, select_epoch=select)
+    a, b = run(c, d), run(c, other)
     assert a["best_epoch"] == b["best_epoch"] and same_state(a, b)
     assert a["val_waf"] != b["val_waf"]
     if select == "last":
@@ -150,7 +151,7 @@ def test_pseudo_labels_of_another_fold_change_nothing():
 
 def test_training_and_prediction_keys_are_checked():
     from ecmf.config import ConfigError, PredictConfig
-    from ecmf.configure import load_config
+    from ecmf.stages.common import load_config
 
     with pytest.raises(ConfigError, match="train.class_weights"):
         TrainConfig(class_weights="inverse")

@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from ecmf.schema import LABELS
-from ecmf.train.metrics import (accuracy, classification_report, confusion, per_class_f1,
-                                plot_confusion, weighted_f1, weighted_f1_from_confusion)
+from ecmf.train.metrics import (
+    accuracy,
+    classification_report,
+    confusion,
+    per_class_f1,
+    plot_confusion,
+    weighted_f1,
+    weighted_f1_from_confusion,
+)
 
 
 @st.composite

@@ -13,7 +13,15 @@ import pytest
 from synthetic_workdir import SMALL, make_workdir
 
 from ecmf.cli import main
-from ecmf.progress import EpochLines, Progress, Relay, collect, epoch_relay, format_duration, send
+from ecmf.runtime.progress import (
+    EpochLines,
+    Progress,
+    Relay,
+    collect,
+    epoch_relay,
+    format_duration,
+    send,
+)
 
 EPOCH_LINE = re.compile(r"fold (\d+)/(\d+) epoch (\d+)/(\d+): train loss (\S+), val WAF (\S+) "
                         r"\| (\d+)/(\d+) epochs, .*elapsed \S+, ETA (\S+)$")
@@ -94,6 +102,7 @@ def test_no_relay_where_progress_lines_are_dropped():
         logger.setLevel(before)
 
 
+@pytest.mark.ray
 def test_collect_keeps_the_order_of_the_refs(ray_local, caplog):
     def after(seconds: float, value):  # local: pickled by value, no import on the worker
         time.sleep(seconds)
@@ -119,6 +128,7 @@ def send_all():
     return send_all
 
 
+@pytest.mark.ray
 def test_relay_hands_worker_records_to_the_driver_in_order(ray_local, send_all):
     got = []
     with Relay(got.append, poll_s=0.2) as relay:
@@ -126,6 +136,7 @@ def test_relay_hands_worker_records_to_the_driver_in_order(ray_local, send_all):
     assert got == [{"i": i} for i in range(20)]
 
 
+@pytest.mark.ray
 def test_relay_exit_wakes_its_thread_instead_of_waiting_out_a_poll(ray_local, send_all):
     got = []
     with Relay(got.append, poll_s=120) as relay:
@@ -136,6 +147,7 @@ def test_relay_exit_wakes_its_thread_instead_of_waiting_out_a_poll(ray_local, se
     assert time.monotonic() - began < 60
 
 
+@pytest.mark.ray
 def test_local_train_logs_a_line_per_epoch_of_each_fold(ray_local, tmp_path, caplog):
     wd = make_workdir(tmp_path, n_train=60)
     items = [f"workdir={wd}", f"corpus.root={wd}", *SMALL, "train.folds=2", "train.epochs=3"]

@@ -18,7 +18,7 @@ from ray.tune import Callback
 
 from ecmf.cli import main
 from ecmf.config import ConfigError, TrainConfig
-from ecmf.configure import load_config
+from ecmf.stages.common import load_config
 from ecmf.train.fit import training_table
 from ecmf.train.loop import train_one_fold
 from ecmf.tune.driver import SearchError, Watchdog, _search_alg, plan_concurrency, run_search
@@ -55,6 +55,7 @@ def test_lockstep_folds_equal_sequential_folds_and_stop_cleanly(workdir, one_thr
         next(records)
 
 
+@pytest.mark.ray
 def test_four_trial_search_writes_outputs_and_its_best_yaml_trains(ray_local, workdir):
     assert main(["tune", str(SEARCH), "--set", f"workdir={workdir}"]) == 0
     out = workdir / "tune"
@@ -94,6 +95,7 @@ class InterruptOnFirstComplete(Callback):
             signal.raise_signal(signal.SIGUSR1)
 
 
+@pytest.mark.ray
 def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_local, workdir):
     cfg = load_config(SEARCH, [f"workdir={workdir}"])
     out = workdir / "tune"
@@ -119,6 +121,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_loc
         assert after.loc[done.index, col].tolist() == done[col].tolist()
 
 
+@pytest.mark.ray
 def test_cpu_budgets_that_would_deadlock_fail_naming_the_keys(ray_local):
     # ray_local has 4 logical CPUs.
     cfg = load_config(None, ["tune.cpus_per_trial=0.5"])
@@ -191,6 +194,7 @@ def test_watchdog_turns_silence_into_an_error():
         dog.on_step_begin(1, [pending])
 
 
+@pytest.mark.ray
 def test_a_silent_trial_fails_the_search_instead_of_hanging(ray_local, workdir):
     cfg = load_config(SEARCH, [f"workdir={workdir}", "tune.num_samples=1",
                                "tune.no_progress_timeout_s=0.001"])
@@ -199,6 +203,7 @@ def test_a_silent_trial_fails_the_search_instead_of_hanging(ray_local, workdir):
         run_search(cfg, workdir / "tune")
 
 
+@pytest.mark.ray
 def test_fold_tasks_step_like_folds_trained_alone_and_free_their_cpus_when_stopped(
         ray_local, workdir, one_thread):
     table = training_table(pd.read_parquet(workdir / "manifest.parquet"), 3, 0)
@@ -233,6 +238,7 @@ def test_fold_tasks_step_like_folds_trained_alone_and_free_their_cpus_when_stopp
     assert free_cpus_reach(lambda free: free == total)
 
 
+@pytest.mark.ray
 def test_fold_task_runner_reports_every_epoch_through_tune(ray_local, odd_workdir):
     workdir = odd_workdir
     cfg = load_config(SEARCH, [f"workdir={workdir}", "tune.num_samples=2", "tune.runner=folds",
@@ -243,12 +249,13 @@ def test_fold_task_runner_reports_every_epoch_through_tune(ray_local, odd_workdi
     trials = pd.read_csv(workdir / "tune" / "trials.csv")
     assert summary["completed"] == 2 and trials["epochs_run"].tolist() == [2, 2]
     assert 0.0 < summary["best_val_waf"] <= 1.0
-    from ecmf.workdir import load_manifest
+    from ecmf.data.manifest import load_manifest
 
     labeled = int((load_manifest(cfg)["split"] == "train").sum())
     assert trials["train_rows"].tolist() == [labeled, labeled]
 
 
+@pytest.mark.ray
 def test_ray_train_runner_reports_every_epoch_through_tune(ray_local, odd_workdir):
     workdir = odd_workdir
     cfg = load_config(SEARCH, [f"workdir={workdir}", "tune.num_samples=1", "tune.runner=ray_train",
@@ -260,7 +267,7 @@ def test_ray_train_runner_reports_every_epoch_through_tune(ray_local, odd_workdi
     assert 0.0 < summary["best_val_waf"] <= 1.0
     assert any((workdir / "tune" / "ray" / "train_runs").iterdir())
     # The two workers' shards hold every labeled row, as `fit`'s do (none dropped to even them).
-    from ecmf.workdir import load_manifest
+    from ecmf.data.manifest import load_manifest
 
     labeled = int((load_manifest(cfg)["split"] == "train").sum())
     assert trials["train_rows"].tolist() == [labeled] and labeled == 73

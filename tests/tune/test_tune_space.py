@@ -7,9 +7,17 @@ import math
 import pytest
 
 from ecmf.config import ConfigError, TrainConfig
-from ecmf.configure import load_config
-from ecmf.tune.space import (Param, check_points, feature_sets, max_epochs, parse_space,
-                             sample_points, to_tune, tune_point)
+from ecmf.stages.common import load_config
+from ecmf.tune.space import (
+    Param,
+    check_points,
+    feature_sets,
+    max_epochs,
+    parse_space,
+    sample_points,
+    to_tune,
+    tune_point,
+)
 
 SPACE = {
     "hidden": {"choice": [32, 64]},
@@ -94,7 +102,7 @@ def test_load_config_validates_the_tune_section(item, key):
 def test_tune_section_round_trips_and_sets_parse(tmp_path):
     cfg = load_config(None, ["tune.space.lr.loguniform=[1e-4,1e-2]", "tune.num_samples=3"])
     assert parse_space(cfg.tune.space)["lr"].values == (1e-4, 1e-2)
-    from ecmf.configure import save_config
+    from ecmf.workdir import save_config
 
     assert load_config(save_config(cfg, tmp_path)) == cfg
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecmf import jobs
-from ecmf.cli import COMMANDS, main
-from ecmf.configure import load_config
+from ecmf.cli import main
+from ecmf.runtime import jobs as client_api
+from ecmf.stages import HELP as COMMANDS
+from ecmf.stages import submit as jobs
+from ecmf.stages.common import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "jobs").glob("*.yaml"))
@@ -193,19 +195,20 @@ def test_bad_specs_name_the_file_and_the_key(tmp_path, raw, message):
 
 
 def test_submission_ids_are_readable_and_unique():
-    a, b = jobs.new_submission_id("mer2025 train!"), jobs.new_submission_id("mer2025 train!")
+    a = client_api.new_submission_id("mer2025 train!")
+    b = client_api.new_submission_id("mer2025 train!")
     assert a.startswith("mer2025-train-") and a != b
 
 
 def test_address_precedence(monkeypatch):
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert jobs.resolve_address(None) == "http://127.0.0.1:8265"
+    assert client_api.resolve_address(None) == "http://127.0.0.1:8265"
     monkeypatch.setenv("RAY_ADDRESS", "http://a:8265")
-    assert jobs.resolve_address(None) == "http://a:8265"
+    assert client_api.resolve_address(None) == "http://a:8265"
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://b:8265")
-    assert jobs.resolve_address(None) == "http://b:8265"
-    assert jobs.resolve_address("http://c:8265") == "http://c:8265"
+    assert client_api.resolve_address(None) == "http://b:8265"
+    assert client_api.resolve_address("http://c:8265") == "http://c:8265"
 
 
 def test_submit_dry_run_prints_the_ray_line_and_contacts_nothing(capsys):
@@ -277,7 +280,7 @@ def test_submit_env_value_is_never_printed_but_is_sent(monkeypatch, capsys):
     assert "ECMF_X, HF_TOKEN shown as ***" in printed.err
 
     client = _Client()
-    monkeypatch.setattr(jobs, "connect", lambda address: client)
+    monkeypatch.setattr(client_api, "connect", lambda address: client)
     assert main(["submit", spec, "--env", "HF_TOKEN=abc", "--submission-id", "sent-1"]) == 0
     printed = capsys.readouterr()
     assert "abc" not in printed.out + printed.err and "submitted sent-1" in printed.out
@@ -285,7 +288,7 @@ def test_submit_env_value_is_never_printed_but_is_sent(monkeypatch, capsys):
 
 
 def test_a_cluster_error_quoting_the_runtime_env_is_redacted(monkeypatch, capsys):
-    monkeypatch.setattr(jobs, "connect", lambda address: _Client("runtime_env rejected"))
+    monkeypatch.setattr(client_api, "connect", lambda address: _Client("runtime_env rejected"))
     assert main(["submit", str(REPO / "jobs" / "train.yaml"), "--env", "HF_TOKEN=hf_s3cr3t",
                  "--submission-id", "bad-1"]) == 2
     err = capsys.readouterr().err
@@ -326,17 +329,18 @@ def test_env_name_alone_takes_the_value_from_the_shell(monkeypatch, capsys):
 
 def test_stages_after_a_search_train_with_its_best_trial(tmp_path, capsys):
     """tune.apply_best: every stage but `tune` takes best.yaml's train keys once it exists."""
-    from ecmf.cli import _config, build_parser
+    from ecmf.cli import build_parser, command_config
 
     sets = ["--set", f"workdir={tmp_path}", "--set", "tune.apply_best=true",
             "--set", "train.lr=0.001"]
-    assert _config(build_parser().parse_args(["train", *sets])).train.lr == 0.001  # no search
+    # no search yet
+    assert command_config(build_parser().parse_args(["train", *sets])).train.lr == 0.001
     (tmp_path / "tune").mkdir()
     (tmp_path / "tune" / "best.yaml").write_text(
         f"workdir: {tmp_path}\ntrain: {{lr: 0.0025, hidden: 128}}\n")
-    cfg = _config(build_parser().parse_args(["train", *sets]))
+    cfg = command_config(build_parser().parse_args(["train", *sets]))
     assert (cfg.train.lr, cfg.train.hidden) == (0.0025, 128)
-    assert _config(build_parser().parse_args(["tune", *sets])).train.lr == 0.001
+    assert command_config(build_parser().parse_args(["tune", *sets])).train.lr == 0.001
     off = ["--set", f"workdir={tmp_path}", "--set", "train.lr=0.001"]  # apply_best: false
-    assert _config(build_parser().parse_args(["train", *off])).train.lr == 0.001
+    assert command_config(build_parser().parse_args(["train", *off])).train.lr == 0.001
 

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecmf.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 AUTOSCALER_STATUS_KEY = "__autoscaling_status"  # in the GCS' KV while an autoscaler runs
@@ -139,7 +141,6 @@ def check_placeable(requests: dict[str, dict[str, float]], capacity: Capacity) -
     """Fail, naming the config key, for a request (key -> one bundle) that no node of the
     cluster, nor any node type its autoscaler can start, can ever hold; where the node types
     are unknown, warn instead and let Ray queue it."""
-    from ecmf.config import ConfigError
 
     for key, request in requests.items():
         if capacity.fits(request):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ecmf.progress")  # the name users see beside each line
 
 
 def format_duration(seconds: float | None) -> str:

@@ -1,11 +1,6 @@
-"""Loading, validating and describing configs: the step above `ecmf.config`'s dataclasses
-and the component registries.
-
-`load_config` merges the defaults, a command's own defaults, a YAML file and `--set` items, builds
-the frozen dataclasses (which check their own values), then `validate` checks every name a
-component registered (corpus layout, encoders, face detectors, fusion model, LLM backend, weak
-classifiers) and the tune space, so a typo fails in a second, before Ray starts, with the key's
-full path and the closest name. `describe` prints a config as YAML with each key's comment.
+"""Reading and describing configs: `read_config` merges the defaults, a command's own defaults,
+a YAML file and `--set` items into the frozen dataclasses (which check their own values);
+`describe` prints a config as YAML with each key's comment (`ecmf config`).
 """
 
 from __future__ import annotations
@@ -21,20 +16,16 @@ from typing import Any
 
 import yaml
 
-from ecmf import config as config_module
-from ecmf.config import Config
-from ecmf.config_dict import ConfigError, from_dict, merge, parse_set, to_dict
-from ecmf.config_extract import FaceEncoderConfig
-from ecmf.workdir import save_config
-
-__all__ = ["describe", "load_config", "save_config", "validate"]
+from ecmf.config import sections
+from ecmf.config.dicts import ConfigError, from_dict, merge, parse_set, to_dict
+from ecmf.config.sections import Config
 
 
-def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
-                base: dict | None = None, check_names: bool = True) -> Config:
+def read_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> Config:
     """Defaults, then `base` (a command's own defaults), then the YAML file, then `--set` items;
-    types checked, and the registered names unless `check_names` is False (the caller runs
-    `validate` later: it imports the components, torch among them)."""
+    types and values checked. Names that components register are checked a level up, by
+    `ecmf.stages.common.validate` (it imports the components)."""
     data = to_dict(Config())
     if base:
         data = merge(data, base)
@@ -51,50 +42,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...
         data = merge(data, loaded)
     for item in sets:
         data = merge(data, parse_set(item))
-    cfg = from_dict(Config, data)
-    return validate(cfg) if check_names else cfg
-
-
-def _name(registry, value: str, key: str) -> None:
-    if value not in registry:
-        raise ConfigError(key=key, expected=registry.expected(value), value=value).qualify("")
-
-
-def validate(cfg: Config) -> Config:
-    """Check the names components registered and the tune space; return `cfg` unchanged."""
-    from ecmf.data.layouts import LAYOUTS
-    from ecmf.features.encoders import ENCODERS
-    from ecmf.features.faces import FACE_DETECTORS
-
-    _name(LAYOUTS, cfg.corpus.layout, "corpus.layout")
-    for feature, enc in cfg.extract.encoders.items():
-        where = f"extract.encoders.{feature}"
-        _name(ENCODERS, enc.name, f"{where}.name")
-        if isinstance(enc, FaceEncoderConfig):
-            _name(FACE_DETECTORS, enc.detector, f"{where}.detector")
-    from ecmf.models.fusion import MODELS
-
-    _name(MODELS, cfg.train.model, "train.model")
-    from ecmf.enrichment.backends import BACKENDS
-
-    _name(BACKENDS, cfg.enrich.backend, "enrich.backend")
-    from ecmf.semi.select import SELECTION
-
-    _name(SELECTION, cfg.pseudo.strategy, "pseudo.strategy")
-    from ecmf.semi.weak import WEAK_CLASSIFIERS
-
-    for i, name in enumerate(cfg.refine.classifiers):
-        _name(WEAK_CLASSIFIERS, name, f"refine.classifiers[{i}]")
-    for name in cfg.refine.options:
-        _name(WEAK_CLASSIFIERS, name, f"refine.options.{name}")
-    from ecmf.tune.space import parse_space, search_points
-
-    parse_space(cfg.tune.space)
-    if cfg.tune.space:  # every sampled point must make a valid train config
-        search_points(cfg.tune, cfg.train)
-        for i, model in enumerate((cfg.tune.space.get("model") or {}).get("choice", []) or []):
-            _name(MODELS, model, f"tune.space.model.choice[{i}]")
-    return cfg
+    return from_dict(Config, data)
 
 
 # ---- ecmf config: the resolved config as YAML, each key with its comment --------------------
@@ -189,5 +137,5 @@ def _lines(obj: Any, indent: int) -> list[str]:
 def describe(cfg: Config) -> str:
     """The config as YAML that loads back to the same values, each key with its comment."""
     head = [f"# {line}".rstrip() for line in
-            (config_module.__doc__ or "").strip().split("\n")[:1]]
+            (sections.__doc__ or "").strip().split("\n")[:1]]
     return "\n".join([*head, *_lines(cfg, 0)]) + "\n"

@@ -13,9 +13,18 @@ import time
 from pathlib import Path
 
 from ecmf import schema
-from ecmf.config import Config
-from ecmf.config_extract import PACKAGED_MINILM
-from ecmf.configure import load_config
+from ecmf.config import PACKAGED_MINILM, Config, ConfigError
+from ecmf.data.demo import write_demo_corpus
+from ecmf.data.manifest import load_manifest
+from ecmf.features.extract import extract_features
+from ecmf.models.tiny import build_tiny_models
+from ecmf.runtime.session import ray_session
+from ecmf.semi.refine import refine_labels
+from ecmf.semi.rounds import StaleRoundsError, run_rounds
+from ecmf.stages.common import load_config
+from ecmf.stages.evaluate import evaluate, read_truth, score_run
+from ecmf.stages.predict import predict_candidates
+from ecmf.train.fit import fit, stage_table, train_stage
 from ecmf.workdir import Workdir, write_json
 
 log = logging.getLogger(__name__)
@@ -55,7 +64,6 @@ def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
 
 
 def demo_config(out: Path, config_path: str | None, sets: list[str]) -> Config:
-    from ecmf.tiny_models import build_tiny_models
 
     tiny = build_tiny_models(out / "models")
     return load_config(config_path, sets, base=demo_overrides(out, tiny))
@@ -63,15 +71,7 @@ def demo_config(out: Path, config_path: str | None, sets: list[str]) -> Config:
 
 def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = ()) -> dict:
     """Run the whole pipeline on a fresh demo corpus under `out`; return the results."""
-    from ecmf.data.demo import write_demo_corpus
-    from ecmf.enrichment.stage import enrich_corpus
-    from ecmf.features.extract import extract_features
-    from ecmf.predict import predict_candidates
-    from ecmf.runtime import ray_session
-    from ecmf.semi.refine import refine_labels
-    from ecmf.train.evaluate import evaluate, read_truth, score_run
-    from ecmf.train.fit import fit, stage_table, train_stage
-    from ecmf.workdir import load_manifest
+    from ecmf.stages.enrich import enrich_corpus
 
     out = Path(out)
     start = time.time()
@@ -90,9 +90,11 @@ def run_demo(out: str | Path, config_path: str | None = None, sets: list[str] = 
 
     timings = {}
     with ray_session(cfg.ray):
-        refine = [("refine", refine_labels)] if cfg.refine.enabled else []
+        # refine writes what the rounds read: the weak classifiers' votes on the pool and,
+        # with refine.enabled, the refined labels.
         for stage, fn in (("enrich", enrich_corpus), ("extract", extract_features),
-                          ("train", train_stage), *refine, ("pseudo-label", demo_rounds),
+                          ("train", train_stage), ("refine", refine_labels),
+                          ("pseudo-label", demo_rounds),
                           ("predict", predict_candidates)):
             t = time.time()
             log.info("demo: stage %s", stage)
@@ -135,7 +137,6 @@ def demo_rounds(cfg: Config) -> dict:
     """`run_rounds` for the demo, which retrains its first run on every call: rounds left in
     the output directory by other settings or an older ecmf are moved aside (to
     `rounds.stale-<time>`), not resumed, so that `ecmf demo` again on the same directory works."""
-    from ecmf.semi.rounds import StaleRoundsError, run_rounds
 
     try:
         return run_rounds(cfg)
@@ -150,7 +151,6 @@ def demo_rounds(cfg: Config) -> dict:
 
 def single_features(cfg: Config) -> list[str]:
     """The features the demo scores alone (`demo.singles`, default every extracted one)."""
-    from ecmf.config import ConfigError
 
     names = list(cfg.extract.encoders)
     if cfg.demo.singles is None:
@@ -183,3 +183,12 @@ def format_table(results: dict) -> str:
     if results.get("rounds_stopped"):
         lines.append(f"pseudo-labeling stopped: {results['rounds_stopped']}")
     return "\n".join(lines)
+
+
+def run(out: str = "demo-out", config_path: str | None = None, sets: list[str] = ()) -> None:
+    """`ecmf demo`: the whole pipeline under `out` (the config's overrides on top of the demo's
+    own), then the results table."""
+    results = run_demo(out, config_path, sets)
+    print(format_table(results))
+    print(f"\nNote: {results['note']}.")
+    print(f"\nresults: {Path(out) / 'results.json'} ({results['seconds']:.0f} s in all)")

@@ -7,8 +7,8 @@ Outputs under `<workdir>/enrich/`, one row per clip of the manifest, keyed by `s
   `enrich_status` ("ok", "truncated", "overlong-truncated", or why the subtitle was kept:
   "empty", "non-text", "label-named", "empty-subtitle", "error: ...").
 - `votes.parquet` (task "vote"): `vote_<label>` for every label of the run's label set
-  (`cfg.labels`, resolved by `workdir.with_labels`; float64 probabilities summing to 1; NaN on
-  every label where the vote is missing) and `vote_status`
+  (`cfg.labels`, resolved by `ecmf.data.manifest.with_labels`; float64 probabilities summing
+  to 1; NaN on every label where the vote is missing) and `vote_status`
   ("ok", or why it is missing: "empty", "non-json", "truncated", "off-label", "duplicate-label",
   "invalid-score", "all-zero", "empty-subtitle", "error: ...").
 - Both also hold `generated_tokens` and the cache key: `model`, `prompt_version`, `input_hash`.
@@ -31,10 +31,14 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config, EnrichConfig
+from ecmf.data.manifest import build_manifest, with_labels
+from ecmf.enrichment import prompts
 from ecmf.enrichment.cache import KEY_COLUMNS, read_previous, split_cached, with_keys
 from ecmf.enrichment.parse import GENERATED_TOKENS, result_columns, status_column
+from ecmf.enrichment.pipeline import enrich_dataset
 from ecmf.enrichment.prompts import CONTEXT_COLUMNS
-from ecmf.workdir import Workdir, build_manifest, save_config, with_labels, write_json
+from ecmf.stages.common import stage_session
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 64
@@ -61,7 +65,6 @@ def run_task(cfg: EnrichConfig, inputs: pd.DataFrame, directory: Path, task: str
              labels: Sequence[str] = schema.LABELS) -> dict:
     """One LLM pass over `inputs` (sample_id, text, ...) into `directory/OUTPUT_FILES[task]`,
     generating only the samples the cache does not hold; a vote is over `labels`."""
-    from ecmf.enrichment import prompts
 
     start = time.time()
     directory = Path(directory)
@@ -104,10 +107,15 @@ def _generate(cfg: EnrichConfig, todo: pd.DataFrame, parts: Path, task: str,
     folder under `parts`, so that an interrupted run leaves its finished blocks to the next."""
     import ray
 
-    from ecmf.enrichment.pipeline import enrich_dataset
 
     run_dir = parts / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
     ds = enrich_dataset(ray.data.from_pandas(blocks), cfg, cfg.model, task, labels)
     ds.select_columns(keep).write_parquet(str(run_dir))
     return pd.read_parquet(run_dir)
+
+
+def run(cfg: Config) -> dict:
+    """Enrich (and vote) every subtitle; the summary counts generated and cached samples."""
+    with stage_session(cfg, "enrich"):
+        return enrich_corpus(cfg)

@@ -10,8 +10,16 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config
+from ecmf.data.manifest import load_manifest, with_labels
+from ecmf.data.mer2025 import CANDIDATES, candidate_names
 from ecmf.errors import InputError
-from ecmf.workdir import Workdir, load_manifest, save_config, with_labels, write_json
+from ecmf.features.mertools_out import write_emo_probs
+from ecmf.features.store import ok_ids, usage_counts
+from ecmf.semi.rounds import best_run
+from ecmf.stages.common import stage_session
+from ecmf.train.predict import predict_store, run_labels
+from ecmf.train.submission import check_submission, write_submission
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +27,6 @@ log = logging.getLogger(__name__)
 def predict_candidates(cfg: Config, run: str | Path | None = None) -> dict:
     """Fold-ensemble predictions for every candidate; `predict/submission.csv` and, for
     MER2025's label set, MERTools' `predict/emo_probs.npz` beside them."""
-    from ecmf.features.store import ok_ids, usage_counts
-    from ecmf.semi.rounds import best_run
-    from ecmf.train.predict import predict_store, run_labels
-    from ecmf.train.submission import check_submission, write_submission
 
     cfg = with_labels(cfg)
     wd = Workdir.of(cfg)
@@ -72,9 +76,6 @@ def _write_emo_probs(cfg: Config, path: Path, preds: pd.DataFrame, cands: list[s
     candidate's row is one-hot on `fallback`."""
     import numpy as np
 
-    from ecmf.features.mertools_out import write_emo_probs
-
-    from ecmf.data.mer2025 import CANDIDATES, candidate_names
 
     names = cands
     # The release's own order where its file is there (a workdir whose manifest was built from
@@ -85,3 +86,9 @@ def _write_emo_probs(cfg: Config, path: Path, preds: pd.DataFrame, cands: list[s
     probs = np.array(probs, dtype=np.float32)  # a copy: pandas may hand out a read-only view
     probs[np.isnan(probs).any(axis=1)] = np.eye(len(schema.LABELS))[schema.label_index(fallback)]
     return write_emo_probs(path, names, probs, schema.LABELS)
+
+
+def run(cfg: Config, run_dir: str | None = None) -> dict:
+    """Predict with the best round (by validation WAF), or the training run `run_dir`."""
+    with stage_session(cfg, "predict", run_dir):
+        return predict_candidates(cfg, run_dir)

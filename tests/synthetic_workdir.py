@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from ecmf import schema
 
 DIMS = {"face": 16, "voice": 12, "words": 8}  # any names: training reads whatever the store has
@@ -73,6 +74,6 @@ SMALL = ["train.epochs=6", "train.folds=3", "train.hidden=16", "train.heads=2",
 
 
 def small_config(workdir: Path, *sets: str):
-    from ecmf.configure import load_config
+    from ecmf.stages.common import load_config
 
     return load_config(None, [f"workdir={workdir}", f"corpus.root={workdir}", *SMALL, *sets])

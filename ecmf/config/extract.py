@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ecmf.config_dict import check, section
+from ecmf.config.dicts import check, section
 
 PACKAGED_MINILM = "packaged:all-minilm-l6-v2"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # EncoderConfig.precision

@@ -1,10 +1,10 @@
 """Typed configuration: frozen nested dataclasses hold every default and its one-line comment.
 
-A leaf module: the dataclasses check their own values (with keys relative to their section;
-`from_dict` adds the full path), while names that components register (layouts, encoders,
-detectors, models, LLM backends) are checked by `ecmf.configure`, which loads, validates and
-prints configs. `ecmf config` shows every key with the comment written beside it here (and
-in `ecmf.config_extract`, which holds the extraction section).
+The dataclasses check their own values (with keys relative to their section; `from_dict`
+adds the full path), while names that components register (layouts, encoders, detectors,
+models, LLM backends) are checked by `ecmf.stages.common.validate`. `ecmf config` shows every
+key with the comment written beside it here (and in `ecmf.config.extract`, which holds the
+extraction section).
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecmf.config_dict import ConfigError, check, from_dict, section, to_dict
-from ecmf.config_extract import ExtractConfig
-
-__all__ = ["ConfigError", "from_dict", "to_dict"]  # re-exported: the mechanics of config_dict
+from ecmf.config.dicts import check, section
+from ecmf.config.extract import ExtractConfig
 
 TRAIN_BACKENDS = ("auto", "gloo", "nccl")  # TrainConfig.backend
 TRAIN_STRATEGIES = ("folds", "ddp")  # TrainConfig.strategy
@@ -284,10 +282,10 @@ class RefineConfig:
     """Multi-source label refinement (`ecmf refine`): weak classifiers, the fusion model's
     out-of-fold predictions and LLM votes re-label the labeled set; the original label is kept."""
 
-    # true: pseudo-label rounds train on refined labels (refining first if not done yet). Off by
+    # true: pseudo-label rounds train on the labels `ecmf refine` wrote (run it first). Off by
     # default: on the demo corpus it has not yet been shown to raise test WAF.
     enabled: bool = False
-    # Registered weak classifiers fit on each feature set: lr, svm, knn.
+    # Registered weak classifiers `ecmf refine` fits on each feature set: lr, svm, knn.
     classifiers: list[str] = field(default_factory=lambda: ["lr", "svm", "knn"])
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {knn: {n_neighbors: 9}}
     feature_sets: list[list[str]] = field(default_factory=list)  # empty: each alone + all together
@@ -370,8 +368,9 @@ class TuneConfig:
 @dataclass(frozen=True)
 class Config:
     workdir: str = "runs/ecmf"  # every stage reads and writes under this directory
-    # The class names, in order. []: the corpus' own (`ecmf.workdir.with_labels`): MER2025's six
-    # when every label is one of them (its layout, or a subset), else the corpus' labels sorted.
+    # The class names, in order. []: the corpus' own (`ecmf.data.manifest.with_labels`):
+    # MER2025's six when every label is one of them (its layout, or a subset), else the corpus'
+    # labels sorted.
     # A list fixes the set and its order (a corpus label outside it is an error).
     labels: list[str] = field(default_factory=list)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)  # where the clips and labels are

@@ -177,7 +177,8 @@ def build_tiny_models(out: Path, seed: int = 0, image_size: int = 64) -> dict[st
     builders = {
         "clip": (lambda p: build_tiny_clip_vision(p, image_size=image_size, seed=seed),
                  dict(kind="clip", seed=seed, image_size=image_size, patches=2)),
-        "hubert": (lambda p: build_tiny_hubert(p, seed=seed), dict(kind="hubert", seed=seed, norm="group")),
+        "hubert": (lambda p: build_tiny_hubert(p, seed=seed),
+                   dict(kind="hubert", seed=seed, norm="group")),
         "llm": (lambda p: build_tiny_causal_lm(p, seed=seed), dict(kind="llm", seed=seed)),
     }
     paths = {}

@@ -1,5 +1,10 @@
-"""The `ecmf` subcommands by name, with their one-line help: what the CLI offers and what a job
-spec's steps may name, without importing either."""
+"""The `ecmf` commands: one module per command, each with one entry, `run(cfg, **options) ->
+summary` (a dict the CLI prints as JSON, or None). A stage checks its inputs and the config's
+registered names before Ray starts (`common`), then calls the libraries below it.
+
+`HELP` names the commands with their one-line help: what the CLI offers and what a job spec's
+steps may name, without importing either. `module(name)` is the module of a command.
+"""
 
 from __future__ import annotations
 
@@ -21,3 +26,9 @@ HELP = {
     "jobs": "status, logs, stop or list of jobs on a Ray cluster",
 }
 JOB_COMMANDS = ("submit", "jobs")
+
+
+def module_name(command: str) -> str:
+    """`ecmf.stages.<module>` of a command: its name with '-' as '_' (`pseudo-label` ->
+    `pseudo_label`); `ecmf config` is `show_config`, apart from the `ecmf.config` package."""
+    return "show_config" if command == "config" else command.replace("-", "_")

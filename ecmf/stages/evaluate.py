@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,13 @@ import pandas as pd
 
 from ecmf import schema
 from ecmf.config import Config
+from ecmf.data.manifest import with_labels
 from ecmf.errors import InputError, MissingInput
-from ecmf.train.metrics import score
-from ecmf.workdir import Workdir, save_config, with_labels, write_json
+from ecmf.features.store import ok_ids, read_features
+from ecmf.semi.curves import plot_rounds
+from ecmf.train.metrics import format_per_class, plot_confusion, score
+from ecmf.train.predict import FoldEnsemble
+from ecmf.workdir import Workdir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,6 @@ def read_truth(path: str | Path, labels=schema.LABELS) -> pd.DataFrame:
 
 def score_run(run: str | Path, store: str | Path, truth: pd.DataFrame) -> dict:
     """Test metrics of one run's fold ensemble on the truth names (features from the store)."""
-    from ecmf.features.store import read_features
-    from ecmf.train.predict import FoldEnsemble
 
     ens = FoldEnsemble(run)
     ft = read_features(store, ens.features, truth["name"].tolist())
@@ -45,9 +48,6 @@ def evaluate(cfg: Config, truth_path: str | Path | None = None) -> dict:
     """Cross-validation metrics of every run, and test metrics of the submission if truth given;
     with pseudo-label rounds, `rounds.png`: validation WAF and labels taken per round (and each
     round's test WAF with a truth file)."""
-    from ecmf.features.store import ok_ids
-    from ecmf.semi.curves import plot_rounds
-    from ecmf.train.metrics import plot_confusion
 
     cfg = with_labels(cfg)
     labels = list(cfg.labels)
@@ -105,4 +105,16 @@ def evaluate(cfg: Config, truth_path: str | Path | None = None) -> dict:
                        out / "confusion.png")
         result["test"] = test
     write_json(out / "metrics.json", result)
+    return result
+
+
+def run(cfg: Config, truth: str | None = None) -> dict:
+    """Evaluate every finished run (and the submission against `truth`); print the per-class
+    tables."""
+    result = evaluate(cfg, truth)
+    tables = [*result["cross_validation"].items(), *([("test", result["test"])]
+                                                     if "test" in result else [])]
+    for name, m in tables:
+        print(format_per_class(m, f"{name} ({'truth file' if name == 'test' else 'out-of-fold'})"),
+              file=sys.stderr)
     return result
