@@ -20,7 +20,7 @@ from ecmf.enrichment.parse import (
     status_column,
     task_result,
 )
-from ecmf.enrichment.prompts import CONTEXT_COLUMNS, as_text, row_context, task_prompt
+from ecmf.enrichment.prompts import CONTEXT_COLUMNS, as_text, chat_text, row_context, task_prompt
 from ecmf.enrichment.vllm_engine import vllm_dataset
 from ecmf.registry import Registry
 from ecmf.runtime import devices
@@ -61,7 +61,7 @@ class TransformersBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = "auto" if self.device == "cuda" else torch.float32
+        dtype = "auto" if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.model.to(self.device).eval()
         self.chat = self.tokenizer.chat_template is not None
@@ -72,10 +72,7 @@ class TransformersBackend:
                  self.chat)
 
     def _format(self, prompt: str) -> str:
-        if not self.chat:
-            return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  tokenize=False, add_generation_prompt=True)
+        return chat_text(self.tokenizer, prompt)
 
     def generate(self, prompts: list[str]) -> list[Generation]:
         """Greedy continuations of `prompts` (new tokens only, special tokens dropped)."""

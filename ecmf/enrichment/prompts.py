@@ -165,3 +165,12 @@ def task_prompt(task: str, subtitle: str, language: str = "en",
     if task == "vote":
         return label_vote_prompt(subtitle, labels, language, context)
     raise ValueError(f"LLM task {task!r}: expected one of {list(TASKS)}")
+
+
+def chat_text(tokenizer, prompt: str) -> str:
+    """`prompt` as the one user turn of the model's chat template, ready for generation; as it
+    is for a model without a template (a base LM)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)

@@ -4,6 +4,12 @@ Rows out carry the same columns as the transformers backend. vLLM is CUDA-only (
 only the GPU workers have it. The driver (on the CPU head) builds the processor without it, and
 the engine stage checks for it in its own actor. On a machine without a GPU the processor builds
 but waits forever, so never run it there.
+
+The processor has one stage, the engine: Ray LLM's chat-template, tokenize and detokenize
+stages are CPU actor pools that load the model's tokenizer wherever CPUs are free, the CPU head
+first, whose image has no model weights. The engine actor applies the chat template itself
+(`checked_engine`), on the GPU node that holds the weights, and vLLM tokenizes and detokenizes
+inside the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from ecmf.config import EnrichConfig
 from ecmf.enrichment.parse import EMPTY_SUBTITLE, error_status, result_columns, task_result
-from ecmf.enrichment.prompts import as_text, row_context, task_prompt, vote_json_schema
+from ecmf.enrichment.prompts import (
+    as_text,
+    chat_text,
+    row_context,
+    task_prompt,
+    vote_json_schema,
+)
 from ecmf.errors import MissingExtra
 from ecmf.schema import LABELS, TEXT
 
@@ -46,17 +58,31 @@ def require_vllm() -> None:
 
 
 def checked_engine(udf: type) -> type:
-    """`udf`, the vLLM engine stage's class, that first checks in its actor that vLLM imports.
+    """`udf`, the vLLM engine stage's class, that first checks in its actor that vLLM imports,
+    then loads the model's tokenizer there and turns each row's chat `messages` into the
+    `prompt` vLLM generates from (`chat_text`).
 
-    Ray's own stage fails there too, but later (after fetching a model kept in cloud storage),
-    and names `ray[llm]` rather than this project's extra. The subclass keeps the name that Ray
-    Data shows.
+    Ray's own stage fails there too without vLLM, but later (after fetching a model kept in
+    cloud storage), and names `ray[llm]` rather than this project's extra. The subclass keeps
+    the name that Ray Data shows.
     """
     def __init__(self, *args, **kwargs):
         require_vllm()
         udf.__init__(self, *args, **kwargs)
+        from transformers import AutoTokenizer
 
-    return type(udf.__name__, (udf,), {"__init__": __init__, "__doc__": udf.__doc__})
+        # On this GPU node, beside the weights vLLM loads (by the same id or path).
+        self.chat_tokenizer = AutoTokenizer.from_pretrained(self.model)
+
+    async def udf_with_prompts(self, batch: list[dict]):
+        for row in batch:
+            messages = row.pop("messages")
+            row["prompt"] = chat_text(self.chat_tokenizer, messages[-1]["content"])
+        async for out in udf.udf(self, batch):
+            yield out
+
+    return type(udf.__name__, (udf,), {"__init__": __init__, "udf": udf_with_prompts,
+                                       "__doc__": udf.__doc__})
 
 
 def sampling_params(cfg: EnrichConfig, task: str, labels: Sequence[str] = LABELS) -> dict[str, Any]:
@@ -84,10 +110,11 @@ def processor_config(cfg: EnrichConfig, model_path: str) -> vLLMEngineProcessorC
         engine_kwargs=dict(cfg.engine_kwargs),
         # One bad row is recorded with its reason; it does not fail the whole job.
         should_continue_on_error=True,
-        # Ray 2.60 takes stage configs, not the old apply_chat_template / tokenize booleans.
-        chat_template_stage=True,
-        tokenize_stage=True,
-        detokenize_stage=True,
+        # No CPU stage loads the model (see the module docstring): the engine actor formats
+        # the chat prompt, vLLM tokenizes and detokenizes.
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
     )
 
 
@@ -137,8 +164,8 @@ def _has_text(row: dict) -> bool:
 
 def build_vllm_processor(cfg: EnrichConfig, model_path: str, task: str,
                          labels: Sequence[str] = LABELS):
-    """The Ray Data LLM processor (chat template, tokenize, vLLM engine, detokenize) for `task`
-    (a vote over `labels`).
+    """The Ray Data LLM processor (the vLLM engine stage alone) for `task` (a vote over
+    `labels`).
 
     Builds in a driver without vLLM (Ray 2.60's `build_processor` does not import it); the
     engine stage's actors check for it on the GPU workers (`checked_engine`).

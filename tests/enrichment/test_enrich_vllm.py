@@ -39,8 +39,10 @@ def test_processor_config_takes_the_enrich_config(tmp_path):
     assert config.engine_kwargs["max_model_len"] == 2048
     assert config.engine_kwargs["gpu_memory_utilization"] == 0.85
     assert config.should_continue_on_error is True
+    # No CPU stage that loads the model's tokenizer where CPUs are free (the CPU head first,
+    # whose image holds no weights): the engine actor formats and vLLM tokenizes.
     assert (config.chat_template_stage, config.tokenize_stage, config.detokenize_stage) == (
-        True, True, True)
+        False, False, False)
     # The defaults of EnrichConfig reach the engine unless overridden.
     default = ve.processor_config(EnrichConfig(), "m").engine_kwargs
     assert default["enable_prefix_caching"] is True and default["max_model_len"] == 4096
@@ -160,8 +162,8 @@ def test_the_driver_builds_the_vllm_pipeline_without_vllm(ray_local, tiny_llm):
 @pytest.mark.ray
 def test_processor_builds_with_its_stages(ray_local, tiny_llm):
     processor = ve.build_vllm_processor(CFG, tiny_llm, "vote")
-    assert processor.list_stage_names() == ["ChatTemplateStage", "TokenizeStage",
-                                            "vLLMEngineStage", "DetokenizeStage"]
+    # The engine alone: every stage that loads the model runs where the weights are.
+    assert processor.list_stage_names() == ["vLLMEngineStage"]
     engine = processor.get_stage_by_name("vLLMEngineStage")
     # Ray's engine class, behind the check for vLLM, under the name Ray Data shows.
     ray_udf = engine.fn.__mro__[1]
@@ -228,3 +230,36 @@ def test_vllm_runs_for_real(ray_local, tiny_llm, tmp_path):
         assert status["s4"] == "empty-subtitle"
         assert not status.str.startswith("error").any(), status.tolist()
         assert (out.loc[out["text"] != "", "generated_tokens"] > 0).all()
+
+
+def test_the_engine_actor_applies_the_chat_template_where_the_model_is(tiny_llm, monkeypatch):
+    """The engine stage's class, built on a stand-in for Ray's (no vLLM here): in its actor it
+    loads the model's tokenizer by the engine's own model id and hands vLLM each row's chat
+    message as the templated prompt, as the transformers backend formats it."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from ecmf.enrichment.prompts import chat_text
+
+    class Engine:  # what Ray's vLLMEngineStageUDF keeps and does, for this test
+        def __init__(self, data_column, expected_input_keys, model, **kwargs):
+            self.model = model
+
+        async def udf(self, batch):
+            for row in batch:
+                yield {"prompt": row["prompt"], "generated_text": "ok"}
+
+    monkeypatch.setattr(ve, "require_vllm", lambda: None)
+    engine = ve.checked_engine(Engine)("__data", ["sampling_params"], model=tiny_llm)
+    prompt = task_prompt("enrich", ROW["text"], "en", {}, LABELS)
+    rows = [{"messages": [{"role": "user", "content": prompt}], "sampling_params": {}}]
+
+    async def run():
+        return [out async for out in engine.udf(rows)]
+
+    (out,) = asyncio.run(run())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    assert tokenizer.chat_template is not None
+    assert out["prompt"] == chat_text(tokenizer, prompt) != prompt
+    assert engine.__class__.__name__ == "Engine"
