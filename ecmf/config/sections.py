@@ -390,6 +390,10 @@ class Config:
                             and all(isinstance(n, str) and n.strip() == n and n for n in names)),
               "labels", "[] (the corpus' labels) or two or more distinct, non-empty class names",
               self.labels)
+        # Fold-blind labels of fold j come from runs over the other folds: two or more of them.
+        check(not (self.refine.enabled and self.refine.fold_blind) or self.train.folds >= 3,
+              "refine.fold_blind", "false, or train.folds >= 3 (fold-blind sources are fit on the "
+              "folds but two)", f"true with train.folds {self.train.folds}")
 
     @property
     def root(self) -> Path:

@@ -4,10 +4,11 @@ the fusion model's out-of-fold predictions and LLM votes gives each labeled samp
 `combine` is the pure rule (NumPy arrays in, arrays out); `refine_labels` is the stage that gathers
 the sources and writes `<workdir>/refine/labels.parquet` with the original label kept beside.
 
-Fold-blind refinement (`refine.fold_blind`, the default) also writes `fold_labels.parquet`, what
-training uses: for fold model j, each labeled clip outside fold j relabeled by sources fit
-without fold j and the clip's own fold (weak classifiers and a fusion run over pairs of folds),
-so that no model learns, through a refined label, the labels it is validated on.
+Fold-blind refinement (`refine.fold_blind`, the default, when `refine.enabled` makes the
+rounds train on refined labels) also writes `fold_labels.parquet`, what training uses: for fold
+model j, each labeled clip outside fold j relabeled by sources fit without fold j and the clip's
+own fold (weak classifiers and a fusion run over pairs of folds), so that no model learns,
+through a refined label, the labels it is validated on.
 """
 
 from __future__ import annotations
@@ -302,7 +303,7 @@ def refine_key(cfg: Config) -> dict:
         key["weak"] = weak_key(cfg, *weak_inputs(cfg))
     if rc.weights.get(FUSION, 0.0) > 0:
         key[FUSION] = file_sha256(wd.train / "oof.parquet")
-        if rc.fold_blind:
+        if rc.fold_blind and rc.enabled:
             key["fusion_pairs"] = pair_run_record(cfg)
     if rc.use_llm_votes and rc.weights.get(LLM, 0.0) > 0:
         key[LLM] = file_sha256(wd.enrich / "votes.parquet")
@@ -363,6 +364,9 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     # Fitted whenever classifiers are named: they vote here (refine.weights.weak) and on the
     # pool in `ecmf pseudo-label` (pseudo.min_agree), which reads what this stage writes.
     weak = weak_probabilities(cfg) if rc.classifiers else None
+    # The fold-blind labels cost a fusion run per pair of folds: made only for rounds that use
+    # them. The key holds refine.enabled, so turning it on later asks for this stage again.
+    blind = rc.fold_blind and rc.enabled
     sources, weights, groups = gather_sources(cfg, ids, -1, weak)
     table = _vote(cfg, ids, original, sources, weights, groups)
     table.to_parquet(out / "labels.parquet", index=False)
@@ -388,10 +392,10 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
         "transitions": {f"{a}->{b}": int(v) for (a, b), v in transitions.items()},
         "refined_classes": table["refined"].value_counts().to_dict(),
         "mean_weight": round(float(table["weight"].mean()) if len(table) else 0.0, 4),
-        "fold_blind": rc.fold_blind,
+        "fold_blind": blind,
     }
     fold_path = out / "fold_labels.parquet"
-    if rc.fold_blind:
+    if blind:
         folded = fold_blind_labels(cfg, ids, original, weak)
         folded.to_parquet(fold_path, index=False)
         mine = table.set_index(schema.SAMPLE_ID)["refined"].reindex(folded[schema.SAMPLE_ID])
@@ -407,7 +411,7 @@ def refine_labels(cfg: Config, key: dict | None = None) -> dict:
     Stamp(out / KEY_FILE).write(key or refine_key(cfg))  # last: it marks the labels finished
     log.info("refine: %d of %d labels changed by %d sources%s", metrics["changed"], len(table),
              len(sources), f"; fold-blind: {metrics['fold_labels']['changed']} of "
-             f"{metrics['fold_labels']['rows']} fold labels" if rc.fold_blind else "")
+             f"{metrics['fold_labels']['rows']} fold labels" if blind else "")
     return metrics
 
 

@@ -2,8 +2,9 @@
 the labeled set (the training folds) and fold-averaged probabilities on the unlabeled pool, with
 each fold model's own top class on the pool (fold-consistent pseudo-label agreement uses those).
 
-With `refine.fold_blind`, also fold-blind probabilities on the labeled set: for fold model j,
-each sample outside fold j predicted by the model fit without fold j and the sample's own fold.
+With fold-blind refinement (`refine.fold_blind` and `refine.enabled`), also fold-blind
+probabilities on the labeled set: for fold model j, each sample outside fold j predicted by the
+model fit without fold j and the sample's own fold.
 
 Results go to `<workdir>/refine/weak_probs.parquet` (long: sample_id, source, group, part
 "oof"|"pool"|"pair", train_fold, prob_*, top_f<k>), reused while the classifiers, feature sets
@@ -215,7 +216,7 @@ def weak_key(cfg: Config, sets: list[list[str]], table: pd.DataFrame,
 
     rc = cfg.refine
     rows = table[[schema.SAMPLE_ID, "y", "fold"]].to_csv(index=False) + "\n".join(pool_ids)
-    return {"format": WEAK_FORMAT, "pairs": rc.fold_blind,
+    return {"format": WEAK_FORMAT, "pairs": rc.fold_blind and rc.enabled,
             "classifiers": list(rc.classifiers), "options": rc.options, "feature_sets": sets,
             "folds": cfg.train.folds, "seed": cfg.train.seed,
             "samples_sha256": sha256_hex(rows.encode()),
@@ -233,6 +234,8 @@ def read_weak_probabilities(cfg: Config) -> pd.DataFrame:
                            f"vote on the pool with pseudo.min_agree {cfg.pseudo.min_agree}; "
                            f"pseudo.min_agree=0 does without them)")
     changes = Stamp(wd.refine / "weak_key.json").changes(weak_key(cfg, *weak_inputs(cfg)))
+    # The fold-blind "pair" rows (refine's alone) do not change the pool's votes.
+    changes = None if changes is None else [c for c in changes if not c.startswith("pairs:")]
     if changes is None or changes:
         why = "; ".join(changes or ["its key file is missing"])
         raise MissingInput(f"{path} was made from other inputs ({why}): run `ecmf refine` "
@@ -243,7 +246,7 @@ def read_weak_probabilities(cfg: Config) -> pd.DataFrame:
 def weak_probabilities(cfg: Config) -> pd.DataFrame:
     """OOF and pool probabilities of every (classifier, feature set), computed as Ray tasks
     (their progress logged by `ecmf.runtime.progress.collect`); reused from
-    `refine/weak_probs.parquet` while `weak_key` is unchanged. With `refine.fold_blind`, also
+    `refine/weak_probs.parquet` while `weak_key` is unchanged. With fold-blind refinement on, also
     rows of part "pair": fold model j's fold-blind probabilities (`pair_oof`) on the labeled
     samples outside fold j, `train_fold` j (-1 on other rows)."""
     import ray
@@ -273,7 +276,7 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
                     "folds": table["fold"].to_numpy(), "num_folds": cfg.train.folds,
                     "num_classes": len(cfg.labels),
                     "pool_feats": pool.feats, "pool_masks": pool.masks,
-                    "pairs": rc.fold_blind})
+                    "pairs": rc.fold_blind and rc.enabled})
     task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
     threads = max(1, int(rc.cpus_per_task))
     jobs = {(clf, "+".join(s)): task.remote(clf, rc.options.get(clf, {}), s, data, threads)

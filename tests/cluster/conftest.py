@@ -182,6 +182,18 @@ def _autoscaling_config(gcs_port: int) -> dict:
     }
 
 
+REHEARSAL = Path(__file__).parent / "rehearsal"
+
+
+def rehearsal_env(gpu_image: Path) -> dict[str, str]:
+    """The environment of every process of the simulated cluster and of its drivers: the
+    production split of model files (rehearsal/sitecustomize.py: `gpu_image` readable on GPU
+    nodes alone), and the explicit opt-in that runs GPU work on CPUs (ecmf.runtime.devices)."""
+    path = os.pathsep.join(p for p in (str(REHEARSAL), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "ECMF_GPU_IMAGE_DIR": str(gpu_image),
+            "ECMF_SIMULATED_GPUS": "1"}
+
+
 @pytest.fixture(scope="module")
 def fake_gpu_cluster():
     """The head (2 CPUs, no GPU) with the fake provider's autoscaler; ended by its process
@@ -190,11 +202,14 @@ def fake_gpu_cluster():
     config = Path(temp_dir) / "autoscaling.yaml"
     gcs = free_port()  # the provider's nodes join the GCS named in the config
     config.write_text(yaml.safe_dump(_autoscaling_config(gcs)))
+    gpu_image = Path(temp_dir) / "gpu-image"  # model files only GPU nodes may read
+    gpu_image.mkdir()
+    env = rehearsal_env(gpu_image)
     proc, gcs, dashboard = start_head(temp_dir, num_cpus=2, object_store_mb=256,
                                       args=[f"--autoscaling-config={config}"],
-                                      env={"RAY_FAKE_CLUSTER": "1"}, gcs=gcs)
+                                      env={"RAY_FAKE_CLUSTER": "1", **env}, gcs=gcs)
     try:
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}",
-               "temp_dir": temp_dir}
+               "temp_dir": temp_dir, "gpu_image": gpu_image, "env": env}
     finally:
         stop_head(proc, temp_dir)

@@ -30,19 +30,21 @@ STAGE_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def gpu_config(tiny_corpus, tmp_path_factory):
-    """Overrides that ask for GPUs everywhere, with tiny models that run on CPU inside."""
+def gpu_config(tiny_corpus, tmp_path_factory, fake_gpu_cluster):
+    """Overrides that ask for GPUs everywhere, with tiny models that run on CPU inside, staged
+    in the GPU image: only the GPU nodes' processes can read them."""
     from ecmf.models.tiny import build_tiny_clip_vision, build_tiny_hubert
 
     out = tmp_path_factory.mktemp("fake-gpu")
+    image = fake_gpu_cluster["gpu_image"]
     gpu = {"num_gpus": 1, "num_cpus": 1, "group": "gpu", "batch_size": 4}
     cfg = {
         "workdir": str(out / "run"),
         "corpus": {"root": str(tiny_corpus)},
         "extract": {"decode_batch_size": 4, "encoders": {
-            "frames": {**gpu, "name": "clip", "model": str(build_tiny_clip_vision(out / "clip"))},
+            "frames": {**gpu, "name": "clip", "model": str(build_tiny_clip_vision(image / "clip"))},
             "faces": None,
-            "audio": {**gpu, "name": "hubert", "model": str(build_tiny_hubert(out / "hubert"))},
+            "audio": {**gpu, "name": "hubert", "model": str(build_tiny_hubert(image / "hubert"))},
             "text": gpu}},
         "train": {"num_workers": 2, "use_gpu": True, "cpus_per_worker": 1, "epochs": 2,
                   "folds": 2, "storage_path": str(out / "ray_results")},
@@ -60,7 +62,7 @@ def gpu_config(tiny_corpus, tmp_path_factory):
 def _stage(cluster: dict, *args: str) -> dict:
     """One `ecmf` command as its own driver on the fake cluster -> the JSON it printed last
     (the cluster's log lines, e.g. the autoscaler's, come before it)."""
-    env = {**os.environ, "RAY_ADDRESS": cluster["gcs"]}
+    env = {**os.environ, **cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
     done = subprocess.run([sys.executable, "-m", "ecmf.cli", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
     if done.returncode:  # the error, without the progress bars around it
@@ -139,3 +141,50 @@ def test_every_stage_runs_on_gpu_nodes_the_autoscaler_starts(fake_gpu_cluster, g
     # train's folds (and the pseudo-label round's), each a task asking for a GPU
     where = _tasks_on(cluster, "train_fold")
     assert where and where <= gpu_nodes, ("train_fold", where, gpu_nodes)
+
+
+BOUNDARIES = '''
+import json, os, sys
+import ray
+from transformers import AutoConfig
+from ecmf.runtime.devices import device_for
+
+image = sys.argv[1]
+out = {}
+try:
+    AutoConfig.from_pretrained(os.path.join(image, "clip"))
+    out["driver_loads"] = "loaded"
+except OSError as e:
+    out["driver_loads"] = str(e)
+ray.init(address=os.environ["RAY_ADDRESS"])
+
+@ray.remote(num_gpus=1, num_cpus=0)
+def on_gpu_node():
+    config = AutoConfig.from_pretrained(os.path.join(image, "clip"))
+    return config.model_type, str(device_for(1, "k"))
+
+out["gpu_node"] = ray.get(on_gpu_node.remote())
+strict = on_gpu_node.options(runtime_env={"env_vars": {"ECMF_SIMULATED_GPUS": "0"}})
+try:
+    out["without_opt_in"] = ray.get(strict.remote())
+except ray.exceptions.RayTaskError as e:
+    out["without_opt_in"] = str(e)
+print(json.dumps(out))
+'''
+
+
+def test_the_rehearsal_keeps_production_s_boundaries(fake_gpu_cluster, gpu_config):
+    """What makes the simulation see production's splits: the GPU image's model files load on
+    a GPU node and nowhere else, and a GPU node without CUDA fails loudly unless the
+    rehearsal's opt-in is set."""
+    cluster = fake_gpu_cluster
+    env = {**os.environ, **cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
+    done = subprocess.run([sys.executable, "-c", BOUNDARIES, str(cluster["gpu_image"])],
+                          env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=STAGE_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "the GPU image's model files are not on this node" in out["driver_loads"]
+    assert out["gpu_node"] == ["clip_vision_model", "cpu"]  # the opt-in: CPU, with a warning
+    assert "k asks for a GPU, but node" in out["without_opt_in"]
+    assert "sees no CUDA" in out["without_opt_in"]
