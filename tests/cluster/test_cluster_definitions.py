@@ -269,7 +269,10 @@ def test_kuberay_dashboard_stays_inside_the_cluster(name, spec):
     policy = _load(KUBERAY / "networkpolicy.yaml")
     assert policy["kind"] == "NetworkPolicy"
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]
+    # The namespace's own pods; beyond them, only the KubeRay operator, on the dashboard port.
+    same_namespace, operator = policy["spec"]["ingress"]
+    assert same_namespace == {"from": [{"podSelector": {}}]}
+    assert operator["ports"] == [{"protocol": "TCP", "port": 8265}]
 
 
 def test_no_manifest_exposes_a_service_or_ingress():
@@ -377,3 +380,73 @@ def test_dockerfiles_pass_hadolint(kind):
     r = subprocess.run([HADOLINT, str(REPO / "docker" / f"Dockerfile.{kind}")],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -------------------------------------------------- what a GPU cluster's first run would hit
+
+
+def test_gpu_image_states_the_cuda_and_driver_its_torch_needs():
+    """torch 2.13.0 and vLLM 0.29.0 from PyPI are CUDA 13 builds: the image says so, asserts it
+    at build time and names the driver it needs (its docs too)."""
+    text = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    assert 'ai.ecmf.cuda="13.0"' in text and 'ai.ecmf.min-nvidia-driver="580"' in text
+    assert "assert torch.version.cuda.startswith('13.')" in text
+    assert "CUDA 12.8 (Python" not in text  # the old claim
+    assert "driver >= 580" in (REPO / "docker" / "README.md").read_text()
+
+
+def test_launcher_gpu_nodes_boot_a_current_driver_image():
+    """Without an ImageId the launcher boots an old Deep Learning AMI (a CUDA 11-era driver)
+    while the node still advertises its GPU."""
+    types = _load(LAUNCHER)["available_node_types"]
+    for name, spec in types.items():
+        if spec["resources"].get("GPU"):
+            image = spec["node_config"].get("ImageId", "")
+            assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+                                    "base-oss-nvidia-driver-gpu-"), (name, image)
+
+
+def test_the_head_takes_no_work():
+    """Decode tasks, Ray LLM's CPU stages and the weak classifiers never share the GCS's node."""
+    cfg = _load(LAUNCHER)
+    assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] == 0
+    assert any("--num-cpus=0" in line for line in cfg["head_start_ray_commands"])
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        doc = _load(KUBERAY / name)
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", name
+
+
+def test_network_policy_admits_the_kuberay_operator_to_the_dashboard():
+    policy = _load(KUBERAY / "networkpolicy.yaml")
+    rules = policy["spec"]["ingress"]
+    assert {"podSelector": {}} in [r["from"][0] for r in rules]  # the namespace itself
+    operator = [r for r in rules if any(
+        src.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+        == "kuberay-operator" and "namespaceSelector" in src for src in r["from"])]
+    assert operator and operator[0]["ports"] == [{"protocol": "TCP", "port": 8265}]
+
+
+def test_gpu_extra_pins_exactly_what_the_image_installs():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "retinaface-pytorch==0.0.7" in extras["gpu"]
+
+
+def test_production_text_encoders_read_chinese_with_a_chinese_model():
+    """Text is MER's strongest modality: the shipped config reads the subtitles in Chinese with
+    MERTools' best text encoder, and the enrichment in the language its prompt writes."""
+    from ecmf.stages.common import load_config
+
+    cfg = load_config(REPO / "jobs" / "configs" / "mer2025.yaml")
+    assert cfg.corpus.text_column == "chinese" and cfg.enrich.language == "zh"
+    text = {name: enc for name, enc in cfg.extract.encoders.items() if enc.name == "text"}
+    assert set(text) == {"text", "enriched"} and text["enriched"].input == "enriched_text"
+    for name, enc in text.items():
+        assert enc.model.startswith("hfl/chinese-roberta-wwm-ext"), (name, enc.model)
+        assert enc.num_gpus > 0, name
+    models = re.search(r'^ARG MODELS="([^"]*)"$', (REPO / "docker" / "Dockerfile.gpu").read_text(),
+                       re.MULTILINE).group(1).split()
+    assert {enc.model for enc in text.values()} <= set(models)
