@@ -49,10 +49,13 @@ test: lint
 test-fast: install
 	ECMF_TEST_NO_RAY=1 $(BIN)/python -m pytest -q $(XDIST) -m "not ray and not cluster and not autoscale and not gpu"
 
-# On a machine with CUDA (a GPU image: docker/Dockerfile.gpu): the production code paths on the
-# GPU, printing clips/s and tokens/s (tests/gpu). Skips, with the reason, without CUDA.
+# On a machine with CUDA: the production architectures (random weights from the configs in
+# tests/gpu/architectures) and the CPU/GPU boundary, as one JSON object (gpu-check.json). Skips,
+# with the reason, without CUDA. Needs only torch and transformers: on a bare GPU machine run
+# `python tests/gpu/check.py` from the tree. On the GPU image, `pytest -m gpu tests/gpu` adds
+# the Ray paths (a fit with NCCL, vLLM enrichment).
 gpu-check: install
-	$(BIN)/python -m pytest -q -m gpu -s -rs tests/gpu
+	$(BIN)/python tests/gpu/check.py --out gpu-check.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
