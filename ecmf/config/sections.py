@@ -334,7 +334,7 @@ class TuneConfig:
     reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
     cv_folds: int = 3  # folds per trial, trained epoch by epoch in lockstep (not train.folds)
     runner: str = "auto"  # "process": train in the trial's process; "folds": its folds as
-    # Ray tasks at once (train.num_workers of them, 0: all); "ray_train": a TorchTrainer of
+    # Ray tasks at once (a worker each); "ray_train": a TorchTrainer of
     # train.num_workers DDP workers; "auto": process, or with num_workers > 1 folds (ray_train
     # under train.strategy ddp)
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs allow
@@ -343,6 +343,9 @@ class TuneConfig:
     max_failures: int = 1  # retries of a failed trial
     # A trial that reports nothing for this long fails the search (instead of a silent hang).
     no_progress_timeout_s: float = 900.0
+    # Trials waiting with none running for this long fail the search. Longer than the above:
+    # a cold GPU node pulls the GPU image (tens of GB) before a trial can start there.
+    start_timeout_s: float = 3600.0
     # true: every other stage trains with the train keys of <workdir>/tune/best.yaml (the
     # search's best trial) once it exists, so one job can search, then train on the result.
     apply_best: bool = False
@@ -354,6 +357,7 @@ class TuneConfig:
         check(self.grace_period > 0, "grace_period", "> 0", self.grace_period)
         check(self.reduction_factor > 1, "reduction_factor", "> 1", self.reduction_factor)
         check(self.cv_folds >= 2, "cv_folds", ">= 2", self.cv_folds)
+        check(self.start_timeout_s > 0, "start_timeout_s", "> 0", self.start_timeout_s)
         check(self.runner in ("auto", "process", "folds", "ray_train"), "runner",
                "'auto', 'process', 'folds' or 'ray_train'", self.runner)
         check(self.max_concurrent_trials >= 0, "max_concurrent_trials", ">= 0",

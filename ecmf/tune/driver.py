@@ -40,10 +40,12 @@ class SearchError(RuntimeError):
 
 class Watchdog(Callback):
     """Turns a silent hang (PLATFORM_NOTES: CPU deadlocks) into an error: a running trial that
-    reports nothing, or pending trials with none running, for `timeout_s`."""
+    reports nothing for `timeout_s`, or pending trials with none running for `start_timeout_s`
+    (longer: a cold GPU node pulls the image before the first trial can start on it)."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, start_timeout_s: float | None = None):
         self.timeout_s = timeout_s
+        self.start_timeout_s = timeout_s if start_timeout_s is None else start_timeout_s
 
     def setup(self, **info):
         # Also on a resume: the callback comes back from the experiment's state.
@@ -70,9 +72,11 @@ class Watchdog(Callback):
             self.idle_since = None
         elif self.idle_since is None:
             self.idle_since = now
-        elif now - self.idle_since > limit:
-            raise SearchError(f"no trial could start for {limit:g} s: the cluster cannot place "
-                              f"one (tune.cpus_per_trial, tune.gpus_per_trial)")
+        elif now - self.idle_since > self.start_timeout_s:
+            raise SearchError(f"no trial could start for {self.start_timeout_s:g} s "
+                              f"(tune.start_timeout_s): the cluster cannot place one "
+                              f"(tune.cpus_per_trial, tune.gpus_per_trial, or a worker per "
+                              f"fold with train.use_gpu), or its nodes never joined")
 
 
 def resolve_runner(cfg: Config) -> str:
@@ -86,10 +90,12 @@ def resolve_runner(cfg: Config) -> str:
 
 
 def trial_workers(cfg: Config, runner: str) -> int:
-    """Workers a trial holds beside its own process: fold tasks at once ("folds": num_workers,
-    0: every fold), a TorchTrainer's workers ("ray_train": 0 means one), none ("process")."""
+    """Workers a trial holds beside its own process: a fold task per fold ("folds": its folds
+    step in lockstep, so all of them run at once, or the first report would wait for whole
+    folds to end and ASHA could stop nothing early), a TorchTrainer's workers ("ray_train": 0
+    means one), none ("process")."""
     if runner == "folds":
-        return min(cfg.train.num_workers or cfg.tune.cv_folds, cfg.tune.cv_folds)
+        return cfg.tune.cv_folds
     return max(1, cfg.train.num_workers) if runner == "ray_train" else 0
 
 
@@ -117,7 +123,8 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
     workers = trial_workers(cfg, runner)
     if runner != "process":
         per_trial += workers * tr.cpus_per_worker
-        keys += ", train.num_workers x train.cpus_per_worker"
+        keys += (", tune.cv_folds x train.cpus_per_worker" if runner == "folds"
+                 else ", train.num_workers x train.cpus_per_worker")
     if runner == "ray_train":
         reserve = 1.0  # Ray Data's read tasks take a whole CPU each
         keys += " and 1 CPU for Ray Data"
@@ -132,8 +139,9 @@ def plan_concurrency(cfg: Config, runner: str, n_trials: int) -> int:
                           f"CPUs; at most {fits} fit")
     need_gpus = tc.gpus_per_trial if runner == "process" else workers * tr.use_gpu
     if need_gpus > gpus:
-        raise ConfigError(f"a trial needs {need_gpus:g} GPUs (tune.gpus_per_trial, or "
-                          f"train.num_workers with train.use_gpu) but the cluster has {gpus:g}")
+        raise ConfigError(f"a trial needs {need_gpus:g} GPUs (tune.gpus_per_trial, or a fold "
+                          f"task per tune.cv_folds, or train.num_workers DDP workers, with "
+                          f"train.use_gpu) but the cluster has {gpus:g}")
     return min(tc.max_concurrent_trials or fits, n_trials)
 
 
@@ -276,7 +284,7 @@ def run_search(cfg: Config, out_dir: str | Path, *, points: list[dict] | None = 
                                    scheduler=_scheduler(cfg, params), num_samples=num_samples),
             run_config=RunConfig(
                 name=EXPERIMENT, storage_path=str(out / "ray"), verbose=1,
-                callbacks=[Watchdog(tc.no_progress_timeout_s), *callbacks],
+                callbacks=[Watchdog(tc.no_progress_timeout_s, tc.start_timeout_s), *callbacks],
                 failure_config=FailureConfig(max_failures=tc.max_failures)))
     log.info("search of %d trials, %d in flight (%s runner, %s scheduler) into %s", n,
              concurrency, runner, tc.scheduler, out)

@@ -144,9 +144,20 @@ def test_cpu_budgets_that_would_deadlock_fail_naming_the_keys(ray_local):
     cfg = load_config(None, ["tune.cpus_per_trial=0.5", "train.num_workers=0",
                              "train.cpus_per_worker=0.5", "tune.cv_folds=3"])
     assert plan_concurrency(cfg, "folds", 16) == 2
-    with pytest.raises(ConfigError, match=r"train\.num_workers x train\.cpus_per_worker"):
+    with pytest.raises(ConfigError, match=r"tune\.cv_folds x train\.cpus_per_worker"):
         plan_concurrency(load_config(None, ["train.num_workers=4", "tune.cv_folds=4"]),
                          "folds", 4)
+
+
+def test_a_fold_task_trial_holds_a_worker_per_fold():
+    """Its folds step in lockstep: with fewer bundles than folds, the last fold would wait for
+    the first ones to end every epoch, and the trial's first report would come after a whole
+    fold (ASHA could then stop nothing early). The MER2025 config: 2 workers, 3 folds."""
+    from ecmf.tune.driver import trial_workers
+
+    cfg = load_config(None, ["train.num_workers=2", "tune.cv_folds=3"])
+    assert trial_workers(cfg, "folds") == 3
+    assert trial_workers(cfg, "ray_train") == 2 and trial_workers(cfg, "process") == 0
 
 
 def test_auto_runner_follows_workers_and_strategy():
@@ -178,7 +189,7 @@ def test_other_search_algorithms_fail_clearly_when_missing_or_given_a_grid():
 
 
 def test_watchdog_turns_silence_into_an_error():
-    dog = Watchdog(timeout_s=0.05)
+    dog = Watchdog(timeout_s=0.05, start_timeout_s=0.3)
     dog.setup()
     running = SimpleNamespace(trial_id="t1", status="RUNNING", placement_group_factory="1 CPU")
     dog.on_trial_start(0, [running], running)
@@ -190,8 +201,12 @@ def test_watchdog_turns_silence_into_an_error():
     pending = SimpleNamespace(trial_id="t2", status="PENDING")
     dog.on_step_begin(0, [pending])
     time.sleep(0.1)
-    with pytest.raises(SearchError, match=r"no trial could start.*tune\.cpus_per_trial"):
-        dog.on_step_begin(1, [pending])
+    # Longer than a silent trial may take, within the start timeout: a cold GPU node pulling
+    # the image is still coming (before: the search failed here).
+    dog.on_step_begin(1, [pending])
+    time.sleep(0.3)
+    with pytest.raises(SearchError, match=r"no trial could start.*tune\.start_timeout_s"):
+        dog.on_step_begin(2, [pending])
 
 
 @pytest.mark.ray
