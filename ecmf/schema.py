@@ -14,6 +14,10 @@ SAMPLE_ID = "sample_id"
 # Manifest (one row per clip of the corpus).
 VIDEO = "video_path"
 AUDIO = "audio_path"
+# Decoded inputs extraction hands the encoders: the towers' frames (256 px), the face
+# detector's frames (at its detect_short_side, from the same decode) and the audio.
+FRAMES = "frames"
+FACE_FRAMES = "face_frames"
 TEXT = "text"
 LABEL = "label"  # class name as given (noisy for training data); null where unlabeled
 SPLIT = "split"  # "train" (labeled), "candidate" (must be predicted) or "pool" (unlabeled, other)

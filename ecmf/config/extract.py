@@ -38,6 +38,10 @@ class EncoderConfig:
     # the largest num_cpus / num_gpus and the smallest batch_size of its members, which must
     # agree on pool_size.
     group: str = ""
+    # CLIP towers: resize, crop and normalise images with OpenCV, the batch at once (the
+    # processor's own sizes, mean and std); false: transformers' PIL processor, image by image,
+    # several times slower on the CPU that feeds the GPU.
+    fast_processor: bool = True
 
     @staticmethod
     def config_class(data: dict) -> type:
@@ -69,9 +73,14 @@ class FaceEncoderConfig(EncoderConfig):
     min_face: int = 40  # smallest face side in pixels of the frames the detector sees
     # "provided" only: the folder of <name>/<name>.npy; empty: openface_face/ beside video/.
     faces_dir: str = ""
-    # haar / retinaface: the sampled frames are re-read with this short side (at most the
-    # video's own) to detect and crop faces in; 0: the small decoded frames (256 px).
+    # haar / retinaface: the sampled frames are decoded with this short side too (at most the
+    # video's own), in the same pass as the towers' 256 px ones, to detect and crop faces in;
+    # 0: the 256 px frames.
     detect_short_side: int = 640
+    # haar: detect on each frame shrunk so that a min_face face fills the cascade's 24 px
+    # window (the cost falls with the pixel count; no face of min_face or more is lost); false:
+    # at the frame's own size, several times slower.
+    haar_shrink: bool = True
 
     def __post_init__(self):
         super().__post_init__()

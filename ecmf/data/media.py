@@ -126,6 +126,18 @@ def sample_frames(path: str, num_frames: int, short_side: int = 256,
     224 px or less anyway, and full-size frames would multiply the pipeline's memory. A clip
     whose tail is damaged is sampled over the frames before the damage (a line goes to `notes`).
     """
+    return sample_frames_at(path, num_frames, (short_side,), notes)[0]
+
+
+def sample_frames_at(path: str, num_frames: int, short_sides: tuple[int, ...],
+                     notes: list[str] | None = None) -> list[np.ndarray]:
+    """`sample_frames` at each of `short_sides`, from one decode of the clip: the vision
+    towers' small frames and a face detector's larger ones cost one pass over the video."""
+    frames = _decode_frames(path, num_frames, notes)
+    return [_shrink(frames, side) for side in short_sides]
+
+
+def _decode_frames(path: str, num_frames: int, notes: list[str] | None) -> np.ndarray:
     import decord
 
     if not path or not Path(path).is_file():
@@ -140,6 +152,10 @@ def sample_frames(path: str, num_frames: int, short_side: int = 256,
         # decord indexes every packet on open, so a cut file does not even open, and it raises
         # on the first bad packet of a batch: PyAV decodes in order and stops at the damage.
         frames = _sample_until_damage(path, num_frames, _why(e), notes)
+    return frames
+
+
+def _shrink(frames: np.ndarray, short_side: int) -> np.ndarray:
     h, w = frames.shape[1:3]
     scale = short_side / min(h, w)
     if scale < 1.0:

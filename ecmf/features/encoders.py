@@ -191,6 +191,15 @@ class ClipFramesEncoder(Encoder):
         self.processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
         self.model = CLIPVisionModel.from_pretrained(path)
 
+    def pixels(self, images: list[np.ndarray]):
+        """The tower's input for RGB uint8 images of any sizes, [N, 3, S, S] float32: OpenCV
+        and NumPy over the batch (`fast_processor`), else the PIL processor image by image."""
+        import torch
+
+        if not self.cfg.fast_processor:
+            return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return torch.from_numpy(clip_pixels(images, self.processor))
+
     def _encode(self, inputs: list, units: list | None) -> np.ndarray:
         import torch
 
@@ -199,7 +208,7 @@ class ClipFramesEncoder(Encoder):
         out = []
         step = max(1, self.cfg.batch_size) * 4  # frames per forward pass
         for s in range(0, len(frames), step):
-            px = self.processor(images=frames[s:s + step], return_tensors="pt")["pixel_values"]
+            px = self.pixels(frames[s:s + step])
             out.append(self.model(pixel_values=px.to(self.device)).pooler_output.float().cpu())
         per_frame = torch.cat(out).numpy()
         bounds = np.cumsum([0] + counts)
@@ -209,16 +218,51 @@ class ClipFramesEncoder(Encoder):
         return np.stack([c.mean(axis=0) for c in clips])
 
 
+def clip_pixels(images: list[np.ndarray], processor) -> np.ndarray:
+    """What CLIP's image processor makes of `images` (resize the short side, centre crop,
+    rescale, normalise, channels first), with OpenCV's bicubic resize and one vectorised
+    normalisation for the batch: [N, 3, H, W] float32. Its sizes, mean and std are the
+    processor's own."""
+    import cv2
+
+    crop = processor.crop_size if processor.do_center_crop else None
+    short = processor.size.get("shortest_edge") if processor.do_resize else None
+    out = []
+    for img in images:
+        img = np.ascontiguousarray(img, dtype=np.uint8)
+        if short:
+            h, w = img.shape[:2]
+            scale = short / min(h, w)
+            size = (max(short, round(w * scale)), max(short, round(h * scale)))
+            # Shrinking: area averaging, as PIL's antialiased bicubic does; enlarging: bicubic.
+            how = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            img = cv2.resize(img, size, interpolation=how)
+        if crop:
+            h, w = img.shape[:2]
+            ch, cw = crop["height"], crop["width"]
+            top, left = max(0, (h - ch) // 2), max(0, (w - cw) // 2)
+            img = img[top:top + ch, left:left + cw]
+        out.append(img)
+    x = np.stack(out).astype(np.float32)
+    if processor.do_rescale:
+        x *= processor.rescale_factor
+    if processor.do_normalize:
+        x -= np.asarray(processor.image_mean, np.float32)
+        x /= np.asarray(processor.image_std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
 @ENCODERS.register("faces")
 class FaceEncoder(ClipFramesEncoder):
     """Face branch: faces detected in the sampled frames (`detector`: haar, retinaface or the
     corpus' own crops), cropped, encoded by a CLIP vision tower, mean over frames with a face.
 
     Detection runs here rather than in the decode tasks: RetinaFace needs the actor's GPU and
-    loaded weights, and the cascade too loads once per actor instead of once per task. The
-    decoded frames are small (256 px, for the towers and the object store), so a detector that
-    reads pixels sees the clip's sampled frames re-read from its video at `detect_short_side`,
-    all frames of the batch at once, and the crops are cut from those frames.
+    loaded weights, and the cascade too loads once per actor instead of once per task. A
+    detector that reads pixels gets the clip's frames at `detect_short_side`, decoded by the
+    decode tasks in the same pass as the towers' 256 px ones (`face_frames`), all frames of the
+    batch at once, and the crops are cut from those frames. Given the towers' frames instead
+    (`input: frames`), it re-reads them from the video at that size here.
     A clip without a face gets zeros and mask False; an unreadable crops file is its error.
     """
 
@@ -233,6 +277,8 @@ class FaceEncoder(ClipFramesEncoder):
         video = str(batch[schema.VIDEO][i]) if schema.VIDEO in batch else ""
         if not self.detector.reads_frames:  # the corpus' own crops
             return self.detector.faces(value, str(batch[schema.SAMPLE_ID][i]), video) or None
+        if self.input == schema.FACE_FRAMES:  # decoded at the detection size already
+            return value
         return detection_frames(value, video, self.cfg.detect_short_side)
 
     def prepare_batch(self, inputs: list) -> list:

@@ -15,11 +15,12 @@ import pandas as pd
 import pyarrow as pa
 
 from ecmf import schema
-from ecmf.config import Config, ConfigError, EncoderConfig
+from ecmf.config import Config, ConfigError, EncoderConfig, FaceEncoderConfig
 from ecmf.data.manifest import build_manifest
-from ecmf.data.media import MediaError, read_audio, sample_frames
+from ecmf.data.media import MediaError, read_audio, sample_frames_at
 from ecmf.errors import MissingInput
 from ecmf.features.encoders import ENCODERS, EncoderGroup
+from ecmf.features.faces import FACE_DETECTORS
 from ecmf.features.sequence import sequence_array, sequence_field
 from ecmf.features.store import (
     check_one_row_per_sample,
@@ -46,36 +47,44 @@ ROWS_PER_BLOCK = 16
 
 
 def decode_batch(batch: dict[str, np.ndarray], num_frames: int, sample_rate: int,
-                 max_audio_s: float, frames: bool, audio: bool) -> dict[str, np.ndarray]:
+                 max_audio_s: float, frames: bool, audio: bool,
+                 face_short_side: int = 0) -> dict[str, np.ndarray]:
     """Decode frames and audio of each clip, each on its own: a modality that fails is
     recorded in its `_error_<input>` column (the encoders mask it), never raised, and the
-    clip's other modalities go on. Audio the wav cannot give comes from the video's track."""
+    clip's other modalities go on. Audio the wav cannot give comes from the video's track.
+
+    `face_short_side` > 0: the same decode also gives the face detector its frames at that
+    short side (`face_frames`), so the face encoder's actor never decodes video itself."""
 
     n = len(batch[schema.SAMPLE_ID])
-    out = {"frames": [], "audio": []}
-    errs = {"frames": [""] * n, "audio": [""] * n}
+    out = {schema.FRAMES: [], schema.FACE_FRAMES: [], "audio": []}
+    errs = {schema.FRAMES: [""] * n, schema.FACE_FRAMES: [""] * n, "audio": [""] * n}
     notes = []
+    sides = (256, face_short_side) if face_short_side else (256,)
     for i in range(n):
-        f = np.zeros((0, 1, 1, 3), np.uint8)
+        f = ff = np.zeros((0, 1, 1, 3), np.uint8)
         a = np.zeros(0, np.float32)
         clip_notes: list[str] = []
         video, wav = str(batch[schema.VIDEO][i]), str(batch[schema.AUDIO][i])
         # A text-only row (no media path) lacks frames and sound by nature: masked, no error.
-        if frames and video:
+        if (frames or face_short_side) and video:
             try:
-                f = sample_frames(video, num_frames, notes=clip_notes)
+                f, *rest = sample_frames_at(video, num_frames, sides, notes=clip_notes)
+                ff = rest[0] if rest else ff
             except MediaError as e:
-                errs["frames"][i] = f"decode: {e}"
+                errs[schema.FRAMES][i] = errs[schema.FACE_FRAMES][i] = f"decode: {e}"
         if audio and (video or wav):
             try:
                 a = read_audio(wav, video, sample_rate, max_audio_s, notes=clip_notes)
             except MediaError as e:
                 errs["audio"][i] = f"decode: {e}"
-        out["frames"].append(f)
+        out[schema.FRAMES].append(f)
+        out[schema.FACE_FRAMES].append(ff)
         out["audio"].append(a)
         notes.append("; ".join(clip_notes))
     batch = dict(batch)
-    for name, wanted in (("frames", frames), ("audio", audio)):
+    for name, wanted in ((schema.FRAMES, frames), (schema.FACE_FRAMES, bool(face_short_side)),
+                         ("audio", audio)):
         if wanted:
             batch[name] = _ragged(out[name])
             batch[schema.decode_error_column(name)] = np.array(errs[name], dtype=object)
@@ -204,8 +213,9 @@ def extract_features(cfg: Config, manifest: pd.DataFrame | None = None) -> dict:
             # Separate CPU tasks that run beside the encoders, never fused into the next pool.
             **_decode_task_args(),
             fn_kwargs=dict(num_frames=ex.num_frames, sample_rate=ex.sample_rate,
-                           max_audio_s=ex.max_audio_s, frames="frames" in inputs_used,
-                           audio="audio" in inputs_used))
+                           max_audio_s=ex.max_audio_s, frames=schema.FRAMES in inputs_used,
+                           audio="audio" in inputs_used,
+                           face_short_side=face_short_side(ex.encoders)))
         for stage in stages:
             if len(stage) == 1:  # its own pool: the encoder's class names the operator
                 fn, kwargs = ENCODERS.get(stage[0]["cfg"].name), stage[0]
@@ -282,10 +292,28 @@ def encoder_stages(encoders: dict[str, EncoderConfig]) -> list[list[dict]]:
         if enc.group:
             where[enc.group] = len(stages)
         stages.append([name])
-    used = {n: e.input or ENCODERS.get(e.name).default_input for n, e in encoders.items()}
+    used = {n: input_column(e) for n, e in encoders.items()}
     last_user = {used[n]: n for stage in stages for n in stage}  # run order: the last one wins
     return [[{"feature": n, "cfg": encoders[n], "input_column": used[n],
               "drop_input": last_user[used[n]] == n} for n in stage] for stage in stages]
+
+
+def input_column(enc: EncoderConfig) -> str:
+    """The decoded column an encoder reads: its `input`, else its class's default; a face
+    encoder whose detector reads pixels at `detect_short_side` reads the face frames decoded
+    at that size (`decode_batch`)."""
+    if enc.input:
+        return enc.input
+    if isinstance(enc, FaceEncoderConfig) and enc.detect_short_side \
+            and FACE_DETECTORS.get(enc.detector).reads_frames:
+        return schema.FACE_FRAMES
+    return ENCODERS.get(enc.name).default_input
+
+
+def face_short_side(encoders: dict[str, EncoderConfig]) -> int:
+    """The short side the decode tasks give the face frames at (0: no encoder reads them)."""
+    return max((e.detect_short_side for e in encoders.values()
+                if input_column(e) == schema.FACE_FRAMES), default=0)
 
 
 def pool_settings(stage: list[dict]) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FACE_DETECTORS: Registry[type] = Registry("face detector")
+HAAR_WINDOW = 24  # the frontal-face cascade's window, in pixels
 
 
 class FaceError(RuntimeError):
@@ -37,7 +39,8 @@ class Detector:
     `face_margin` on each side, rotated upright first where the detector gives eye landmarks.
 
     `detect_many` sees every frame of a batch of clips at once: RetinaFace runs them in batched
-    forward passes, the default runs `detect` frame by frame.
+    forward passes, the default runs `detect` on the frames in `threads` threads, the actor's
+    CPUs (`num_cpus`): OpenCV releases the GIL while it scans.
     """
 
     reads_frames = True  # False: the crops come from elsewhere (provided), not from the frames
@@ -45,6 +48,7 @@ class Detector:
     def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
         self.cfg = cfg
         self.device = device
+        self.threads = max(1, int(cfg.num_cpus))
 
     def detect(self, frame: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """(box [x0, y0, x1, y1], landmarks [5, 2] or None) per face in an RGB uint8 frame."""
@@ -52,7 +56,12 @@ class Detector:
 
     def detect_many(self, frames: list[np.ndarray]) -> list[list]:
         """`detect` of each frame, in order."""
-        return [self.detect(frame) for frame in frames]
+        if self.threads == 1 or len(frames) < 2:
+            return [self.detect(frame) for frame in frames]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            return list(pool.map(self.detect, frames))
 
     def faces_many(self, clips: list[np.ndarray]) -> list[list[np.ndarray]]:
         """The crops of each clip, one per frame with a face; all the clips' frames go to one
@@ -151,15 +160,31 @@ class HaarDetector(Detector):
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
             raise InputError(f"encoder.detector_weights: {path} is not an OpenCV cascade XML")
+        self._path = path
+        self._local = threading.local()  # a classifier is not safe to share between threads
+        self._local.cascade = self.cascade
         self._cv2 = cv2
+        # One OpenCV thread per detection thread: the frames are the parallel work, and
+        # OpenCV's own pool would take every core of the node, not the actor's share.
+        cv2.setNumThreads(1)
 
     def detect(self, frame):
-        gray = self._cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8),
-                                  self._cv2.COLOR_RGB2GRAY)
-        gray = self._cv2.equalizeHist(gray)
-        found = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                              minSize=(self.cfg.min_face, self.cfg.min_face))
-        return [(np.array([x, y, x + w, y + h], np.float32), None) for x, y, w, h in found]
+        cv2 = self._cv2
+        gray = cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+        # The cascade scans windows from 24 px up: a min_face face shrunk to 24 px is still
+        # found, and the frame holds (24 / min_face)^2 as many pixels to scan.
+        scale = min(1.0, HAAR_WINDOW / self.cfg.min_face) if self.cfg.haar_shrink else 1.0
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gray = cv2.equalizeHist(gray)
+        side = max(HAAR_WINDOW, round(self.cfg.min_face * scale))
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = self._local.cascade = cv2.CascadeClassifier(self._path)
+        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                         minSize=(side, side))
+        return [(np.array([x, y, x + w, y + h], np.float32) / scale, None)
+                for x, y, w, h in found]
 
 
 @FACE_DETECTORS.register("retinaface")

@@ -246,24 +246,41 @@ def heal_store(store: str | Path) -> list[Path]:
 
 
 def compact_store(store: str | Path) -> int:
-    """Keep one row per sample: its newest (files in name order, rows in file order). Files
-    that hold superseded rows are rewritten without them (atomically), or removed when nothing
-    is left. Returns the number of rows dropped."""
+    """Keep one row per sample. A newer row (files in name order, rows in file order) replaces
+    an older one only where it reads a modality the older did not: a retry that read nothing
+    more (the same unreadable file again, or a transient failure of what was read before) is
+    dropped, and the older row and its file stay as they were, so a re-run with nothing new
+    changes no file. Files that hold dropped rows are rewritten without them (atomically), or
+    removed when nothing is left. Returns the number of rows dropped."""
     import pyarrow.parquet as pq
 
     files = sorted(Path(store).glob("*.parquet"))
     if not files:
         return 0
-    ids = [pq.read_table(f, columns=[schema.SAMPLE_ID]).column(0).to_numpy(
-        zero_copy_only=False).astype(str) for f in files]
-    flat = np.concatenate(ids)
-    _, last = np.unique(flat[::-1], return_index=True)
-    keep = np.zeros(len(flat), dtype=bool)
-    keep[len(flat) - 1 - last] = True
+    tables = []
+    for f in files:
+        names = pq.read_schema(f).names
+        cols = [schema.SAMPLE_ID, "error", *(c for c in names
+                                             if c.startswith(schema.STATUS_PREFIX))]
+        tables.append(pq.read_table(f, columns=[c for c in cols if c in names]).to_pandas())
+    ids = np.concatenate([t[schema.SAMPLE_ID].to_numpy().astype(str) for t in tables])
+    read = [_read_modalities(t) for t in tables]
+    flat_read = [r for rows in read for r in rows]
+    keep = np.ones(len(ids), dtype=bool)
+    kept: dict[str, int] = {}
+    for i, sid in enumerate(ids):
+        j = kept.get(sid)
+        if j is None:
+            kept[sid] = i
+        elif flat_read[i] <= flat_read[j]:  # nothing more read: the older row stays
+            keep[i] = False
+        else:
+            keep[j] = False
+            kept[sid] = i
     dropped, start = 0, 0
-    for path, file_ids in zip(files, ids):
-        k = keep[start:start + len(file_ids)]
-        start += len(file_ids)
+    for path, t in zip(files, tables):
+        k = keep[start:start + len(t)]
+        start += len(t)
         if k.all():
             continue
         dropped += int((~k).sum())
@@ -272,8 +289,17 @@ def compact_store(store: str | Path) -> int:
         else:
             path.unlink()
     if dropped:
-        log.info("feature store: %d superseded row(s) replaced by newer ones", dropped)
+        log.info("feature store: %d row(s) of a sample stored twice dropped, the one that "
+                 "read more kept", dropped)
     return dropped
+
+
+def _read_modalities(table: pd.DataFrame) -> list[frozenset[str]]:
+    """Per row, the modalities it read or found absent by nature (an empty status), none for
+    a clip that failed whole."""
+    statuses = [c for c in table.columns if c.startswith(schema.STATUS_PREFIX)]
+    return [frozenset() if row.get("error") else frozenset(c for c in statuses if not row[c])
+            for row in table.to_dict("records")]
 
 
 def check_one_row_per_sample(store: str | Path) -> int:
@@ -354,6 +380,32 @@ def read_features(store: str | Path, features: list[str] | None = None,
         masks={n: table.column(schema.mask_column(n)).to_numpy(zero_copy_only=False).astype(bool)
                for n in names},
     )
+
+
+def iter_features(store: str | Path, features: list[str], ids, batch_rows: int = 8192):
+    """The features of the error-free samples among `ids`, streamed: FeatureTables of at most
+    `batch_rows` rows, in store order, so that no more than a batch is held at once. A sample
+    stored twice (a resumed run appended it again) comes twice, its last row last."""
+    ds = _dataset(store)
+    dims = store_dims(store)
+    unknown = [n for n in features if n not in dims]
+    if unknown:
+        raise UnknownName(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
+    cols = [schema.SAMPLE_ID]
+    cols += [c for n in features for c in (schema.feature_column(n), schema.mask_column(n))]
+    flt = (pads.field("error") == "") & pads.field(schema.SAMPLE_ID).isin(list(ids))
+    try:
+        batches = ds.scanner(columns=cols, filter=flt, batch_size=batch_rows).to_batches()
+        for batch in batches:
+            if batch.num_rows:
+                yield FeatureTable(
+                    ids=batch.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str),
+                    feats={n: list_to_numpy(batch.column(schema.feature_column(n)))
+                           for n in features},
+                    masks={n: batch.column(schema.mask_column(n))
+                           .to_numpy(zero_copy_only=False).astype(bool) for n in features})
+    except (OSError, pa.ArrowInvalid) as e:
+        raise _store_error(store, e) from None
 
 
 def store_dataset(store: str | Path, features: list[str], ids: list[str] | None = None):

@@ -24,7 +24,13 @@ from ecmf import schema
 from ecmf.config import Config
 from ecmf.data.manifest import load_manifest, with_labels
 from ecmf.errors import MissingInput, UnknownName
-from ecmf.features.store import ok_ids, read_features, store_dims, store_fingerprint
+from ecmf.features.store import (
+    iter_features,
+    ok_ids,
+    read_features,
+    store_dims,
+    store_fingerprint,
+)
 from ecmf.keys import Stamp, sha256_hex
 from ecmf.registry import Registry
 from ecmf.runtime.progress import collect
@@ -36,6 +42,8 @@ WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
 # Part of the key: bumped when the file's columns change, so that a file of another layout is
 # fitted again instead of read.
 WEAK_FORMAT = 3
+# Pool rows a task reads from the store and predicts at once.
+POOL_BATCH = 8192
 
 
 def fold_top_column(fold: int) -> str:
@@ -81,18 +89,13 @@ def design_matrix(feats: dict[str, np.ndarray], masks: dict[str, np.ndarray],
     return x, m.any(axis=1)
 
 
-def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                x_pool: np.ndarray, num_classes: int,
-                num_folds: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OOF probabilities [N, C] (fold k predicted by the model fit without it), the mean of
-    the fold models' probabilities on the pool [M, C], and each fold model's top class on the
-    pool [K, M] (K = `num_folds`, default the folds present; -1: a tie at the top, or no model
-    for that fold). Classes a fold never saw get 0."""
+def fit_folds(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+              num_classes: int) -> tuple[np.ndarray, list[tuple[int, object]]]:
+    """OOF probabilities [N, C] (fold k predicted by the model fit without it) and the fold
+    models, (fold, model) each; a fold whose other folds hold one class has none. Classes a
+    fold never saw get 0."""
     oof = np.full((len(y), num_classes), np.nan)
-    pool = np.zeros((len(x_pool), num_classes))
-    k_max = int(num_folds if num_folds is not None else (folds.max() + 1 if len(folds) else 0))
-    tops = np.full((k_max, len(x_pool)), -1, dtype=np.int64)
-    fitted = 0
+    models = []
     for k in np.unique(folds):
         tr, va = folds != k, folds == k
         if name == "svm":  # calibration splits every class: a class seen once is left out
@@ -101,18 +104,37 @@ def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: n
             continue
         model = _make(name, options, y[tr])
         model.fit(x[tr], y[tr])
-        cls = model.classes_
         p = np.zeros((va.sum(), num_classes))
-        p[:, cls] = model.predict_proba(x[va])
+        p[:, model.classes_] = model.predict_proba(x[va])
         oof[va] = p
+        models.append((int(k), model))
+    return oof, models
+
+
+def predict_folds(models: list[tuple[int, object]], x_pool: np.ndarray, num_classes: int,
+                  num_folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the fold models' probabilities on pool rows [M, C] (NaN without a model),
+    and each fold model's top class [K, M] (-1: a tie at the top, or no model for that fold)."""
+    pool = np.zeros((len(x_pool), num_classes))
+    tops = np.full((num_folds, len(x_pool)), -1, dtype=np.int64)
+    for k, model in models:
+        pk = np.zeros((len(x_pool), num_classes))
         if len(x_pool):
-            pk = np.zeros((len(x_pool), num_classes))
-            pk[:, cls] = model.predict_proba(x_pool)
-            pool += pk
-            unique = (pk == pk.max(axis=1, keepdims=True)).sum(axis=1) == 1
-            tops[k] = np.where(unique, pk.argmax(axis=1), -1)
-        fitted += 1
-    pool = pool / fitted if fitted else np.full_like(pool, np.nan)
+            pk[:, model.classes_] = model.predict_proba(x_pool)
+        pool += pk
+        unique = (pk == pk.max(axis=1, keepdims=True)).sum(axis=1) == 1
+        tops[k] = np.where(unique, pk.argmax(axis=1), -1)
+    return (pool / len(models) if models else np.full_like(pool, np.nan)), tops
+
+
+def fit_predict(name: str, options: dict, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                x_pool: np.ndarray, num_classes: int,
+                num_folds: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fit_folds`, then `predict_folds` on `x_pool`: OOF [N, C], pool mean [M, C], fold tops
+    [K, M] (K = `num_folds`, default the folds present)."""
+    k_max = int(num_folds if num_folds is not None else (folds.max() + 1 if len(folds) else 0))
+    oof, models = fit_folds(name, options, x, y, folds, num_classes)
+    pool, tops = predict_folds(models, x_pool, num_classes, k_max)
     return oof, pool, tops
 
 
@@ -161,22 +183,31 @@ def _make(name: str, options: dict, y: np.ndarray):
 
 
 def _task(name: str, options: dict, feature_set: list[str], data: dict, num_threads: int):
+    """One (classifier, feature set) as a Ray task: the fold models on the labeled rows the
+    driver put, then the pool read from the store here, `POOL_BATCH` rows at a time, so that
+    neither the driver nor a task ever holds the whole pool (125,000 clips of MER2025 are
+    about 2 GB of features)."""
     from threadpoolctl import threadpool_limits
 
+    pool_ids = data["pool_ids"]
+    at = {s: i for i, s in enumerate(pool_ids)}
     with threadpool_limits(num_threads):
         x, have = design_matrix(data["feats"], data["masks"], feature_set)
-        xp, have_pool = design_matrix(data["pool_feats"], data["pool_masks"], feature_set)
         y, folds, k = data["y"], data["folds"], data["num_folds"]
         c = data["num_classes"]
         oof = np.full((len(y), c), np.nan)
-        pool = np.full((len(xp), c), np.nan)
-        tops = np.full((k, len(xp)), -1, dtype=np.int64)
+        pool = np.full((len(pool_ids), c), np.nan)
+        tops = np.full((k, len(pool_ids)), -1, dtype=np.int64)
         pairs = np.full((k, len(y), c), np.nan) if data["pairs"] else None
         if have.sum() >= 2:
-            oof[have], pool[have_pool], tops[:, have_pool] = fit_predict(
-                name, options, x[have], y[have], folds[have], xp[have_pool], c, k)
+            oof[have], models = fit_folds(name, options, x[have], y[have], folds[have], c)
             if pairs is not None:
                 pairs[:, have] = pair_oof(name, options, x[have], y[have], folds[have], c, k)
+            del x
+            for batch in iter_features(data["store"], feature_set, pool_ids, POOL_BATCH):
+                xp, have_pool = design_matrix(batch.feats, batch.masks, feature_set)
+                rows = np.array([at[s] for s in batch.ids[have_pool]], dtype=np.int64)
+                pool[rows], tops[:, rows] = predict_folds(models, xp[have_pool], c, k)
     return oof, pool, tops, pairs
 
 
@@ -270,13 +301,15 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
 
     needed = sorted({f for s in sets for f in s})
     lab = read_features(wd.store, needed, table[schema.SAMPLE_ID].tolist())
-    pool = read_features(wd.store, needed, pool_ids)
-    # One copy in the object store, shared (zero-copy) by every task.
+    # The labeled rows once in the object store, shared (zero-copy) by every task; the pool,
+    # many times larger, is read by each task from the store in batches, never here.
     data = ray.put({"feats": lab.feats, "masks": lab.masks, "y": table["y"].to_numpy(),
                     "folds": table["fold"].to_numpy(), "num_folds": cfg.train.folds,
-                    "num_classes": len(cfg.labels),
-                    "pool_feats": pool.feats, "pool_masks": pool.masks,
+                    "num_classes": len(cfg.labels), "store": str(wd.store),
+                    "pool_ids": np.asarray(pool_ids, dtype=object),
                     "pairs": rc.fold_blind and rc.enabled})
+    lab_ids = lab.ids
+    del lab
     task = ray.remote(_task).options(num_cpus=rc.cpus_per_task)
     threads = max(1, int(rc.cpus_per_task))
     jobs = {(clf, "+".join(s)): task.remote(clf, rc.options.get(clf, {}), s, data, threads)
@@ -284,12 +317,13 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     frames = []
     folds = table["fold"].to_numpy()
     results = collect(list(jobs.values()), "weak classifiers")
+    pool_array = np.asarray(pool_ids)
     for (clf, group), (oof, pool_p, tops, pairs) in zip(jobs, results):
-        no_tops = np.full((cfg.train.folds, len(lab.ids)), -1, dtype=np.int64)
-        parts = [("oof", lab.ids, oof, no_tops, -1), ("pool", pool.ids, pool_p, tops, -1)]
+        no_tops = np.full((cfg.train.folds, len(lab_ids)), -1, dtype=np.int64)
+        parts = [("oof", lab_ids, oof, no_tops, -1), ("pool", pool_array, pool_p, tops, -1)]
         for j in range(cfg.train.folds if pairs is not None else 0):
             out_j = folds != j
-            parts.append(("pair", lab.ids[out_j], pairs[j][out_j], no_tops[:, out_j], j))
+            parts.append(("pair", lab_ids[out_j], pairs[j][out_j], no_tops[:, out_j], j))
         for part, ids, p, t, train_fold in parts:
             df = pd.DataFrame(p, columns=schema.prob_columns(cfg.labels))
             df.insert(0, schema.SAMPLE_ID, ids)
@@ -305,5 +339,5 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     out.to_parquet(path, index=False)
     stamp.write(key)
     log.info("weak classifiers: %d sources over %d labeled and %d pool samples", len(jobs),
-             len(lab.ids), len(pool.ids))
+             len(lab_ids), len(pool_ids))
     return out

@@ -32,10 +32,9 @@ import pandas as pd
 from ecmf import schema
 from ecmf.config import Config, EnrichConfig
 from ecmf.data.manifest import build_manifest, with_labels
-from ecmf.enrichment import prompts
+from ecmf.enrichment import pipeline, prompts
 from ecmf.enrichment.cache import KEY_COLUMNS, read_previous, split_cached, with_keys
 from ecmf.enrichment.parse import GENERATED_TOKENS, result_columns, status_column
-from ecmf.enrichment.pipeline import enrich_dataset
 from ecmf.enrichment.prompts import CONTEXT_COLUMNS
 from ecmf.stages.common import stage_session
 from ecmf.workdir import Workdir, save_config, write_json
@@ -110,7 +109,7 @@ def _generate(cfg: EnrichConfig, todo: pd.DataFrame, parts: Path, task: str,
 
     run_dir = parts / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
-    ds = enrich_dataset(ray.data.from_pandas(blocks), cfg, cfg.model, task, labels)
+    ds = pipeline.enrich_dataset(ray.data.from_pandas(blocks), cfg, cfg.model, task, labels)
     ds.select_columns(keep).write_parquet(str(run_dir))
     return pd.read_parquet(run_dir)
 

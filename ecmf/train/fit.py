@@ -66,9 +66,10 @@ def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None,
     [0, folds)) is used as is.
 
     Only `ecmf train` writes it (`write`): the first time its split is asked for, or anew when
-    the labeled set changed since (other clips or labels). Another stage that finds no column
-    for the labeled set it reads stops naming `ecmf train`; a split of another fold count (a
-    search's `tune.cv_folds`) is made in memory, the same every time."""
+    the labeled set changed since (other clips or labels). Another stage reads it; where the
+    file or its column is missing (a search before the first train, a search's own fold count)
+    it makes the same split in memory (`assign_folds` is a function of the labels and the
+    seed), and where the file is for another labeled set it stops naming `ecmf train`."""
     folds = folds or cfg.train.folds
     seed = cfg.train.seed
     lab = manifest[manifest[schema.SPLIT] == "train"].sort_values(schema.SAMPLE_ID)
@@ -88,10 +89,10 @@ def fold_split(cfg: Config, manifest: pd.DataFrame, folds: int | None = None,
     y = schema.label_indices(now[schema.LABEL].to_numpy(), "the manifest", cfg.labels
                              or sorted(set(now[schema.LABEL])))
     if not write:
-        if folds == cfg.train.folds:
-            why = "was written for another labeled set" if stale else "has no such column"
-            raise MissingInput(f"{path} {why} ({column}): run `ecmf train` first, which "
-                               f"writes the folds every stage uses")
+        if stale:
+            raise MissingInput(f"{path} was written for another labeled set (other clips or "
+                               f"labels): run `ecmf train` again, which writes the folds "
+                               f"every stage uses")
         return assign_folds(y, folds, seed)
     if stale:
         log.warning("%s: the labeled set changed since it was written (other clips or labels); "

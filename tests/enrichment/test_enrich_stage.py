@@ -62,7 +62,7 @@ def _fake_backend(ds, cfg, model_path, task="enrich", labels=LABELS):
 
 @pytest.fixture(params=["model"])
 def calls(request, monkeypatch):
-    """How many samples each call of enrich_dataset gets (the stage imports it at call time);
+    """How many samples each call of enrich_dataset gets (the stage calls it through its module);
     with the "fake" parameter, no model answers them."""
     seen = []
     real = pipeline.enrich_dataset if request.param == "model" else _fake_backend

@@ -114,7 +114,7 @@ def test_pools_that_hold_every_cpu_are_refused_before_ray_data_stalls(ray_local)
         check_resources(apart)
 
 
-def test_autocast_dtype_follows_the_device_and_precision():
+def test_autocast_dtype_follows_the_device_and_precision(monkeypatch):
     import torch
 
     from ecmf.config import ConfigError
@@ -131,7 +131,8 @@ def test_autocast_dtype_follows_the_device_and_precision():
         autocast_dtype("cuda", "bf16", bf16=False)
     with pytest.raises(ConfigError, match="config precision"):
         EncoderConfig("hubert", precision="fp8")
-    if not torch.cuda.is_available():  # the actor's own choice, on this machine
+    if not torch.cuda.is_available():  # the simulated cluster's opt-in, on this machine
+        monkeypatch.setenv("ECMF_SIMULATED_GPUS", "1")
         enc = ENCODERS.get("text")("text", EncoderConfig("text", PACKAGED_MINILM, num_gpus=1))
         assert enc.device == "cpu" and enc.amp is None
 

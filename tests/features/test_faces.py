@@ -437,3 +437,63 @@ def test_detection_frames_rereads_only_where_it_gains_pixels(crema_frames, tmp_p
     gone = str(tmp_path / "gone.mp4")
     assert detection_frames(crema_frames, gone, 640) is crema_frames
     assert "gone.mp4: cannot re-read" in caplog.text
+
+
+def test_the_decode_task_gives_the_detector_its_frames_from_the_same_decode():
+    """Decode once: the towers' 256 px frames and the detector's frames at detect_short_side
+    come from one pass over the video; the face encoder then reads them, no video again."""
+    from ecmf.config import EncoderConfig
+    from ecmf.data.media import sample_frames
+    from ecmf.features.extract import decode_batch, face_short_side, input_column
+
+    faces = FaceEncoderConfig("faces", detector="haar", detect_short_side=320)
+    assert input_column(faces) == "face_frames" and face_short_side({"faces": faces}) == 320
+    for other in (FaceEncoderConfig("faces", detector="haar", detect_short_side=0),
+                  FaceEncoderConfig("faces", detector="provided"),
+                  FaceEncoderConfig("faces", detector="haar", input="frames")):
+        assert input_column(other) == "frames" and face_short_side({"faces": other}) == 0
+    assert face_short_side({"frames": EncoderConfig("clip")}) == 0
+    paths = [str(CREMA / "1001_DFA_NEU_XX.flv"), str(CREMA / "missing.flv")]
+    batch = {"sample_id": np.array(["a", "b"], dtype=object),
+             "video_path": np.array(paths, dtype=object),
+             "audio_path": np.array(["", ""], dtype=object)}
+    out = decode_batch(batch, 4, 16000, 30.0, frames=True, audio=False, face_short_side=320)
+    assert out["frames"][0].shape == (4, 256, 341, 3)
+    assert out["face_frames"][0].shape == (4, 320, 427, 3)
+    assert np.array_equal(out["face_frames"][0], sample_frames(paths[0], 4, short_side=320))
+    assert out["_error_face_frames"][1] == out["_error_frames"][1] != ""  # the same failure
+    assert "face_frames" not in decode_batch(batch, 4, 16000, 30.0, frames=True, audio=False)
+
+
+def test_the_fast_clip_processor_matches_transformers_own(tiny, crema_frames):
+    from transformers import AutoImageProcessor
+
+    from ecmf.features.encoders import clip_pixels
+
+    processor = AutoImageProcessor.from_pretrained(tiny["clip"], use_fast=False)
+    images = [crema_frames[0], crema_frames[1][:120, :90], crop_face(crema_frames[2],
+                                                                      [100, 50, 220, 200], 0.2)]
+    slow = processor(images=images, return_tensors="np")["pixel_values"]
+    fast = clip_pixels(images, processor)
+    assert fast.shape == slow.shape and fast.dtype == np.float32
+    # OpenCV's bicubic against PIL's: the same picture, a few grey levels apart at edges.
+    assert np.abs(fast - slow).mean() < 0.02 and np.abs(fast - slow).max() < 0.5
+
+
+def test_haar_on_shrunk_frames_finds_the_faces_the_full_frames_give(crema_frames):
+    """Shrunk so that a min_face face fills the 24 px window: the same faces (boxes within a
+    few pixels), in threads over the actor's CPUs or not."""
+    full = build_detector(FaceEncoderConfig("faces", detector="haar", haar_shrink=False))
+    shrunk = build_detector(FaceEncoderConfig("faces", detector="haar"))
+    threaded = build_detector(FaceEncoderConfig("faces", detector="haar", num_cpus=2))
+    frames = list(crema_frames)
+    a, b, c = (d.detect_many(frames) for d in (full, shrunk, threaded))
+    assert [len(x) for x in a] == [len(x) for x in b] == [1] * len(frames)
+    for (box_a, _), (box_b, _) in zip((x[0] for x in a), (x[0] for x in b)):
+        iou_w = min(box_a[2], box_b[2]) - max(box_a[0], box_b[0])
+        iou_h = min(box_a[3], box_b[3]) - max(box_a[1], box_b[1])
+        inter = max(0, iou_w) * max(0, iou_h)
+        area = lambda q: (q[2] - q[0]) * (q[3] - q[1])  # noqa: E731
+        assert inter / (area(box_a) + area(box_b) - inter) > 0.7
+    assert [[box.tolist() for box, _ in x] for x in b] == [[box.tolist() for box, _ in x]
+                                                          for x in c]

@@ -173,8 +173,10 @@ def test_import_joins_a_store_of_extracted_features(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     tables = _extracted_store(store, np.random.default_rng(0))
-    face = {i: v for t in tables for i, v in zip(t.column("sample_id").to_pylist(),
-                                                 t.column("feat_face").to_pylist())}
+    face = {}  # e1 stored twice, reading the same: its first row stays (compact_store)
+    for t in tables:
+        for i, v in zip(t.column("sample_id").to_pylist(), t.column("feat_face").to_pylist()):
+            face.setdefault(i, v)
     hub = _rng_arrays(["e0", "e2", "e5", "n0"], lambda n: (5,), seed=4)
     ids = ["e0", "e1", "e2", "e3", "e4", "e5", "n0", "n1"]
     res = import_mertools({"hubert": _folder(tmp_path / "hubert-UTT", hub)}, store, ids=ids)
@@ -185,7 +187,7 @@ def test_import_joins_a_store_of_extracted_features(tmp_path):
     ft = read_features(store, ["face", "voice", "hubert"])
     m = dict(zip(ft.ids, range(len(ft))))
     assert sorted(m) == ["e0", "e1", "e2", "e3", "e4", "e5", "n0"]
-    for sid in ("e0", "e1", "e3"):  # extracted features untouched (e1: its newer row)
+    for sid in ("e0", "e1", "e3"):  # extracted features untouched (e1: its kept row)
         assert np.array_equal(ft.feats["face"][m[sid]], np.float32(face[sid]))
     assert ft.masks["hubert"][m["e0"]] and not ft.masks["hubert"][m["e1"]]
     assert np.array_equal(ft.feats["hubert"][m["n0"]], hub["n0"])
