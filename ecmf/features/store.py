@@ -346,9 +346,13 @@ def _error_free_rows(ds: pads.Dataset, columns: list[str], ids, store, what: str
     """The error-free rows of `columns`, one per sample (all, or `ids` in that order) -> (table,
     ids). A resumed run may have appended a sample again: its last row wins."""
     flt = pads.field("error") == ""
+    scan = {}
     if ids is not None:
         flt = flt & pads.field(schema.SAMPLE_ID).isin(list(ids))
-    table = _to_table(ds, store, columns=columns, filter=flt)
+        # A few rows of a large store: little read-ahead, or Arrow holds gigabytes of rows
+        # that the filter then drops.
+        scan = {"batch_readahead": 1, "fragment_readahead": 1}
+    table = _to_table(ds, store, columns=columns, filter=flt, **scan)
     got = table.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
     _, last = np.unique(got[::-1], return_index=True)
     order = np.sort(len(got) - 1 - last)
@@ -395,7 +399,10 @@ def iter_features(store: str | Path, features: list[str], ids, batch_rows: int =
     cols += [c for n in features for c in (schema.feature_column(n), schema.mask_column(n))]
     flt = (pads.field("error") == "") & pads.field(schema.SAMPLE_ID).isin(list(ids))
     try:
-        batches = ds.scanner(columns=cols, filter=flt, batch_size=batch_rows).to_batches()
+        # One batch of read-ahead at most: Arrow's default keeps 16 batches of 4
+        # files in flight, gigabytes at the pool's width.
+        batches = ds.scanner(columns=cols, filter=flt, batch_size=batch_rows,
+                             batch_readahead=1, fragment_readahead=1).to_batches()
         for batch in batches:
             if batch.num_rows:
                 yield FeatureTable(

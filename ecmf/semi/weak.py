@@ -13,6 +13,7 @@ and folds are unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,7 @@ WEAK_CLASSIFIERS: Registry[Callable[..., Any]] = Registry("weak classifier")
 # fitted again instead of read.
 WEAK_FORMAT = 3
 # Pool rows a task reads from the store and predicts at once.
-POOL_BATCH = 8192
+POOL_BATCH = 4096
 
 
 def fold_top_column(fold: int) -> str:
@@ -187,8 +188,13 @@ def _task(name: str, options: dict, feature_set: list[str], data: dict, num_thre
     driver put, then the pool read from the store here, `POOL_BATCH` rows at a time, so that
     neither the driver nor a task ever holds the whole pool (125,000 clips of MER2025 are
     about 2 GB of features)."""
+    import pyarrow as pa
     from threadpoolctl import threadpool_limits
 
+    # Each pool batch read is freed at once: Arrow's allocator keeps freed pages for a while,
+    # and over the pool's batches that is gigabytes held by an idle reader.
+    with contextlib.suppress(NotImplementedError):
+        pa.jemalloc_set_decay_ms(0)
     pool_ids = data["pool_ids"]
     at = {s: i for i, s in enumerate(pool_ids)}
     with threadpool_limits(num_threads):
