@@ -36,7 +36,6 @@ def save_config(cfg: Config, directory: str | Path) -> Path:
     """Write the resolved config as `config.yaml` in `directory` (a stage's output folder)."""
     import yaml
 
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     out = d / "config.yaml"

@@ -188,7 +188,6 @@ def plan_corpus(cfg: DemoConfig) -> pd.DataFrame:
 
 
 def _write_clip(job: tuple) -> str:
-
     out, index, name, label, no_face, silent, seed, size, fps, seconds = job
     frames, audio = synth.render_clip(label, no_face, silent, seed, index, size, fps, seconds,
                                       SAMPLE_RATE)

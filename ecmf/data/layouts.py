@@ -22,7 +22,6 @@ LAYOUTS: Registry[Callable[[CorpusConfig], pd.DataFrame]] = Registry("corpus lay
 
 @LAYOUTS.register("mer2025")
 def _mer2025(corpus: CorpusConfig) -> pd.DataFrame:
-
     if not corpus.root:
         raise InputError("config corpus.root is empty: point it at a MER2025-layout directory "
                          "(e.g. --set corpus.root=demo-out/corpus)")
@@ -31,7 +30,6 @@ def _mer2025(corpus: CorpusConfig) -> pd.DataFrame:
 
 @LAYOUTS.register("csv")
 def _csv(corpus: CorpusConfig) -> pd.DataFrame:
-
     if not corpus.manifest:
         raise InputError("config corpus.manifest is empty: layout 'csv' reads a CSV with columns "
                          "path[,text,label,name,split,audio_path] (--set corpus.manifest=FILE)")

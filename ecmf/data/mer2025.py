@@ -20,7 +20,6 @@ MANIFEST_COLUMNS = [schema.SAMPLE_ID, schema.VIDEO, schema.AUDIO, schema.TEXT, s
 def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
     import io
 
-
     if not path.is_file():
         raise MissingInput(f"{path}: missing; MER2025's release layout has this file")
     # Subtitles may be missing for a clip: keep empty strings rather than NaN.

@@ -99,7 +99,6 @@ class Encoder:
         return inputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-
         n = len(batch[schema.SAMPLE_ID])
         errors = batch[schema.ERROR]
         status = np.full(n, "", dtype=object)
@@ -267,13 +266,11 @@ class FaceEncoder(ClipFramesEncoder):
     """
 
     def load(self, path: str) -> None:
-
         # The detector first: a missing extra or weights file is the error a user should see.
         self.detector = build_detector(self.cfg, self.device)
         super().load(path)
 
     def prepare(self, value, batch, i):
-
         video = str(batch[schema.VIDEO][i]) if schema.VIDEO in batch else ""
         if not self.detector.reads_frames:  # the corpus' own crops
             return self.detector.faces(value, str(batch[schema.SAMPLE_ID][i]), video) or None
@@ -315,7 +312,6 @@ class SpeechEncoder(Encoder):
                         and hasattr(self.model, "_get_feat_extract_output_lengths"))
 
     def present(self, value) -> bool:
-
         return value is not None and not is_silent(np.asarray(value))
 
     def _embed(self, wavs: list[np.ndarray]) -> list[np.ndarray]:

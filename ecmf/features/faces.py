@@ -93,7 +93,6 @@ def detection_frames(frames: np.ndarray, video_path: str, short_side: int) -> np
     """
     import inspect
 
-
     if not short_side or not video_path or len(frames) == 0:
         return frames
     side = min(frames.shape[1:3])
@@ -239,7 +238,6 @@ class RetinaFaceDetector(Detector):
 
     def detect_many(self, frames):
         import torch
-
 
         out = []
         for s in range(0, len(frames), self.frames_per_forward):

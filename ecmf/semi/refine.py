@@ -232,7 +232,6 @@ def _pairs_setup(cfg: Config):
     """The pair run's config (train.folds = the number of pairs), features, dims and table."""
     from dataclasses import replace
 
-
     cfg = with_labels(cfg)
     folds = cfg.train.folds
     table = pair_table(stage_table(cfg), folds)
@@ -255,7 +254,6 @@ def fusion_pair_probs(cfg: Config, fold_of: dict[str, int]) -> pd.DataFrame:
 
     Trains `<workdir>/refine/pairs` (one fold model per pair of folds) unless a
     finished run there has the same settings, features and table."""
-
 
     pcfg, features, dims, table = _pairs_setup(cfg)
     out = Workdir.of(cfg).refine / PAIRS_RUN
@@ -291,7 +289,6 @@ def refine_key(cfg: Config) -> dict:
     the fusion run's out-of-fold predictions, the fusion pair run's settings and table
     (fold-blind) and the LLM votes (their files' digests)."""
     from dataclasses import asdict
-
 
     rc = cfg.refine
     wd = Workdir.of(cfg)

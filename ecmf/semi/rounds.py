@@ -165,7 +165,6 @@ def rounds_key(cfg: Config, train_labels: pd.DataFrame, weak: bool) -> dict:
     """
     from dataclasses import asdict
 
-
     wd = Workdir.of(cfg)
     key = {section: {k: v for k, v in asdict(getattr(cfg, section)).items()
                      if k not in FREE_SETTINGS[section]} for section in ("pseudo", "train")}

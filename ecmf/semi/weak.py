@@ -34,6 +34,7 @@ from ecmf.features.store import (
 )
 from ecmf.keys import Stamp, sha256_hex
 from ecmf.registry import Registry
+from ecmf.runtime import devices
 from ecmf.runtime.progress import collect
 from ecmf.train.fit import stage_table
 from ecmf.workdir import Workdir
@@ -214,7 +215,7 @@ def _task(name: str, options: dict, feature_set: list[str], data: dict, num_thre
                 xp, have_pool = design_matrix(batch.feats, batch.masks, feature_set)
                 rows = np.array([at[s] for s in batch.ids[have_pool]], dtype=np.int64)
                 pool[rows], tops[:, rows] = predict_folds(models, xp[have_pool], c, k)
-    return oof, pool, tops, pairs
+    return devices.to_host((oof, pool, tops, pairs))
 
 
 def feature_sets(cfg: Config, available: list[str]) -> list[list[str]]:
@@ -287,7 +288,6 @@ def weak_probabilities(cfg: Config) -> pd.DataFrame:
     rows of part "pair": fold model j's fold-blind probabilities (`pair_oof`) on the labeled
     samples outside fold j, `train_fold` j (-1 on other rows)."""
     import ray
-
 
     cfg = with_labels(cfg)
     rc = cfg.refine

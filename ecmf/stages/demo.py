@@ -64,7 +64,6 @@ def demo_overrides(out: Path, tiny: dict[str, str]) -> dict:
 
 
 def demo_config(out: Path, config_path: str | None, sets: list[str]) -> Config:
-
     tiny = build_tiny_models(out / "models")
     return load_config(config_path, sets, base=demo_overrides(out, tiny))
 

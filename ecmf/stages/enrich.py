@@ -106,7 +106,6 @@ def _generate(cfg: EnrichConfig, todo: pd.DataFrame, parts: Path, task: str,
     folder under `parts`, so that an interrupted run leaves its finished blocks to the next."""
     import ray
 
-
     run_dir = parts / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     blocks = [todo.iloc[s:s + ROWS_PER_BLOCK] for s in range(0, len(todo), ROWS_PER_BLOCK)]
     ds = pipeline.enrich_dataset(ray.data.from_pandas(blocks), cfg, cfg.model, task, labels)

@@ -76,7 +76,6 @@ def _write_emo_probs(cfg: Config, path: Path, preds: pd.DataFrame, cands: list[s
     candidate's row is one-hot on `fallback`."""
     import numpy as np
 
-
     names = cands
     # The release's own order where its file is there (a workdir whose manifest was built from
     # a corpus since moved keeps the manifest's).

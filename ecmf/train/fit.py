@@ -225,7 +225,6 @@ def attach_labels(batch: dict[str, np.ndarray], lookup: dict[str, list[tuple]]) 
 
 
 def resolve_features(cfg: Config) -> tuple[list[str], dict[str, int]]:
-
     dims = store_dims(Workdir.of(cfg).store)
     features = list(cfg.train.features) or list(dims)
     unknown = [f for f in features if f not in dims]

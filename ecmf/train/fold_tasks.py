@@ -55,7 +55,6 @@ class RunStorage:
         self.fs.create_dir(self.dir, recursive=True)
 
     def path(self, fold: int) -> str:
-
         return f"{self.dir}/{MODEL_FILE.format(fold)}"
 
     def saved(self, folds: int) -> list[int]:
@@ -80,7 +79,6 @@ class RunStorage:
             return read_record(io.BytesIO(f.read()), self.path(fold))
 
     def copy_to(self, folds: int, directory: Path) -> None:
-
         directory.mkdir(parents=True, exist_ok=True)
         for k in range(folds):
             with self.fs.open_input_stream(self.path(k)) as f:
@@ -97,7 +95,6 @@ def task_setup(config: dict) -> tuple[TrainConfig, object, dict]:
     """A fold task's train config, device and rows (`task_rows`), its torch threads set to
     `train.cpus_per_worker`: what `ecmf train`'s fold tasks and Tune's share."""
     import torch
-
 
     cfg = TrainConfig(**config["train"])
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))

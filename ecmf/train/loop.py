@@ -144,7 +144,6 @@ def evaluate_confusion(model, data, features, idx, device, batch_size=512,
     """Confusion counts [C, C] of `model` on rows `idx` (rows = true class)."""
     import torch
 
-
     c = num_classes
     if len(idx) == 0:
         return np.zeros((c, c))

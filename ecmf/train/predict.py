@@ -122,7 +122,6 @@ def predict_store(store: str | Path, run_dir: str | Path, out: str | Path,
     """
     import ray
 
-
     check_placeable({"predict.num_cpus, predict.num_gpus": {"CPU": num_cpus, "GPU": num_gpus}},
                     cluster_capacity())
 

@@ -149,7 +149,6 @@ def _trainable(cfg: Config, runner: str, out: Path, params: dict):
     """The Tune trainable with its data and resources attached."""
     from ray import tune
 
-
     store = Workdir.of(cfg).store.resolve()  # trials may run in another working directory
     dims = store_dims(store)
     sets = feature_sets(params, cfg.train)

@@ -154,7 +154,6 @@ def ray_train_trial(config: dict, *, table: pd.DataFrame, store: str, base: dict
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-
     # Set on the context the dataset captures, so a stalled read fails on any cluster.
     ray.data.DataContext.get_current().execution_no_progress_timeout_s = no_progress_timeout_s
     cfg = trial_config(TrainConfig(**base), config)
@@ -184,7 +183,6 @@ def tune_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-
 
     cfg = TrainConfig(**config["train"])
     features, dims = config["features"], config["dims"]
