@@ -24,7 +24,9 @@ LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule
 @section("ray")
 @dataclass(frozen=True)
 class RayConfig:
-    address: str | None = None  # None: start an embedded local Ray for this command
+    # "local": a new embedded Ray for this command (under `ray job submit`, RAY_ADDRESS's
+    # cluster); "auto": the cluster running on this machine; or a cluster's address.
+    address: str | None = "local"
     num_cpus: int | None = None  # embedded Ray only; None: max(4, cores) logical CPUs
     object_store_mb: int = 512  # embedded Ray only
     # Ray Data hangs silently for 30 minutes by default; this turns a stalled stage into an error.

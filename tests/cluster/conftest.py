@@ -33,6 +33,7 @@ class RayHead:
     address: str  # the Jobs API, http://127.0.0.1:<dashboard port>
     temp_dir: str
     log: Path
+    gcs: str = ""  # 127.0.0.1:<GCS port>, what `ray.init(address=...)` joins
 
 
 def free_port() -> int:
@@ -154,9 +155,10 @@ def ray_head():
     for one module: left running, its dashboard and log monitor took CPU from every later test."""
     # Short: Ray's unix sockets live under it and their paths are limited to ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="ecmfray-", dir="/tmp")
-    proc, _, dashboard = start_head(temp_dir, num_cpus=4, object_store_mb=384)
+    proc, gcs, dashboard = start_head(temp_dir, num_cpus=4, object_store_mb=384)
     try:
-        yield RayHead(f"http://127.0.0.1:{dashboard}", temp_dir, Path(temp_dir) / "ray-start.log")
+        yield RayHead(f"http://127.0.0.1:{dashboard}", temp_dir, Path(temp_dir) / "ray-start.log",
+                      f"127.0.0.1:{gcs}")
     finally:
         stop_head(proc, temp_dir)
 

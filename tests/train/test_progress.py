@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 
@@ -167,3 +168,23 @@ def test_local_train_logs_a_line_per_epoch_of_each_fold(ray_local, tmp_path, cap
     assert eta == "0s"
     done = [r.getMessage() for r in records if " done, best epoch " in r.getMessage()]
     assert sorted(d.split(": ")[1][:8] for d in done) == ["fold 1/2", "fold 2/2"]
+
+
+@pytest.mark.ray
+def test_each_epoch_line_prints_once_in_ecmf_format(tmp_path):
+    """A command's own process, as a user runs it: Ray's logging config adds a handler to the
+    driver's root logger, which printed every line twice (once with Ray's metadata)."""
+    import subprocess
+    import sys
+
+    wd = make_workdir(tmp_path, n_train=40)
+    items = [f"workdir={wd}", *SMALL, "train.folds=2", "train.epochs=2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "ecmf.cli", "train",
+                           *[a for s in items for a in ("--set", s)]],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [ln for ln in done.stderr.splitlines() if EPOCH_LINE.search(ln)]
+    assert len(lines) == 4 and len(set(lines)) == 4  # 2 folds x 2 epochs, none twice
+    assert all(re.match(r"^\d\d:\d\d:\d\d INFO ecmf\.progress: train: fold", ln) for ln in lines)
+    assert not any("job_id=" in ln for ln in done.stderr.splitlines())
