@@ -78,8 +78,8 @@ class FaceEncoderConfig(EncoderConfig):
     # 0: the 256 px frames.
     detect_short_side: int = 640
     # haar: detect on each frame shrunk so that a min_face face fills the cascade's 24 px
-    # window (the cost falls with the pixel count; no face of min_face or more is lost); false:
-    # at the frame's own size, several times slower.
+    # window, never below a 240 px short side (the cost falls with the pixel count); false:
+    # at the frame's own size, several times slower on large frames.
     haar_shrink: bool = True
 
     def __post_init__(self):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FACE_DETECTORS: Registry[type] = Registry("face detector")
 HAAR_WINDOW = 24  # the frontal-face cascade's window, in pixels
+HAAR_MIN_SIDE = 240  # haar_shrink never shrinks a frame's short side below this
 
 
 class FaceError(RuntimeError):
@@ -171,8 +172,12 @@ class HaarDetector(Detector):
         cv2 = self._cv2
         gray = cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
         # The cascade scans windows from 24 px up: a min_face face shrunk to 24 px is still
-        # found, and the frame holds (24 / min_face)^2 as many pixels to scan.
-        scale = min(1.0, HAAR_WINDOW / self.cfg.min_face) if self.cfg.haar_shrink else 1.0
+        # found, and the frame holds (24 / min_face)^2 as many pixels to scan. Never below a
+        # 240 px short side: on small frames (the demo's 96 px) the cascade needs the context.
+        scale = 1.0
+        if self.cfg.haar_shrink:
+            scale = min(1.0, max(HAAR_WINDOW / self.cfg.min_face,
+                                 HAAR_MIN_SIDE / min(gray.shape[:2])))
         if scale < 1.0:
             gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
