@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ecmf.errors import InputError, MissingInput
+
+_HEADER_LOCK = threading.Lock()  # serialises a retried np.load (see `load`)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,14 @@ class Source:
                                  f"{NPY_MAGIC!r}); expected a float array of shape "
                                  f"{self.expected()} saved with numpy.save")
         try:
-            x = np.load(path, allow_pickle=False)
+            try:
+                x = np.load(path, allow_pickle=False)
+            except SystemError:
+                # CPython 3.11's AST constructor (numpy parses the .npy header with it) is not
+                # safe in threads: "AST constructor recursion depth mismatch" on a good file.
+                # Once more, alone.
+                with _HEADER_LOCK:
+                    x = np.load(path, allow_pickle=False)
         except Exception as e:  # truncated, pickled objects: all unreadable to us
             raise BadFeatureFile(f"{path}: unreadable ({type(e).__name__}: {e}); expected a "
                                  f"float array of shape {self.expected()}") from None
