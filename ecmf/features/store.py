@@ -366,24 +366,32 @@ def _error_free_rows(ds: pads.Dataset, columns: list[str], ids, store, what: str
     return table.take(pa.array(order)), np.asarray(got[order])
 
 
+def _feature_columns(store: str | Path, names: list[str]) -> list[str]:
+    """The feat_/mask_ columns of `names`, each of which the store must hold."""
+    dims = store_dims(store)
+    unknown = [n for n in names if n not in dims]
+    if unknown:
+        raise UnknownName(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
+    return [c for n in names for c in (schema.feature_column(n), schema.mask_column(n))]
+
+
+def _feature_table(ids: np.ndarray, rows, names: list[str]) -> FeatureTable:
+    """A FeatureTable of `names` from a table or record batch holding their columns."""
+    return FeatureTable(
+        ids=ids,
+        feats={n: list_to_numpy(rows.column(schema.feature_column(n))) for n in names},
+        masks={n: rows.column(schema.mask_column(n)).to_numpy(zero_copy_only=False).astype(bool)
+               for n in names})
+
+
 def read_features(store: str | Path, features: list[str] | None = None,
                   ids: list[str] | np.ndarray | None = None) -> FeatureTable:
     """Features of the error-free samples (all, or those in `ids`, in that order)."""
     ds = _dataset(store)
-    dims = store_dims(store)
-    names = list(features) if features else list(dims)
-    unknown = [n for n in names if n not in dims]
-    if unknown:
-        raise UnknownName(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
-    cols = [schema.SAMPLE_ID, "error"]
-    cols += [c for n in names for c in (schema.feature_column(n), schema.mask_column(n))]
+    names = list(features) if features else list(store_dims(store))
+    cols = [schema.SAMPLE_ID, "error", *_feature_columns(store, names)]
     table, got = _error_free_rows(ds, cols, ids, store, "features")
-    return FeatureTable(
-        ids=got,
-        feats={n: list_to_numpy(table.column(schema.feature_column(n))) for n in names},
-        masks={n: table.column(schema.mask_column(n)).to_numpy(zero_copy_only=False).astype(bool)
-               for n in names},
-    )
+    return _feature_table(got, table, names)
 
 
 def iter_features(store: str | Path, features: list[str], ids, batch_rows: int = 8192):
@@ -391,12 +399,7 @@ def iter_features(store: str | Path, features: list[str], ids, batch_rows: int =
     `batch_rows` rows, in store order, so that no more than a batch is held at once. A sample
     stored twice (a resumed run appended it again) comes twice, its last row last."""
     ds = _dataset(store)
-    dims = store_dims(store)
-    unknown = [n for n in features if n not in dims]
-    if unknown:
-        raise UnknownName(f"feature(s) {unknown} not in store {store}; available: {sorted(dims)}")
-    cols = [schema.SAMPLE_ID]
-    cols += [c for n in features for c in (schema.feature_column(n), schema.mask_column(n))]
+    cols = [schema.SAMPLE_ID, *_feature_columns(store, features)]
     flt = (pads.field("error") == "") & pads.field(schema.SAMPLE_ID).isin(list(ids))
     try:
         # One batch of read-ahead at most: Arrow's default keeps 16 batches of 4
@@ -405,12 +408,8 @@ def iter_features(store: str | Path, features: list[str], ids, batch_rows: int =
                              batch_readahead=1, fragment_readahead=1).to_batches()
         for batch in batches:
             if batch.num_rows:
-                yield FeatureTable(
-                    ids=batch.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str),
-                    feats={n: list_to_numpy(batch.column(schema.feature_column(n)))
-                           for n in features},
-                    masks={n: batch.column(schema.mask_column(n))
-                           .to_numpy(zero_copy_only=False).astype(bool) for n in features})
+                got = batch.column(schema.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(str)
+                yield _feature_table(got, batch, features)
     except (OSError, pa.ArrowInvalid) as e:
         raise _store_error(store, e) from None
 
